@@ -1,0 +1,302 @@
+"""The domain actor: one guest's lifecycle, one message at a time.
+
+It alone decides what its guest holds. Backend calls go through the host
+(which owns the backend and refuses once its lockspace is lost). A lease
+acquisition and the bookkeeping after it run shielded from cancellation, so
+cancelling the caller or the host never leaves a lease taken but unrecorded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+
+from ..constants import ResourceType
+from ..errors import (
+    BackendTimeoutError,
+    GuestNotRunningError,
+    InvalidParameterError,
+    InvalidStateError,
+    LeaseLostError,
+    LeaseRequiredError,
+    NotSupportedError,
+)
+from ..guest import is_running, process_start_time
+from ..model import DomainIdentity, Lease, LeaseOwner, LeaseRequest, LockState, Resource
+from ..statestore import DomainPhase, DomainState
+from .mailbox import Actor
+from .messages import (
+    AcquireObject,
+    AcquireResource,
+    Attach,
+    DomainStatus,
+    Inquire,
+    LeasesLost,
+    ReleaseAll,
+    ReleaseResource,
+    Shutdown,
+)
+
+if TYPE_CHECKING:
+    from .host import HostCoordinator
+
+log = logging.getLogger(__name__)
+
+UNDEFINED = "undefined"  # no persisted state: nothing registered yet
+STOPPED = "stopped"
+
+
+@attrs.frozen
+class FenceTarget:
+    """What the host needs to run the failure action without asking the actor."""
+
+    identity: DomainIdentity
+    pid: int | None
+    pid_start: int | None
+    keys: tuple[str, ...]
+
+
+class DomainActor(Actor[Any]):
+    """Owns one domain's registered resources, pid and leases."""
+
+    def __init__(self, host: HostCoordinator, identity: DomainIdentity, state: DomainState | None = None):
+        self.host = host
+        self.identity = identity
+        self.name = f"domain {identity.name or identity.uuid}"
+        self.owner: LeaseOwner = host.owner_for(identity)
+        self.phase = state.phase if state else UNDEFINED
+        self.pid = state.pid if state else None
+        self.pid_start = state.pid_start if state else None
+        self.resources: dict[str, Resource] = {r.key: r for r in state.resources} if state else {}
+        self.leases: dict[str, Lease] = {lease.key: lease for lease in state.leases} if state else {}
+        self.lost_reason = ""
+        self._stopping = False
+        if self.phase == DomainPhase.RUNNING:
+            self._publish()
+
+    # -- dispatch ---------------------------------------------------------
+
+    async def handle(self, message: Any) -> Any:
+        match message:
+            case AcquireObject():
+                return await self._acquire_object(message)
+            case AcquireResource(resource):
+                return await self._acquire_resource(resource)
+            case ReleaseResource(resource):
+                return await self._release_resource(resource)
+            case ReleaseAll(save_state):
+                return await self._release_all(save_state)
+            case Attach():
+                return await self._attach()
+            case Shutdown():
+                return await self._shutdown()
+            case Inquire():
+                return self._status()
+            case LeasesLost(reason, action_result):
+                return await self._leases_lost(reason, action_result)
+        raise InvalidParameterError(f"{self.name}: unknown message {message!r}")
+
+    def should_stop(self) -> bool:
+        return self._stopping
+
+    async def on_stop(self) -> None:
+        self.host.domain_stopped(self.identity.uuid, self)
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def _acquire_object(self, msg: AcquireObject) -> DomainStatus:
+        if self.phase == DomainPhase.RUNNING:
+            raise InvalidStateError(f"{self.name} already holds its leases")
+        if self.phase == DomainPhase.LOST:
+            raise InvalidStateError(f"{self.name} lost its leases ({self.lost_reason}); shut it down first")
+        resources = {r.key: r for r in msg.resources}
+        requests = self._requests(resources.values())
+        if msg.state is not None:
+            requests = _with_expected_tokens(requests, msg.state)
+        if msg.pid is not None:
+            start = await process_start_time(msg.pid)
+            if start is None:
+                raise GuestNotRunningError(f"{self.name}: guest pid {msg.pid} is not running")
+            self.pid, self.pid_start = msg.pid, start
+        self.resources = resources
+        if msg.register_only:
+            self.phase = DomainPhase.REGISTERED
+            await self._save()
+            return self._status()
+        leases = await self._take(requests)
+        self.leases = {lease.key: lease for lease in leases}
+        self.phase = DomainPhase.RUNNING
+        await self._save()
+        self._publish()
+        return self._status()
+
+    async def _acquire_resource(self, resource: Resource) -> DomainStatus:
+        if not self.host.capabilities.hotplug:
+            raise NotSupportedError(f"the {self.host.backend_kind} backend does not support disk hotplug")
+        if self.phase in (UNDEFINED, STOPPED, DomainPhase.LOST):
+            raise InvalidStateError(f"{self.name} is {self.phase}: nothing to hotplug into")
+        if resource.key in self.resources:
+            raise InvalidParameterError(f"{self.name}: {resource.key} is already registered")
+        requests = self._requests([resource])
+        if self.phase == DomainPhase.RUNNING and requests:
+            leases = await self._take(requests)
+            self.leases.update({lease.key: lease for lease in leases})
+        self.resources[resource.key] = resource
+        await self._save()
+        self._publish()
+        return self._status()
+
+    async def _release_resource(self, resource: Resource) -> DomainStatus:
+        if not self.host.capabilities.hotplug:
+            raise NotSupportedError(f"the {self.host.backend_kind} backend does not support disk hotplug")
+        if resource.key not in self.resources:
+            raise InvalidParameterError(f"{self.name}: {resource.key} is not registered")
+        if resource.key in self.leases:
+            await self._give_back([resource.key])
+            del self.leases[resource.key]
+        del self.resources[resource.key]
+        await self._save()
+        self._publish()
+        return self._status()
+
+    async def _release_all(self, save_state: bool) -> LockState | None:
+        if self.phase != DomainPhase.RUNNING:
+            return LockState() if save_state else None
+        state = LockState.of(self.leases.values())
+        await self._give_back(list(self.leases))
+        self.leases = {}
+        self.phase = DomainPhase.PAUSED
+        await self._save()
+        self._publish()
+        return state if save_state else None
+
+    async def _attach(self) -> int:
+        if self.phase == UNDEFINED:
+            raise InvalidStateError(f"{self.name}: no running guest to attach to (nothing persisted)")
+        if self.phase == DomainPhase.LOST:
+            raise LeaseLostError(f"{self.name}: leases were lost ({self.lost_reason})", list(self.leases))
+        if self.pid is None:
+            raise InvalidStateError(f"{self.name}: no guest pid was registered")
+        if not await is_running(self.pid, self.pid_start):
+            raise GuestNotRunningError(f"{self.name}: guest pid {self.pid} is not running")
+        if self.phase == DomainPhase.RUNNING:
+            await self._verify_held()
+        return self.pid
+
+    async def _shutdown(self) -> None:
+        keys = list(self.leases)
+        if keys:
+            await self._give_back(keys)
+        self.leases = {}
+        self.phase = STOPPED
+        self._publish()
+        with anyio.CancelScope(shield=True):
+            await self.host.store.delete_domain(self.identity.uuid)
+        self._stopping = True
+
+    async def _leases_lost(self, reason: str, action_result: str) -> None:
+        if self.phase != DomainPhase.RUNNING:
+            return
+        self.phase = DomainPhase.LOST
+        self.lost_reason = f"{reason}; failure action: {action_result}"
+        log.error("%s: leases lost (%s)", self.name, self.lost_reason)
+        await self._save()
+
+    # -- helpers ------------------------------------------------------------
+
+    def _requests(self, resources: Sequence[Resource] | Any) -> list[LeaseRequest]:
+        """Which leases the resources need, by libvirt's rules."""
+        locking = self.host.config.locking
+        resources = list(resources)
+        requests = []
+        for r in resources:
+            if r.readonly:
+                continue
+            if r.type is ResourceType.DISK and not locking.auto_disk_leases:
+                continue
+            requests.append(LeaseRequest(r.key, r.mode))
+        if locking.leases_required and not locking.auto_disk_leases:
+            writable = [r for r in resources if r.type is ResourceType.DISK and not r.readonly]
+            has_lease = any(r.type is ResourceType.LEASE for r in resources) or any(
+                r.type is ResourceType.LEASE for r in self.resources.values()
+            )
+            if writable and not has_lease:
+                raise LeaseRequiredError(
+                    f"{self.name}: writable disk {writable[0].name} needs a lease "
+                    "(require_lease_for_disks is on and auto_disk_leases is off)"
+                )
+        return requests
+
+    async def _take(self, requests: list[LeaseRequest]) -> tuple[Lease, ...]:
+        """Acquire all-or-nothing; an unknown outcome is undone before raising."""
+        if not requests:
+            return ()
+        io_timeout = self.host.config.timing.io_timeout
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(io_timeout):
+                return await self.host.acquire(self.owner, requests)
+            await self._give_back([r.key for r in requests])
+        raise BackendTimeoutError(f"{self.name}: acquiring leases took longer than io_timeout={io_timeout}s")
+
+    async def _give_back(self, keys: list[str]) -> None:
+        with anyio.CancelScope(shield=True):
+            with anyio.fail_after(self.host.config.timing.io_timeout):
+                await self.host.release(self.owner, keys)
+
+    async def _verify_held(self) -> None:
+        records = {r.key: r for r in await self.host.records(list(self.leases))}
+        missing = []
+        for key, lease in self.leases.items():
+            record = records.get(key)
+            mine = record.held_by(self.owner) if record else None
+            if mine is None or mine.token != lease.token:
+                missing.append(key)
+        if missing:
+            self.phase = DomainPhase.LOST
+            self.lost_reason = "lease records no longer name this domain"
+            await self._save()
+            raise LeaseLostError(f"{self.name}: leases lost: {', '.join(missing)}", missing)
+
+    async def _save(self) -> None:
+        state = DomainState(
+            identity=self.identity,
+            phase=self.phase,
+            pid=self.pid,
+            pid_start=self.pid_start,
+            resources=tuple(self.resources[k] for k in sorted(self.resources)),
+            leases=tuple(self.leases[k] for k in sorted(self.leases)),
+        )
+        with anyio.CancelScope(shield=True):
+            await self.host.store.save_domain(state)
+
+    def _publish(self) -> None:
+        target = None
+        if self.phase == DomainPhase.RUNNING and self.leases:
+            target = FenceTarget(self.identity, self.pid, self.pid_start, tuple(sorted(self.leases)))
+        self.host.publish_fence_target(self.identity.uuid, target)
+
+    def _status(self) -> DomainStatus:
+        return DomainStatus(
+            uuid=self.identity.uuid,
+            name=self.identity.name,
+            phase=self.phase,
+            pid=self.pid,
+            resources=tuple(self.resources[k] for k in sorted(self.resources)),
+            leases=tuple(self.leases[k] for k in sorted(self.leases)),
+            lost_reason=self.lost_reason,
+        )
+
+
+def _with_expected_tokens(requests: list[LeaseRequest], state: LockState) -> list[LeaseRequest]:
+    tokens = {lease.key: lease.token for lease in state.leases}
+    wanted = {r.key for r in requests}
+    if set(tokens) != wanted:
+        raise InvalidParameterError(
+            "lock state does not match the registered resources: "
+            f"state has {sorted(tokens)}, resources need {sorted(wanted)}"
+        )
+    return [attrs.evolve(r, expect_token=tokens[r.key]) for r in requests]

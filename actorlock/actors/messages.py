@@ -1,0 +1,72 @@
+"""Messages a domain actor handles. Commands are imperative, events past tense."""
+
+from __future__ import annotations
+
+import attrs
+
+from ..model import Lease, LockState, Resource
+
+
+@attrs.frozen
+class AcquireObject:
+    """Start (or resume) the guest: take leases for every registered resource."""
+
+    resources: tuple[Resource, ...]
+    pid: int | None = None
+    register_only: bool = False
+    state: LockState | None = None
+
+
+@attrs.frozen
+class AcquireResource:
+    """Hotplug: lease one more resource for a running guest."""
+
+    resource: Resource
+
+
+@attrs.frozen
+class ReleaseResource:
+    """Unplug: give back one resource's lease."""
+
+    resource: Resource
+
+
+@attrs.frozen
+class ReleaseAll:
+    """Pause: give back every lease, returning the lock state to resume with."""
+
+    save_state: bool = True
+
+
+@attrs.frozen
+class Attach:
+    """Re-attach after a coordinator restart; answers the guest pid (get_child)."""
+
+
+@attrs.frozen
+class Shutdown:
+    """The guest stopped: release everything and forget the domain."""
+
+
+@attrs.frozen
+class Inquire:
+    """Answer a :class:`DomainStatus` snapshot."""
+
+
+@attrs.frozen
+class LeasesLost:
+    """The host lost its lockspace; the failure action has run (or was ignored)."""
+
+    reason: str
+    action_result: str
+
+
+@attrs.frozen
+class DomainStatus:
+    uuid: str
+    name: str
+    phase: str
+    pid: int | None
+    resources: tuple[Resource, ...]
+    leases: tuple[Lease, ...]
+    lost_reason: str = ""

@@ -1,0 +1,163 @@
+"""The idiomatic async API: ``async with open_host(config) as host``.
+
+The seed's lock-manager API (:mod:`actorlock.lockmanager`) is a thin layer
+over this one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .actors.host import EventSink, HostCoordinator, HostStatus, PauseCallback
+from .actors.messages import (
+    AcquireObject,
+    AcquireResource,
+    Attach,
+    DomainStatus,
+    Inquire,
+    ReleaseAll,
+    ReleaseResource,
+    Shutdown,
+)
+from .backends import make_backend
+from .backends.base import LeaseBackend
+from .config import Config, load_config
+from .model import DomainIdentity, HostView, LeaseRecord, LockState, Resource
+from .statestore import FileStateStore, MemoryStateStore, StateStore
+
+
+class Domain:
+    """One guest on this host. Every call is a message to the guest's actor."""
+
+    def __init__(self, coordinator: HostCoordinator, identity: DomainIdentity) -> None:
+        self._coordinator = coordinator
+        self.identity = identity
+
+    async def _ask(self, message: object) -> Any:
+        return await self._coordinator.domain_ref(self.identity).ask(message)
+
+    async def start(
+        self,
+        resources: Iterable[Resource],
+        *,
+        pid: int | None = None,
+        register_only: bool = False,
+        state: LockState | None = None,
+    ) -> DomainStatus:
+        """Take every lease the resources need, all or nothing.
+
+        With ``register_only`` the guest is bound but takes no lease (it starts
+        paused); a later :meth:`start` takes them. With ``state`` (from
+        :meth:`pause`) the same leases are re-taken only if nobody held them since.
+        """
+        return await self._ask(AcquireObject(tuple(resources), pid, register_only, state))  # type: ignore[no-any-return]
+
+    async def pause(self) -> LockState:
+        """Release every lease and return the state to resume with."""
+        return await self._ask(ReleaseAll(save_state=True))  # type: ignore[no-any-return]
+
+    async def hotplug(self, resource: Resource) -> DomainStatus:
+        return await self._ask(AcquireResource(resource))  # type: ignore[no-any-return]
+
+    async def unplug(self, resource: Resource) -> DomainStatus:
+        return await self._ask(ReleaseResource(resource))  # type: ignore[no-any-return]
+
+    async def attach(self) -> int:
+        """Re-attach after a restart: the guest pid, checked alive, leases checked held."""
+        return await self._ask(Attach())  # type: ignore[no-any-return]
+
+    async def shutdown(self) -> None:
+        """The guest has stopped: release everything and forget the domain."""
+        await self._ask(Shutdown())
+
+    async def status(self) -> DomainStatus:
+        return await self._ask(Inquire())  # type: ignore[no-any-return]
+
+
+class Host:
+    """A running host coordinator (see :func:`open_host`)."""
+
+    def __init__(self, coordinator: HostCoordinator) -> None:
+        self.coordinator = coordinator
+
+    @property
+    def name(self) -> str:
+        return self.coordinator.identity.name
+
+    @property
+    def config(self) -> Config:
+        return self.coordinator.config
+
+    @property
+    def live(self) -> bool:
+        return self.coordinator.live
+
+    @property
+    def resumed(self) -> bool:
+        """True when this start resumed a previous run's leases (restart in time)."""
+        return self.coordinator.resumed
+
+    def domain(self, uuid: str, *, name: str = "", id: int = -1) -> Domain:
+        return Domain(self.coordinator, DomainIdentity(uuid, name, id))
+
+    def known_domains(self) -> list[str]:
+        """UUIDs of domains this host tracks (including ones persisted before a restart)."""
+        return self.coordinator.known_domains()
+
+    async def status(self) -> HostStatus:
+        return await self.coordinator.status()
+
+    async def leases(self) -> list[LeaseRecord]:
+        return await self.coordinator.records()
+
+    async def hosts(self) -> list[HostView]:
+        return await self.coordinator.hosts()
+
+
+@asynccontextmanager
+async def open_host(
+    config: Config | Mapping[str, Any] | str | Path | None = None,
+    *,
+    backend: LeaseBackend | None = None,
+    state_store: StateStore | None = None,
+    pause_callback: PauseCallback | None = None,
+    event_sink: EventSink | None = None,
+    clock: Callable[[], float] = anyio.current_time,
+) -> AsyncIterator[Host]:
+    """Run a host coordinator for the duration of the block.
+
+    On exit the host stops renewing and leaves the lockspace; guests that still
+    hold leases keep them, so a restarted coordinator can re-attach in time.
+    """
+    cfg = load_config(config)
+    lease_backend = backend if backend is not None else make_backend(cfg, clock=clock)
+    store = state_store
+    if store is None:
+        if cfg.host.state_dir is not None:
+            file_store = FileStateStore(cfg.host.state_dir)
+            await file_store.open()
+            store = file_store
+        else:
+            store = MemoryStateStore()
+    async with anyio.create_task_group() as tg:
+        coordinator = HostCoordinator(
+            cfg, lease_backend, store, tg, pause_callback=pause_callback, event_sink=event_sink, clock=clock
+        )
+        try:
+            await coordinator.start()
+        except BaseException:
+            tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await lease_backend.aclose()
+            raise
+        try:
+            yield Host(coordinator)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await coordinator.stop()
+            tg.cancel_scope.cancel()

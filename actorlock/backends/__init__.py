@@ -1,0 +1,43 @@
+"""Lease backends behind one interface, and the factory that picks one from config."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import anyio
+
+from ..config import Config
+from ..errors import ConfigError
+from .base import BackendCapabilities, HostAdvert, LeaseBackend
+
+__all__ = ["BackendCapabilities", "HostAdvert", "LeaseBackend", "make_backend"]
+
+
+def make_backend(config: Config, *, clock: Callable[[], float] = anyio.current_time) -> LeaseBackend:
+    """Build the backend that ``config.locking.backend`` names."""
+    kind = config.locking.backend
+    poll = config.timing.renew_interval
+    host_dead = config.timing.host_dead
+    if kind == "memory":
+        from .memory import MemoryLeaseBackend, shared_lockspace
+
+        return MemoryLeaseBackend(
+            shared_lockspace(config.memory.lockspace), host_dead=host_dead, poll_interval=poll, clock=clock
+        )
+    if kind == "file":
+        from .file import FileLeaseBackend
+
+        if config.file.lockspace_dir is None:
+            raise ConfigError("file.lockspace_dir", "the file backend needs a lockspace directory")
+        return FileLeaseBackend(
+            config.file.lockspace_dir,
+            host_dead=host_dead,
+            poll_interval=poll,
+            clock=clock,
+            io_timeout=config.timing.io_timeout,
+        )
+    if kind == "nop":
+        from .nop import NopLeaseBackend
+
+        return NopLeaseBackend()
+    raise ConfigError("locking.backend", f"unknown backend {kind!r}")

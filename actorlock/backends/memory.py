@@ -1,0 +1,152 @@
+"""In-process lockspace shared by simulated hosts (tests, simulator).
+
+Operations never await between reading and writing the shared state, so on
+one event loop each one is atomic without a lock.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+
+import anyio
+import attrs
+
+from ..errors import InvalidStateError
+from ..model import (
+    HostIdentity,
+    HostRecord,
+    HostState,
+    HostView,
+    Lease,
+    LeaseOwner,
+    LeaseRecord,
+    LeaseRequest,
+)
+from .base import BackendCapabilities, HostAdvert
+from .liveness import LivenessObserver, wait_for_id_free
+from .rules import plan_acquire, plan_release
+
+
+class MemoryLockspace:
+    """The shared state: lease records and host records, by key and by id."""
+
+    def __init__(self, name: str = "memory") -> None:
+        self.name = name
+        self.id = f"memory:{name}:{uuid.uuid4().hex[:12]}"
+        self.records: dict[str, LeaseRecord] = {}
+        self.hosts: dict[int, HostRecord] = {}
+
+
+_REGISTRY: dict[str, MemoryLockspace] = {}
+
+
+def shared_lockspace(name: str) -> MemoryLockspace:
+    """The process-wide memory lockspace called ``name`` (created on first use)."""
+    space = _REGISTRY.get(name)
+    if space is None:
+        space = _REGISTRY[name] = MemoryLockspace(name)
+    return space
+
+
+def drop_lockspace(name: str) -> None:
+    """Forget a named memory lockspace (tests use this to start clean)."""
+    _REGISTRY.pop(name, None)
+
+
+class MemoryLeaseBackend:
+    """One host's handle on a :class:`MemoryLockspace`."""
+
+    kind = "memory"
+    capabilities = BackendCapabilities()
+
+    def __init__(
+        self,
+        space: MemoryLockspace,
+        *,
+        host_dead: float,
+        poll_interval: float = 0.1,
+        clock: Callable[[], float] = anyio.current_time,
+    ) -> None:
+        self.space = space
+        self._observer = LivenessObserver(host_dead, clock)
+        self._poll = poll_interval
+        self._host: HostIdentity | None = None
+        self._incarnation = ""
+
+    async def lockspace_id(self) -> str:
+        return self.space.id
+
+    def _me(self) -> HostRecord:
+        if self._host is None:
+            raise InvalidStateError("backend has not joined the lockspace")
+        return self.space.hosts[self._host.id]
+
+    async def join(self, host: HostIdentity, incarnation: str, advert: HostAdvert) -> HostRecord | None:
+        async def read() -> HostRecord | None:
+            return self.space.hosts.get(host.id)
+
+        previous = await wait_for_id_free(read, incarnation, self._observer, self._poll)
+        counter = previous.counter + 1 if previous is not None else 1
+        self.space.hosts[host.id] = HostRecord(
+            name=host.name,
+            id=host.id,
+            incarnation=incarnation,
+            counter=counter,
+            boot_id=advert.boot_id,
+            renewed_monotonic=advert.renewed_monotonic,
+            peer_endpoint=advert.peer_endpoint,
+            public_key=advert.public_key,
+        )
+        self._host, self._incarnation = host, incarnation
+        return previous
+
+    async def renew(self, advert: HostAdvert) -> HostRecord:
+        me = self._me()
+        if me.incarnation != self._incarnation:
+            raise InvalidStateError(f"host id {me.id} was taken over by incarnation {me.incarnation}")
+        new = attrs.evolve(
+            me,
+            counter=me.counter + 1,
+            state=HostState.LIVE,
+            boot_id=advert.boot_id,
+            renewed_monotonic=advert.renewed_monotonic,
+            peer_endpoint=advert.peer_endpoint,
+            public_key=advert.public_key,
+        )
+        self.space.hosts[me.id] = new
+        return new
+
+    async def leave(self, *, clean: bool) -> None:
+        if self._host is None:
+            return
+        me = self.space.hosts.get(self._host.id)
+        if clean and me is not None and me.incarnation == self._incarnation:
+            self.space.hosts[me.id] = attrs.evolve(me, counter=me.counter + 1, state=HostState.LEFT)
+        self._host = None
+
+    async def hosts(self) -> list[HostView]:
+        return [self._observer.observe(r) for _, r in sorted(self.space.hosts.items())]
+
+    async def acquire(self, owner: LeaseOwner, requests: Sequence[LeaseRequest]) -> tuple[Lease, ...]:
+        self._me()
+        updated, leases = plan_acquire(
+            self.space.records,
+            owner,
+            self._incarnation,
+            requests,
+            lambda h: self._observer.holder_alive(h, self.space.hosts.get(h.owner.host_id)),
+        )
+        self.space.records.update(updated)
+        return leases
+
+    async def release(self, owner: LeaseOwner, keys: Sequence[str]) -> None:
+        self.space.records.update(plan_release(self.space.records, owner, keys))
+
+    async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
+        if keys is None:
+            return [self.space.records[k] for k in sorted(self.space.records)]
+        return [self.space.records[k] for k in sorted(set(keys)) if k in self.space.records]
+
+    async def aclose(self) -> None:
+        return None

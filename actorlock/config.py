@@ -1,0 +1,221 @@
+"""Configuration: frozen records loaded from TOML; every error names its key.
+
+The timing rule that keeps two hosts from ever running one disk:
+a host fences its guests once ``lease_timeout`` has passed since its last
+successful renewal *started*, and gives the failure action ``fence_timeout``
+to finish; another host may take a lease only after it has seen the holder's
+record unchanged for ``host_dead``. So ``host_dead`` must exceed
+``lease_timeout + fence_timeout`` (docs/timing.md has the derivation).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from .constants import FailureAction
+from .errors import ConfigError
+
+BACKENDS = ("file", "memory", "nop")
+# Monotonic clocks of two hosts may tick at slightly different rates (NTP slews
+# by up to 500 ppm); the margin below covers that many times over.
+CLOCK_RATE_MARGIN = 0.01
+
+
+@attrs.frozen
+class HostConfig:
+    name: str = "localhost"
+    id: int = 1
+    state_dir: Path | None = None
+
+
+@attrs.frozen
+class TimingConfig:
+    renew_interval: float = 2.0
+    lease_timeout: float = 10.0
+    host_dead: float = 20.0
+    fence_timeout: float = 5.0
+    io_timeout: float = 10.0
+
+    def validate(self) -> None:
+        for name in ("renew_interval", "lease_timeout", "host_dead", "fence_timeout", "io_timeout"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"timing.{name}", f"must be a positive number, got {getattr(self, name)}")
+        if self.lease_timeout < 2 * self.renew_interval:
+            raise ConfigError(
+                "timing.lease_timeout",
+                f"must be at least twice renew_interval ({self.renew_interval}) so a host "
+                f"gets two tries to renew before it expires, got {self.lease_timeout}",
+            )
+        floor = (self.lease_timeout + self.fence_timeout) * (1 + CLOCK_RATE_MARGIN)
+        if self.host_dead < floor:
+            raise ConfigError(
+                "timing.host_dead",
+                f"must be at least (lease_timeout + fence_timeout) * {1 + CLOCK_RATE_MARGIN} = "
+                f"{floor:.3f} so a host fences its guests before another may take over, "
+                f"got {self.host_dead}",
+            )
+
+
+@attrs.frozen
+class LockingConfig:
+    backend: str = "file"
+    failure_action: FailureAction = FailureAction.POWEROFF
+    auto_disk_leases: bool = True
+    # None: libvirt's default, required exactly when disks are not leased automatically.
+    require_lease_for_disks: bool | None = None
+    kill_grace: float = 3.0
+
+    @property
+    def leases_required(self) -> bool:
+        if self.require_lease_for_disks is None:
+            return not self.auto_disk_leases
+        return self.require_lease_for_disks
+
+
+@attrs.frozen
+class FileConfig:
+    lockspace_dir: Path | None = None
+
+
+@attrs.frozen
+class MemoryConfig:
+    lockspace: str = "default"
+
+
+@attrs.frozen
+class PeerConfig:
+    endpoint: str = ""
+    key_file: Path | None = None
+    allowed_keys: tuple[str, ...] = ()
+    plaintext: bool = False
+
+
+@attrs.frozen
+class Config:
+    """The whole configuration of one host coordinator."""
+
+    host: HostConfig = HostConfig()
+    timing: TimingConfig = TimingConfig()
+    locking: LockingConfig = LockingConfig()
+    file: FileConfig = FileConfig()
+    memory: MemoryConfig = MemoryConfig()
+    peer: PeerConfig = PeerConfig()
+
+
+def load_config(source: str | Path | Mapping[str, Any] | Config | None = None) -> Config:
+    """Load a configuration from a TOML file path or a mapping of the same shape.
+
+    Raises:
+        ConfigError: naming the key that is unknown, missing or has a bad value.
+    """
+    if source is None:
+        return _validated(Config())
+    if isinstance(source, Config):
+        return _validated(source)
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        try:
+            data: Mapping[str, Any] = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError("<file>", f"config file {path} does not exist") from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError("<file>", f"cannot read config file {path}: {exc}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError("<file>", f"{path} is not valid TOML: {exc}") from None
+    elif isinstance(source, Mapping):
+        data = source
+    else:
+        raise ConfigError("<root>", f"expected a path or a mapping, got {type(source).__name__}")
+    return _validated(_parse(data))
+
+
+_SECTIONS: dict[str, type[Any]] = {
+    "host": HostConfig,
+    "timing": TimingConfig,
+    "locking": LockingConfig,
+    "file": FileConfig,
+    "memory": MemoryConfig,
+    "peer": PeerConfig,
+}
+
+
+def _parse(data: Mapping[str, Any]) -> Config:
+    sections: dict[str, Any] = {}
+    for section, body in data.items():
+        cls = _SECTIONS.get(section)
+        if cls is None:
+            raise ConfigError(section, f"unknown section (known: {', '.join(_SECTIONS)})")
+        if not isinstance(body, Mapping):
+            raise ConfigError(section, "must be a table")
+        fields = {f.name: f for f in attrs.fields(cls)}
+        values: dict[str, Any] = {}
+        for key, value in body.items():
+            if key not in fields:
+                raise ConfigError(f"{section}.{key}", f"unknown key (known: {', '.join(fields)})")
+            values[key] = _convert(f"{section}.{key}", fields[key].type, value)
+        sections[section] = cls(**values)
+    return Config(**sections)
+
+
+def _convert(key: str, annotation: object, value: Any) -> Any:
+    kind = str(annotation)
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+        return value
+    if kind == "bool | None":
+        if value is not None and not isinstance(value, bool):
+            raise ConfigError(key, f"must be true or false, got {value!r}")
+        return value
+    if kind == "int":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(key, f"must be an integer, got {value!r}")
+        return value
+    if kind == "float":
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ConfigError(key, f"must be a number of seconds, got {value!r}")
+        return float(value)
+    if kind == "str":
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string, got {value!r}")
+        return value
+    if kind == "Path | None":
+        if not isinstance(value, (str, Path)) or not str(value):
+            raise ConfigError(key, f"must be a non-empty path, got {value!r}")
+        return Path(value)
+    if kind == "tuple[str, ...]":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(key, f"must be a list of strings, got {value!r}")
+        return tuple(value)
+    if kind == "FailureAction":
+        try:
+            return FailureAction(value)
+        except ValueError:
+            choices = ", ".join(a.value for a in FailureAction)
+            raise ConfigError(key, f"must be one of {choices}, got {value!r}") from None
+    raise ConfigError(key, f"unsupported type {kind}")  # pragma: no cover - a bug in this module
+
+
+def _validated(config: Config) -> Config:
+    config.timing.validate()
+    if not config.host.name:
+        raise ConfigError("host.name", "must not be empty")
+    if not 1 <= config.host.id <= 2000:
+        raise ConfigError("host.id", f"must be in 1..2000, got {config.host.id}")
+    if config.locking.backend not in BACKENDS:
+        choices = ", ".join(BACKENDS)
+        raise ConfigError("locking.backend", f"must be one of {choices}, got {config.locking.backend!r}")
+    if not 0 < config.locking.kill_grace < config.timing.fence_timeout:
+        raise ConfigError(
+            "locking.kill_grace",
+            f"must be positive and below timing.fence_timeout ({config.timing.fence_timeout}) so "
+            f"SIGKILL follows SIGTERM before another host may take over, got {config.locking.kill_grace}",
+        )
+    if not config.memory.lockspace:
+        raise ConfigError("memory.lockspace", "must not be empty")
+    return config

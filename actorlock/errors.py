@@ -1,0 +1,220 @@
+"""One exception hierarchy for everything actorlock raises on purpose.
+
+Every error derives from :class:`ActorlockError`; where a builtin fits the
+meaning (``ValueError`` for bad input, ``NotImplementedError`` for missing
+features) the error derives from it too, so generic handlers keep working.
+Details travel as attributes (``err.resource``, ``err.holders``) so callers
+never parse messages. Each class has a stable ``code`` used on the wire.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+
+class ActorlockError(Exception):
+    """Root of every error actorlock raises on purpose."""
+
+    code: ClassVar[str] = "error"
+
+
+# --- bad input and misuse -------------------------------------------------
+
+
+class ConfigError(ActorlockError, ValueError):
+    """A configuration key is unknown, missing or has a bad value."""
+
+    code = "config"
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"config key {key!r}: {problem}")
+        self.key = key
+        self.problem = problem
+
+
+class InvalidParameterError(ActorlockError, ValueError):
+    """A parameter name or value passed to the API is not acceptable."""
+
+    code = "invalid-parameter"
+
+
+class InvalidStateError(ActorlockError, RuntimeError):
+    """The operation is not valid in the object's current state."""
+
+    code = "invalid-state"
+
+
+class NotSupportedError(ActorlockError, NotImplementedError):
+    """The backend or this build does not implement the operation."""
+
+    code = "not-supported"
+
+
+# --- locking outcomes -----------------------------------------------------
+
+
+class LockError(ActorlockError):
+    """A lease could not be taken, kept or given back."""
+
+    code = "lock"
+
+
+class ResourceBusyError(LockError):
+    """A resource is held elsewhere in a conflicting mode.
+
+    Attributes:
+        resource: the resource key that is busy.
+        holders: ``(host, domain)`` pairs of the current holders.
+    """
+
+    code = "busy"
+
+    def __init__(self, resource: str, holders: Sequence[tuple[str, str]]) -> None:
+        who = ", ".join(f"domain {d} on host {h}" for h, d in holders) or "unknown holder"
+        super().__init__(f"resource {resource} is busy: held by {who}")
+        self.resource = resource
+        self.holders = tuple(holders)
+
+
+class LeaseLostError(LockError):
+    """Leases this host believed it held are gone or no longer valid."""
+
+    code = "lease-lost"
+
+    def __init__(self, message: str, resources: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.resources = tuple(resources)
+
+
+class StaleLockStateError(LeaseLostError):
+    """A saved lock state no longer matches the lockspace (fencing token moved)."""
+
+    code = "stale-state"
+
+
+class LockspaceLostError(LockError):
+    """This host's liveness in the lockspace expired; it may not acquire."""
+
+    code = "lockspace-lost"
+
+
+class HostIdInUseError(LockError):
+    """Another live host already uses this host id or name in the lockspace."""
+
+    code = "host-id-in-use"
+
+
+class LeaseRequiredError(LockError):
+    """The guest has writable disks but no lease while leases are required."""
+
+    code = "lease-required"
+
+
+# --- storage --------------------------------------------------------------
+
+
+class BackendError(ActorlockError):
+    """The lease backend failed to carry out an operation."""
+
+    code = "backend"
+
+
+class LockspaceError(BackendError):
+    """The lockspace is missing, unreadable or read-only."""
+
+    code = "lockspace"
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"lockspace {path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class CorruptRecordError(BackendError):
+    """A stored record cannot be decoded; nothing was changed."""
+
+    code = "corrupt-record"
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"corrupt record {path}: {problem}")
+        self.path = path
+        self.problem = problem
+
+
+class BackendTimeoutError(BackendError):
+    """The lease backend did not answer within its I/O timeout."""
+
+    code = "backend-timeout"
+
+
+# --- guests and actors ----------------------------------------------------
+
+
+class GuestNotRunningError(ActorlockError):
+    """The guest process recorded for a domain is not alive."""
+
+    code = "guest-not-running"
+
+
+class ActorStoppedError(ActorlockError, RuntimeError):
+    """The actor has stopped; it takes no more messages."""
+
+    code = "actor-stopped"
+
+
+# --- peers and migration --------------------------------------------------
+
+
+class PeerError(ActorlockError):
+    """A peer coordinator failed, refused or could not be reached."""
+
+    code = "peer"
+
+
+class PeerUnreachableError(PeerError):
+    """No answer from the peer coordinator before the deadline."""
+
+    code = "peer-unreachable"
+
+
+class PeerRefusedError(PeerError):
+    """The peer coordinator answered with a refusal."""
+
+    code = "peer-refused"
+
+
+class ProtocolError(ActorlockError, ValueError):
+    """A message broke the wire format or the protocol's rules."""
+
+    code = "protocol"
+
+
+class MigrationError(ActorlockError):
+    """A migration step failed or is not allowed in the current state."""
+
+    code = "migration"
+
+
+def error_from_code(code: str, message: str, **fields: Any) -> ActorlockError:
+    """Rebuild a local error from a code received on the wire.
+
+    Unknown codes become a plain :class:`ActorlockError`; constructor
+    arguments that errors require are filled from ``fields`` where present.
+    """
+    cls = _BY_CODE.get(code, ActorlockError)
+    err = cls.__new__(cls)
+    Exception.__init__(err, message)
+    for name, value in fields.items():
+        setattr(err, name, value)
+    return err
+
+
+def _all_subclasses(cls: type[ActorlockError]) -> list[type[ActorlockError]]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+_BY_CODE: dict[str, type[ActorlockError]] = {c.code: c for c in _all_subclasses(ActorlockError)}

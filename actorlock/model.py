@@ -1,0 +1,214 @@
+"""Frozen values shared by the actors, the backends and the wire."""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+from collections.abc import Iterable
+
+import attrs
+
+from .constants import ResourceFlags, ResourceType
+from .errors import InvalidParameterError
+
+MAX_HOST_ID = 2000  # as sanlock: small ids keep per-host records cheap to scan
+
+
+class LeaseMode(enum.Enum):
+    """Exclusive: one holder. Shared: any number of shared holders, no exclusive one."""
+
+    EXCLUSIVE = "exclusive"
+    SHARED = "shared"
+
+
+def _check_host_id(_inst: object, _attr: object, value: int) -> None:
+    if not 1 <= value <= MAX_HOST_ID:
+        raise InvalidParameterError(f"host id must be in 1..{MAX_HOST_ID}, got {value}")
+
+
+def _check_nonempty(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
+    if not value:
+        raise InvalidParameterError(f"{attr.name} must not be empty")
+
+
+@attrs.frozen
+class HostIdentity:
+    """Who a host is in a lockspace: a unique name and a numeric id."""
+
+    name: str = attrs.field(validator=_check_nonempty)
+    id: int = attrs.field(validator=_check_host_id)
+
+
+@attrs.frozen
+class DomainIdentity:
+    """A guest as libvirt names it: uuid (the key), name and numeric id."""
+
+    uuid: str = attrs.field(validator=_check_nonempty)
+    name: str = ""
+    id: int = -1
+
+
+@attrs.frozen
+class Resource:
+    """One thing a guest registers: a disk path or an explicit lease.
+
+    Readonly resources are never locked; shared ones take a shared lease.
+    """
+
+    type: ResourceType
+    name: str = attrs.field(validator=_check_nonempty)
+    flags: ResourceFlags = ResourceFlags.NONE
+    lockspace: str = ""
+    path: str = ""
+    offset: int = 0
+
+    @property
+    def key(self) -> str:
+        """The lockspace-wide key of the lease protecting this resource."""
+        if self.type is ResourceType.DISK:
+            return "disk:" + os.path.normpath(self.name)
+        return f"lease:{self.lockspace}/{self.name}"
+
+    @property
+    def mode(self) -> LeaseMode:
+        return LeaseMode.SHARED if self.flags & ResourceFlags.SHARED else LeaseMode.EXCLUSIVE
+
+    @property
+    def readonly(self) -> bool:
+        return bool(self.flags & ResourceFlags.READONLY)
+
+
+def disk(path: str, *, shared: bool = False, readonly: bool = False) -> Resource:
+    """A DISK resource, the common case."""
+    flags = ResourceFlags.NONE
+    if shared:
+        flags |= ResourceFlags.SHARED
+    if readonly:
+        flags |= ResourceFlags.READONLY
+    return Resource(ResourceType.DISK, path, flags)
+
+
+@attrs.frozen
+class LeaseOwner:
+    """The holder side of a lease: which domain on which host."""
+
+    host: str
+    host_id: int
+    domain: str
+    domain_name: str = ""
+
+
+@attrs.frozen
+class LeaseRequest:
+    """Ask for ``key`` in ``mode``; with ``expect_token``, only if nobody took it since."""
+
+    key: str
+    mode: LeaseMode
+    expect_token: int | None = None
+
+
+@attrs.frozen
+class Lease:
+    """A lease a domain holds, with the fencing token its acquisition was given."""
+
+    key: str
+    mode: LeaseMode
+    token: int
+
+
+@attrs.frozen
+class Holder:
+    """One holder entry in a lease record."""
+
+    owner: LeaseOwner
+    mode: LeaseMode
+    token: int
+    incarnation: str = ""  # the holder host's incarnation when it acquired
+
+
+@attrs.frozen
+class LeaseRecord:
+    """What the lockspace stores for one resource key.
+
+    ``token`` is the last fencing token issued for the key; it only grows,
+    and the record outlives its holders so a token is never issued twice.
+    """
+
+    key: str
+    token: int = 0
+    holders: tuple[Holder, ...] = ()
+
+    def held_by(self, owner: LeaseOwner) -> Holder | None:
+        for h in self.holders:
+            if h.owner == owner:
+                return h
+        return None
+
+
+class HostState(enum.Enum):
+    LIVE = "live"
+    LEFT = "left"  # left cleanly holding nothing; no need to wait for host_dead
+
+
+@attrs.frozen
+class HostRecord:
+    """A host's liveness record in the lockspace.
+
+    Other hosts never compare clocks: they note, on their own monotonic
+    clock, when ``(incarnation, counter)`` last changed. ``boot_id`` and
+    ``renewed_monotonic`` are read back only by the host that wrote them.
+    """
+
+    name: str
+    id: int
+    incarnation: str
+    counter: int
+    state: HostState = HostState.LIVE
+    boot_id: str = ""
+    renewed_monotonic: float = 0.0
+    peer_endpoint: str = ""
+    public_key: str = ""
+
+
+@attrs.frozen
+class HostView:
+    """A host record as one observer judges it."""
+
+    record: HostRecord
+    alive: bool
+    unchanged_for: float  # seconds on the observer's clock since the record last changed
+
+
+@attrs.frozen
+class LockState:
+    """The leases a paused or migrating guest held, as a portable string."""
+
+    leases: tuple[Lease, ...] = ()
+
+    def to_string(self) -> str:
+        body = [[lease.key, lease.mode.value, lease.token] for lease in self.leases]
+        return json.dumps({"v": 1, "leases": body}, separators=(",", ":"))
+
+    @classmethod
+    def from_string(cls, text: str) -> LockState:
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or data.get("v") != 1:
+                raise ValueError("unknown lock state version")
+            leases = tuple(
+                Lease(str(key), LeaseMode(mode), _as_int(token)) for key, mode, token in data["leases"]
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            raise InvalidParameterError(f"malformed lock state {text[:80]!r}: {exc}") from None
+        return cls(leases)
+
+    @classmethod
+    def of(cls, leases: Iterable[Lease]) -> LockState:
+        return cls(tuple(sorted(leases, key=lambda lease: lease.key)))
+
+
+def _as_int(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {value!r}")
+    return value
