@@ -144,20 +144,34 @@ async def open_host(
             store = file_store
         else:
             store = MemoryStateStore()
+    # Errors from start-up or from the caller's block are re-raised as they are,
+    # not wrapped in the task group's ExceptionGroup.
+    error: Exception | None = None
     async with anyio.create_task_group() as tg:
         coordinator = HostCoordinator(
             cfg, lease_backend, store, tg, pause_callback=pause_callback, event_sink=event_sink, clock=clock
         )
         try:
             await coordinator.start()
+        except Exception as exc:
+            error = exc
         except BaseException:
             tg.cancel_scope.cancel()
             with anyio.CancelScope(shield=True):
                 await lease_backend.aclose()
             raise
-        try:
-            yield Host(coordinator)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await coordinator.stop()
+        if error is not None:
             tg.cancel_scope.cancel()
+            with anyio.CancelScope(shield=True):
+                await lease_backend.aclose()
+        else:
+            try:
+                yield Host(coordinator)
+            except Exception as exc:
+                error = exc
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await coordinator.stop()
+                tg.cancel_scope.cancel()
+    if error is not None:
+        raise error

@@ -103,6 +103,7 @@ class HostCoordinator:
         self._domains: dict[str, tuple[ActorRef[Any], DomainActor]] = {}
         self._fence_targets: dict[str, FenceTarget] = {}
         self._started = False
+        self._crashed = False
 
     # -- public -------------------------------------------------------------
 
@@ -234,8 +235,21 @@ class HostCoordinator:
         self._tg.start_soon(self._renew_loop, name=f"renew {self.identity.name}")
         self._emit("joined", incarnation=self.incarnation, resumed=self.resumed)
 
+    def crash(self) -> None:
+        """Fault injection: every task of this host dies now; nothing is released or left.
+
+        The caller's ``open_host`` block is cancelled; its exit writes nothing.
+        """
+        self._crashed = True
+        self._started = False
+        self._tg.cancel_scope.cancel()
+
     async def stop(self) -> None:
         """Leave the lockspace; guests still holding leases keep them (re-attach later)."""
+        if self._crashed:
+            with anyio.move_on_after(self.config.timing.io_timeout, shield=True):
+                await self.backend.aclose()
+            return
         holding = bool(self._fence_targets) or any(
             a.phase in (DomainPhase.RUNNING, DomainPhase.LOST) for _, a in self._domains.values()
         )
@@ -254,7 +268,7 @@ class HostCoordinator:
         ref, mailbox = open_mailbox(actor.name)
         entry = (ref, actor)
         self._domains[actor.identity.uuid] = entry
-        self._tg.start_soon(run_actor, actor, mailbox, name=actor.name)
+        self._tg.start_soon(run_actor, actor, ref, mailbox, name=actor.name)
         return entry
 
     def _check_live(self) -> None:

@@ -95,6 +95,10 @@ class ActorRef(Generic[M]):
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             raise ActorStoppedError(f"actor {self.name} has stopped") from None
 
+    def close(self) -> None:
+        """Refuse further messages; queued ones are failed by the actor's teardown."""
+        self._send.close()
+
     async def _put(self, envelope: Envelope) -> None:
         try:
             await self._send.send(envelope)
@@ -128,6 +132,7 @@ def open_mailbox(
 
 async def run_actor(
     actor: Actor[Any],
+    ref: ActorRef[Any],
     mailbox: MemoryObjectReceiveStream[Envelope],
     *,
     task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
@@ -141,6 +146,7 @@ async def run_actor(
                 break
     finally:
         with anyio.CancelScope(shield=True):
+            ref.close()
             await _fail_pending(actor, mailbox)
             try:
                 await actor.on_stop()
