@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import anyio
 import pytest
 
@@ -12,6 +10,7 @@ from actorlock.backends.memory import MemoryLeaseBackend, shared_lockspace
 from actorlock.errors import LeaseLostError, LockspaceLostError, ResourceBusyError
 from actorlock.guest import is_running_sync
 from actorlock.model import DomainIdentity
+from actorlock.testing.events import EventLog
 from actorlock.testing.faults import FaultyBackend
 
 from .support import TIMING, guest_process, host_config, unique
@@ -71,11 +70,8 @@ async def test_a_renewing_host_is_never_taken_over() -> None:
 
 async def test_lost_lockspace_powers_off_the_guest_before_another_host_can_take_over() -> None:
     space = unique()
-    events: list[tuple[float, str, dict[str, Any]]] = []
-
-    def sink(kind: str, fields: dict[str, Any]) -> None:
-        events.append((anyio.current_time(), kind, fields))
-
+    events = EventLog()
+    sink = events.sink
     faulty = faulty_memory(space)
     with guest_process() as guest:
         async with (
@@ -87,9 +83,9 @@ async def test_lost_lockspace_powers_off_the_guest_before_another_host_can_take_
             faulty.fail("renew")
             await acquire_when_free(b.domain("u2"), "/d/1.img", deadline=5)
             taken_at = anyio.current_time()
-            fenced = [(t, f) for t, kind, f in events if kind == "failure_action"]
+            fenced = events.of("failure_action")
             assert len(fenced) == 1
-            fenced_at, fields = fenced[0]
+            fenced_at, fields = fenced[0].time, fenced[0].fields
             assert fields["result"] == f"guest pid {guest.pid} powered off"
             assert fenced_at < taken_at
             assert guest.wait(timeout=5) is not None
@@ -109,15 +105,17 @@ async def test_pause_action_calls_the_callback_and_keeps_the_guest() -> None:
         paused.append((domain, pid))
 
     faulty = faulty_memory(space)
+    events = EventLog()
     cfg = host_config("a", 1, lockspace=space, locking={"failure_action": "pause"})
     with guest_process() as guest:
-        async with actorlock.open_host(cfg, backend=faulty, pause_callback=pause) as a:
+        async with actorlock.open_host(
+            cfg, backend=faulty, pause_callback=pause, event_sink=events.sink
+        ) as a:
             vm = a.domain("u1", name="vm1")
             await vm.start([actorlock.disk("/d/1.img")], pid=guest.pid)
             faulty.fail("renew")
             with anyio.fail_after(5):
-                while (await vm.status()).phase != "lost":
-                    await anyio.sleep(TIMING["renew_interval"])
+                await events.wait_for("leases_lost", domain="u1")
             assert paused == [(DomainIdentity("u1", "vm1"), guest.pid)]
             assert is_running_sync(guest.pid, None)
 
@@ -132,15 +130,15 @@ async def test_pause_action_without_a_callback_is_a_config_error() -> None:
 async def test_ignore_action_leaves_the_guest_running_and_marks_the_leases_lost() -> None:
     space = unique()
     faulty = faulty_memory(space)
+    events = EventLog()
     cfg = host_config("a", 1, lockspace=space, locking={"failure_action": "ignore"})
     with guest_process() as guest:
-        async with actorlock.open_host(cfg, backend=faulty) as a:
+        async with actorlock.open_host(cfg, backend=faulty, event_sink=events.sink) as a:
             vm = a.domain("u1")
             await vm.start([actorlock.disk("/d/1.img")], pid=guest.pid)
             faulty.fail("renew")
             with anyio.fail_after(5):
-                while (await vm.status()).phase != "lost":
-                    await anyio.sleep(TIMING["renew_interval"])
+                await events.wait_for("leases_lost", domain="u1")
             assert "ignore" in (await vm.status()).lost_reason
             assert is_running_sync(guest.pid, None)
 
@@ -148,17 +146,18 @@ async def test_ignore_action_leaves_the_guest_running_and_marks_the_leases_lost(
 async def test_host_grants_again_after_renewal_recovers() -> None:
     space = unique()
     faulty = faulty_memory(space)
-    async with actorlock.open_host(host_config("a", 1, lockspace=space), backend=faulty) as a:
+    events = EventLog()
+    async with actorlock.open_host(
+        host_config("a", 1, lockspace=space), backend=faulty, event_sink=events.sink
+    ) as a:
         faulty.fail("renew")
         with anyio.fail_after(5):
-            while a.live:
-                await anyio.sleep(TIMING["renew_interval"])
+            await events.wait_for("lockspace_lost")
         with pytest.raises(LockspaceLostError):
             await a.domain("u1").start([actorlock.disk("/d/1.img")])
         faulty.heal()
         with anyio.fail_after(5):
-            while not a.live:
-                await anyio.sleep(TIMING["renew_interval"])
+            await events.wait_for("lockspace_regained")
         status = await a.domain("u1").start([actorlock.disk("/d/1.img")])
         assert status.phase == "running"
 
@@ -166,13 +165,15 @@ async def test_host_grants_again_after_renewal_recovers() -> None:
 async def test_stalled_storage_cannot_keep_a_host_live() -> None:
     space = unique()
     faulty = faulty_memory(space)
+    events = EventLog()
     with guest_process() as guest:
-        async with actorlock.open_host(host_config("a", 1, lockspace=space), backend=faulty) as a:
+        async with actorlock.open_host(
+            host_config("a", 1, lockspace=space), backend=faulty, event_sink=events.sink
+        ) as a:
             vm = a.domain("u1")
             await vm.start([actorlock.disk("/d/1.img")], pid=guest.pid)
             faulty.stall("renew")
             with anyio.fail_after(5):
-                while (await vm.status()).phase != "lost":
-                    await anyio.sleep(TIMING["renew_interval"])
+                await events.wait_for("leases_lost", domain="u1")
             assert guest.wait(timeout=5) is not None
             faulty.heal()

@@ -205,6 +205,7 @@ class DomainActor(Actor[Any]):
         self.lost_reason = f"{reason}; failure action: {action_result}"
         log.error("%s: leases lost (%s)", self.name, self.lost_reason)
         await self._save()
+        self.host.emit("leases_lost", domain=self.identity.uuid, reason=self.lost_reason)
 
     # -- helpers ------------------------------------------------------------
 

@@ -167,12 +167,12 @@ class HostCoordinator:
             with anyio.move_on_after(self.config.timing.io_timeout, shield=True):
                 await self.backend.release(owner, [r.key for r in requests])
             raise LockspaceLostError(f"host {self.identity.name} lost its lockspace while acquiring")
-        self._emit("acquire", owner=owner, leases=leases)
+        self.emit("acquire", owner=owner, leases=leases)
         return leases
 
     async def release(self, owner: LeaseOwner, keys: Sequence[str]) -> None:
         await self.backend.release(owner, keys)
-        self._emit("release", owner=owner, keys=tuple(keys))
+        self.emit("release", owner=owner, keys=tuple(keys))
 
     async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
         return await self.backend.records(keys)
@@ -233,7 +233,7 @@ class HostCoordinator:
                 actor.lost_reason = "the coordinator was down longer than lease_timeout"
             self._spawn(actor)
         self._tg.start_soon(self._renew_loop, name=f"renew {self.identity.name}")
-        self._emit("joined", incarnation=self.incarnation, resumed=self.resumed)
+        self.emit("joined", incarnation=self.incarnation, resumed=self.resumed)
 
     def crash(self) -> None:
         """Fault injection: every task of this host dies now; nothing is released or left.
@@ -285,7 +285,8 @@ class HostCoordinator:
             public_key=self._public_key,
         )
 
-    def _emit(self, kind: str, **fields: Any) -> None:
+    def emit(self, kind: str, **fields: Any) -> None:
+        """Report an event to the configured sink (history, tests, metrics)."""
         if self._event_sink is not None:
             self._event_sink(kind, {"host": self.identity.name, **fields})
 
@@ -313,11 +314,12 @@ class HostCoordinator:
             if self._lost:
                 log.warning("host %s: renewing again after a lockspace loss", self.identity.name)
                 self._lost = False
+                self.emit("lockspace_regained")
 
     async def _lockspace_lost(self, reason: str) -> None:
         self._lost = True
         log.error("host %s: lockspace lost: %s", self.identity.name, reason)
-        self._emit("lockspace_lost", reason=reason)
+        self.emit("lockspace_lost", reason=reason)
         targets = list(self._fence_targets.values())
         async with anyio.create_task_group() as tg:
             for target in targets:
@@ -332,7 +334,7 @@ class HostCoordinator:
             except Exception as exc:
                 result = f"failure action failed: {exc!r}"
                 log.exception("host %s: failure action for %s failed", self.identity.name, target.identity)
-        self._emit("failure_action", domain=target.identity.uuid, action=action.value, result=result)
+        self.emit("failure_action", domain=target.identity.uuid, action=action.value, result=result)
         entry = self._domains.get(target.identity.uuid)
         if entry is not None:
             with anyio.move_on_after(self.config.timing.fence_timeout):

@@ -1,0 +1,51 @@
+"""A recording event sink: what happened on which host, on one clock.
+
+Pass ``log.sink`` as ``open_host(event_sink=...)`` for every host of a
+scenario; tests wait on events instead of sleeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import attrs
+
+
+@attrs.frozen
+class Event:
+    time: float
+    kind: str
+    fields: dict[str, Any]
+
+    @property
+    def host(self) -> str:
+        return str(self.fields.get("host", ""))
+
+
+class EventLog:
+    """Collects events from any number of hosts and lets tests wait for them."""
+
+    def __init__(self, clock: Callable[[], float] = anyio.current_time) -> None:
+        self.events: list[Event] = []
+        self._clock = clock
+        self._changed = anyio.Event()
+
+    def sink(self, kind: str, fields: dict[str, Any]) -> None:
+        self.events.append(Event(self._clock(), kind, dict(fields)))
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    def of(self, kind: str, **match: Any) -> list[Event]:
+        return [
+            e for e in self.events if e.kind == kind and all(e.fields.get(k) == v for k, v in match.items())
+        ]
+
+    async def wait_for(self, kind: str, **match: Any) -> Event:
+        """The first event of ``kind`` whose fields match, waiting for it if needed."""
+        while True:
+            found = self.of(kind, **match)
+            if found:
+                return found[0]
+            await self._changed.wait()
