@@ -238,15 +238,27 @@ class DomainActor(Actor[Any]):
             return ()
         io_timeout = self.host.config.timing.io_timeout
         with anyio.CancelScope(shield=True):
-            with anyio.move_on_after(io_timeout):
-                return await self.host.acquire(self.owner, requests)
-            await self._give_back([r.key for r in requests])
-        raise BackendTimeoutError(f"{self.name}: acquiring leases took longer than io_timeout={io_timeout}s")
+            try:
+                with anyio.fail_after(io_timeout):
+                    return await self.host.acquire(self.owner, requests)
+            except (TimeoutError, BackendTimeoutError):
+                # The backend may have written the leases before we stopped
+                # waiting; release is idempotent, so undo unconditionally.
+                await self._give_back([r.key for r in requests])
+                raise BackendTimeoutError(
+                    f"{self.name}: acquiring leases took longer than io_timeout={io_timeout}s"
+                ) from None
 
     async def _give_back(self, keys: list[str]) -> None:
+        io_timeout = self.host.config.timing.io_timeout
         with anyio.CancelScope(shield=True):
-            with anyio.fail_after(self.host.config.timing.io_timeout):
-                await self.host.release(self.owner, keys)
+            try:
+                with anyio.fail_after(io_timeout):
+                    await self.host.release(self.owner, keys)
+            except TimeoutError:
+                raise BackendTimeoutError(
+                    f"{self.name}: releasing {', '.join(keys)} took longer than io_timeout={io_timeout}s"
+                ) from None
 
     async def _verify_held(self) -> None:
         records = {r.key: r for r in await self.host.records(list(self.leases))}

@@ -1,0 +1,133 @@
+"""Read-only view of a file lockspace for operators (``actorlock leases``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import attrs
+
+from .backends.file import FileLeaseBackend
+from .model import HostRecord, HostState, LeaseRecord
+
+# The report never judges takeover; it only needs "changed or not while watched".
+_NEVER = 1e9
+
+
+@attrs.frozen
+class HostLine:
+    record: HostRecord
+    liveness: str
+
+
+@attrs.frozen
+class LockspaceReport:
+    path: str
+    lockspace_id: str
+    hosts: tuple[HostLine, ...]
+    records: tuple[LeaseRecord, ...]
+
+    def liveness_of(self, host_id: int) -> str:
+        for line in self.hosts:
+            if line.record.id == host_id:
+                return line.liveness
+        return "no record"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "lockspace": self.path,
+            "lockspace_id": self.lockspace_id,
+            "hosts": [
+                {
+                    "id": h.record.id,
+                    "name": h.record.name,
+                    "state": h.record.state.value,
+                    "counter": h.record.counter,
+                    "incarnation": h.record.incarnation,
+                    "peer_endpoint": h.record.peer_endpoint,
+                    "liveness": h.liveness,
+                }
+                for h in self.hosts
+            ],
+            "leases": [
+                {
+                    "resource": r.key,
+                    "token": r.token,
+                    "holders": [
+                        {
+                            "host": h.owner.host,
+                            "host_id": h.owner.host_id,
+                            "domain": h.owner.domain,
+                            "domain_name": h.owner.domain_name,
+                            "mode": h.mode.value,
+                            "token": h.token,
+                            "host_liveness": self.liveness_of(h.owner.host_id),
+                        }
+                        for h in r.holders
+                    ],
+                }
+                for r in self.records
+            ],
+        }
+
+    def to_text(self) -> str:
+        lines = [f"lockspace {self.path} (id {self.lockspace_id})", ""]
+        host_rows = [("ID", "HOST", "STATE", "COUNTER", "LIVENESS")]
+        host_rows += [
+            (str(h.record.id), h.record.name, h.record.state.value, str(h.record.counter), h.liveness)
+            for h in self.hosts
+        ]
+        lines += _table(host_rows) if self.hosts else ["no hosts have joined"]
+        lines.append("")
+        lease_rows = [("RESOURCE", "MODE", "HOST", "DOMAIN", "TOKEN", "HOST LIVENESS")]
+        for r in self.records:
+            if not r.holders:
+                lease_rows.append((r.key, "-", "-", "(free)", str(r.token), "-"))
+            for h in r.holders:
+                domain = h.owner.domain + (f" ({h.owner.domain_name})" if h.owner.domain_name else "")
+                lease_rows.append(
+                    (
+                        r.key,
+                        h.mode.value,
+                        h.owner.host,
+                        domain,
+                        str(h.token),
+                        self.liveness_of(h.owner.host_id),
+                    )
+                )
+        lines += _table(lease_rows) if self.records else ["no lease records"]
+        return "\n".join(lines)
+
+
+def _table(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+async def lockspace_report(path: Path, observe: float) -> LockspaceReport:
+    """Read every record; watch host records for ``observe`` seconds to judge liveness."""
+    backend = FileLeaseBackend(path, host_dead=_NEVER)
+    try:
+        lockspace_id = await backend.lockspace_id()
+        first = {v.record.id: v.record for v in await backend.hosts()}
+        if observe > 0:
+            await anyio.sleep(observe)
+        last = {v.record.id: v.record for v in await backend.hosts()} if observe > 0 else first
+        records = await backend.records()
+    finally:
+        await backend.aclose()
+    hosts = []
+    for host_id in sorted(last):
+        record = last[host_id]
+        before = first.get(host_id)
+        if record.state is HostState.LEFT:
+            liveness = "left cleanly"
+        elif observe <= 0:
+            liveness = "unknown (not observed)"
+        elif before is None or (before.incarnation, before.counter) != (record.incarnation, record.counter):
+            liveness = "renewing"
+        else:
+            liveness = f"not renewing for {observe:g}s+"
+        hosts.append(HostLine(record, liveness))
+    return LockspaceReport(str(path), lockspace_id, tuple(hosts), tuple(records))
