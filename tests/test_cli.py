@@ -1,0 +1,79 @@
+"""The actorlock command: demo, leases, --help."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import anyio
+import pytest
+
+import actorlock
+from actorlock.cli import main
+
+from .support import host_config
+
+
+@pytest.mark.parametrize("flags", [[], ["--trio"], ["--backend", "memory"]])
+def test_demo_runs_the_lifecycle_and_refuses_the_second_host(
+    flags: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", *flags]) == 0
+    out = capsys.readouterr().out
+    assert "vm2 refused: resource disk:/var/lib/libvirt/images/vm1.qcow2 is busy" in out
+    assert "vm2 still refused while host-a's coordinator is down" in out
+    assert "resumed its lockspace membership: True" in out
+    assert "(same tokens: no gap)" in out
+    assert "vm2 started" in out
+    assert "MUST NOT HAPPEN" not in out
+
+
+def test_leases_shows_holder_mode_token_and_host_liveness(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lockspace = tmp_path / "ls"
+    lockspace.mkdir()
+    cfg = host_config("host-a", 1, backend="file", file={"lockspace_dir": str(lockspace)})
+
+    async def hold_and_inspect() -> None:
+        async with actorlock.open_host(cfg) as host:
+            await host.domain("u1", name="vm1").start([actorlock.disk("/d/1.img")])
+            await anyio.to_thread.run_sync(
+                lambda: main(["leases", "--lockspace", str(lockspace), "--observe", "0.2"])
+            )
+            await anyio.to_thread.run_sync(
+                lambda: main(["leases", "--lockspace", str(lockspace), "--observe", "0", "--json"])
+            )
+
+    anyio.run(hold_and_inspect)
+    text, _, rest = capsys.readouterr().out.partition("{")
+    assert "disk:/d/1.img" in text
+    assert "exclusive  host-a  u1 (vm1)" in text
+    assert "renewing" in text
+    report = json.loads("{" + rest)
+    (lease,) = report["leases"]
+    assert lease["resource"] == "disk:/d/1.img"
+    assert lease["holders"][0]["host"] == "host-a"
+    assert lease["holders"][0]["domain"] == "u1"
+    assert lease["holders"][0]["token"] == 1
+
+
+def test_leases_on_a_missing_lockspace_is_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["leases", "--lockspace", str(tmp_path / "absent")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["leases"]])
+def test_every_command_has_help(command: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "actorlock.cli", *command, "--help"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert result.returncode == 0
+    assert "usage: actorlock" in result.stdout
