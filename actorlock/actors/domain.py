@@ -240,7 +240,7 @@ class DomainActor(Actor[Any]):
         with anyio.CancelScope(shield=True):
             try:
                 with anyio.fail_after(io_timeout):
-                    return await self.host.acquire(self.owner, requests)
+                    leases = await self.host.acquire(self.owner, requests)
             except (TimeoutError, BackendTimeoutError):
                 # The backend may have written the leases before we stopped
                 # waiting; release is idempotent, so undo unconditionally.
@@ -248,6 +248,7 @@ class DomainActor(Actor[Any]):
                 raise BackendTimeoutError(
                     f"{self.name}: acquiring leases took longer than io_timeout={io_timeout}s"
                 ) from None
+        return leases
 
     async def _give_back(self, keys: list[str]) -> None:
         io_timeout = self.host.config.timing.io_timeout
