@@ -70,6 +70,7 @@ async def test_stopping_fails_every_queued_ask_and_later_sends() -> None:
     async with anyio.create_task_group() as outer, anyio.create_task_group() as actor_tg:
         actor_tg.start_soon(run_actor, actor, ref, mailbox)
         outer.start_soon(ask, "wait")
+        await anyio.wait_all_tasks_blocked()  # trio starts tasks in random order
         outer.start_soon(ask, "queued-1")
         outer.start_soon(ask, "queued-2")
         await anyio.wait_all_tasks_blocked()
