@@ -1,0 +1,50 @@
+"""The seed document's guest-startup and shutdown sequence, call for call.
+
+python examples/libvirt_sequence.py
+"""
+
+from __future__ import annotations
+
+import tempfile
+
+import anyio
+
+import actorlock
+from actorlock import ObjectType, ResourceFlags, ResourceType
+
+
+async def main() -> None:
+    with tempfile.TemporaryDirectory() as lockspace:
+        cfg = {
+            "host": {"name": "hv1", "id": 1},
+            "timing": {"renew_interval": 0.5, "lease_timeout": 2.0, "fence_timeout": 1.0, "host_dead": 3.5},
+            "locking": {"kill_grace": 0.5},
+            "file": {"lockspace_dir": lockspace},
+        }
+        # At libvirtd startup
+        plugin = await actorlock.plugin_load("file", cfg)
+        async with await anyio.open_process(["sleep", "30"]) as qemu:  # stands in for QEMU
+            # At guest startup
+            manager = await plugin.new_manager(ObjectType.DOMAIN, 0)
+            manager.set_parameter("id", 1)
+            manager.set_parameter("uuid", "c7a5fdbd-cdaf-9455-926a-d65c16db1809")
+            manager.set_parameter("name", "demo")
+            manager.set_parameter("pid", qemu.pid)
+            manager.register_resource(ResourceType.DISK, "/var/lib/libvirt/images/demo.img")
+            manager.register_resource(
+                ResourceType.DISK, "/var/lib/libvirt/images/cd.iso", ResourceFlags.READONLY
+            )
+            status = await manager.acquire_object()
+            print("acquired:", [(lease.key, lease.token) for lease in status.leases])
+            # run QEMU ... then at guest shutdown
+            qemu.terminate()
+            await qemu.wait()
+            await manager.shutdown()
+            await manager.free()
+            print("released; records:", [(r.key, len(r.holders)) for r in await plugin.host.leases()])
+        # At libvirtd shutdown
+        await plugin.unload()
+
+
+if __name__ == "__main__":
+    anyio.run(main)
