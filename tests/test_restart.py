@@ -99,3 +99,22 @@ async def test_attach_with_nothing_persisted_is_an_invalid_state(tmp_path: Path)
         manager = await attach(a, "never-started")
         with pytest.raises(actorlock.errors.InvalidStateError, match="nothing persisted"):
             await manager.get_child()
+
+
+@pytest.mark.parametrize("backend", ["memory", "file"])
+async def test_a_crashed_host_restarting_without_state_can_start_its_guest_again(
+    backend: str, tmp_path: Path
+) -> None:
+    lockspace = tmp_path / "ls"
+    lockspace.mkdir()
+    cfg = host_config("a", 1, lockspace=unique(), backend=backend, file={"lockspace_dir": str(lockspace)})
+    async with actorlock.open_host(cfg) as a:
+        await a.domain("u1").start([actorlock.disk("/d/1.img")])
+        a.coordinator.crash()
+    # A new incarnation: joining waits until the old one's record went stale for host_dead.
+    async with actorlock.open_host(cfg) as a2:
+        assert not a2.resumed
+        status = await a2.domain("u1").start([actorlock.disk("/d/1.img")])
+        assert [(lease.key, lease.token) for lease in status.leases] == [("disk:/d/1.img", 2)]
+        record = (await a2.leases())[0]
+        assert [(h.owner.host, h.token) for h in record.holders] == [("a", 2)]

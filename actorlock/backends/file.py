@@ -731,10 +731,12 @@ class FileLeaseBackend:
             record = records.get(req.key)
             if record is None:
                 continue
-            mine = record.held_by(owner)
-            if mine is not None and mine.mode is req.mode:
+            # Only our current incarnation's entry is ours; an older one of the
+            # same owner must be judged like anybody else's (it is dead).
+            mine = [h for h in record.holders if h.owner == owner and h.incarnation == self._incarnation]
+            if mine and mine[0].mode is req.mode:
                 continue
-            wanted.extend(h for h in record.holders if h.owner != owner)
+            wanted.extend(h for h in record.holders if h not in mine)
         if not wanted:
             return {}
         host_records: dict[int, HostRecord | None] = {}
