@@ -90,6 +90,23 @@ class LeaseBackend(Protocol):
         """Drop ``owner``'s holder entries for ``keys``; absent ones are ignored."""
         ...
 
+    async def transfer(
+        self,
+        source: LeaseOwner,
+        destination: LeaseOwner,
+        destination_incarnation: str,
+        leases: Sequence[Lease],
+    ) -> tuple[Lease, ...]:
+        """The migration commit: move ``leases`` from ``source`` (this host) to ``destination``.
+
+        One compare-and-swap: every lease must be held by ``source`` with its
+        exact mode and token, each becomes the destination's with a fresh
+        token, all at once or not at all (LeaseLostError/StaleLockStateError).
+        Retrying a transfer that already happened returns the same leases.
+        A backend without migration raises NotSupportedError.
+        """
+        ...
+
     async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
         """Lease records for ``keys`` (all records when None), sorted by key."""
         ...

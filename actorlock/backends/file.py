@@ -83,7 +83,7 @@ from ..model import (
 )
 from .base import BackendCapabilities, HostAdvert
 from .liveness import LivenessObserver, wait_for_id_free
-from .rules import normalize_requests, plan_acquire, plan_release
+from .rules import normalize_requests, plan_acquire, plan_release, plan_transfer
 
 __all__ = ["FORMAT_VERSION", "FileLeaseBackend", "lease_file_name"]
 
@@ -914,6 +914,33 @@ class FileLeaseBackend:
 
         if ordered:
             await self._run(release)
+
+    async def transfer(
+        self,
+        source: LeaseOwner,
+        destination: LeaseOwner,
+        destination_incarnation: str,
+        leases: Sequence[Lease],
+    ) -> tuple[Lease, ...]:
+        """Move ``leases`` from ``source`` to ``destination`` atomically; see :meth:`LeaseBackend.transfer`.
+
+        All the records are rewritten under their locks in one directory
+        sync; a crash between renames is rolled forward by a retried transfer.
+        """
+        self._require_host()
+        incarnation = self._incarnation
+        keys = sorted({lease.key for lease in leases})
+
+        def transfer(cancel: threading.Event) -> tuple[Lease, ...]:
+            with _locked([self._lease_paths(k)[1] for k in keys]):
+                records, raw = self._read_leases_sync(keys)
+                updated, moved = plan_transfer(
+                    records, source, incarnation, destination, destination_incarnation, leases
+                )
+                self._write_leases_sync(updated, raw, cancel)
+            return moved
+
+        return await self._run(transfer)
 
     async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
         """Lease records for ``keys`` (all when None), sorted by key."""

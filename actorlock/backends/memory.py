@@ -25,7 +25,7 @@ from ..model import (
 )
 from .base import BackendCapabilities, HostAdvert
 from .liveness import LivenessObserver, wait_for_id_free
-from .rules import plan_acquire, plan_release
+from .rules import plan_acquire, plan_release, plan_transfer
 
 
 class MemoryLockspace:
@@ -142,6 +142,20 @@ class MemoryLeaseBackend:
 
     async def release(self, owner: LeaseOwner, keys: Sequence[str]) -> None:
         self.space.records.update(plan_release(self.space.records, owner, keys))
+
+    async def transfer(
+        self,
+        source: LeaseOwner,
+        destination: LeaseOwner,
+        destination_incarnation: str,
+        leases: Sequence[Lease],
+    ) -> tuple[Lease, ...]:
+        self._me()
+        updated, moved = plan_transfer(
+            self.space.records, source, self._incarnation, destination, destination_incarnation, leases
+        )
+        self.space.records.update(updated)
+        return moved
 
     async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
         if keys is None:

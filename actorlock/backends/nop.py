@@ -38,6 +38,15 @@ class NopLeaseBackend:
     async def release(self, owner: LeaseOwner, keys: Sequence[str]) -> None:
         return None
 
+    async def transfer(
+        self,
+        source: LeaseOwner,
+        destination: LeaseOwner,
+        destination_incarnation: str,
+        leases: Sequence[Lease],
+    ) -> tuple[Lease, ...]:
+        return tuple(leases)
+
     async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
         return []
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from ..errors import InvalidParameterError, ResourceBusyError, StaleLockStateError
+from ..errors import InvalidParameterError, LeaseLostError, ResourceBusyError, StaleLockStateError
 from ..model import Holder, Lease, LeaseMode, LeaseOwner, LeaseRecord, LeaseRequest
 
 HolderAlive = Callable[[Holder], bool]
@@ -87,3 +87,49 @@ def plan_release(
         rest = tuple(h for h in record.holders if h.owner != owner)
         updated[key] = LeaseRecord(key, record.token, rest)
     return updated
+
+
+def plan_transfer(
+    records: Mapping[str, LeaseRecord],
+    source: LeaseOwner,
+    source_incarnation: str,
+    destination: LeaseOwner,
+    destination_incarnation: str,
+    leases: Sequence[Lease],
+) -> tuple[dict[str, LeaseRecord], tuple[Lease, ...]]:
+    """Move every lease from ``source`` to ``destination`` in one step, or none.
+
+    Each lease must be held by the source's current incarnation with exactly
+    the given mode and token (the fencing check); the destination's entry
+    gets a fresh token. A lease the destination already holds with a newer
+    token counts as moved, so a retried transfer returns the same leases and
+    a transfer interrupted between records (a crash) rolls forward.
+    """
+    updated: dict[str, LeaseRecord] = {}
+    moved: list[Lease] = []
+    for lease in sorted(leases, key=lambda item: item.key):
+        if lease.key in updated:
+            raise InvalidParameterError(f"resource {lease.key} listed twice in one transfer")
+        record = records.get(lease.key) or LeaseRecord(lease.key)
+        theirs = _entry_of(record, destination, destination_incarnation)
+        mine = _entry_of(record, source, source_incarnation)
+        if mine is None and theirs is not None and theirs.token > lease.token:
+            moved.append(Lease(lease.key, theirs.mode, theirs.token))
+            continue
+        if mine is None:
+            raise LeaseLostError(
+                f"resource {lease.key} is not held by domain {source.domain} on host {source.host}",
+                [lease.key],
+            )
+        if mine.token != lease.token or mine.mode is not lease.mode:
+            raise StaleLockStateError(
+                f"resource {lease.key}: held with token {mine.token} ({mine.mode.value}), "
+                f"the transfer expected token {lease.token} ({lease.mode.value})",
+                [lease.key],
+            )
+        token = record.token + 1
+        rest = tuple(h for h in record.holders if h is not mine and h is not theirs)
+        holder = Holder(destination, mine.mode, token, destination_incarnation)
+        updated[lease.key] = LeaseRecord(lease.key, token, (*rest, holder))
+        moved.append(Lease(lease.key, mine.mode, token))
+    return updated, tuple(moved)

@@ -51,6 +51,7 @@ from ..errors import (
     HostIdInUseError,
     InvalidParameterError,
     InvalidStateError,
+    LeaseLostError,
     ResourceBusyError,
     StaleLockStateError,
 )
@@ -87,12 +88,15 @@ __all__ = [
     "check_lockspace_id",
     "check_membership",
     "check_old_incarnation_dead",
+    "check_own_old_incarnation_dead",
     "check_reacquire_idempotent",
     "check_records",
     "check_release",
     "check_renewing_holder_kept",
     "check_takeover_after_host_dead",
     "check_tokens_monotonic",
+    "check_transfer",
+    "check_transfer_fencing",
 ]
 
 E = TypeVar("E", bound=BaseException)
@@ -777,6 +781,69 @@ async def check_aclose(make_backends: BackendFactory) -> None:
         for backend in space.backends:
             await backend.aclose()
             await backend.aclose()
+
+
+@_check
+async def check_own_old_incarnation_dead(make_backends: BackendFactory) -> None:
+    """A restarted host's new incarnation may re-take a lease its old incarnation held."""
+    async with _space(make_backends, 2, joined=1) as space:
+        a, restarted = space.backends
+        oa = space.owner(0, "vm-a")
+        (held,) = await a.acquire(oa, [_req("x")])
+        await restarted.hosts()
+        space.clock.advance(HOST_DEAD)
+        await restarted.join(space.hosts[0], "inc-restarted", HostAdvert())
+        (again,) = await restarted.acquire(oa, [_req("x")])
+        _expect(again.token > held.token, f"re-acquire by a new incarnation gave {again}")
+        record = await space.record("x")
+        _expect(
+            record is not None and [h.incarnation for h in record.holders] == ["inc-restarted"],
+            f"the old incarnation's entry survived: {record}",
+        )
+
+
+@_check
+async def check_transfer(make_backends: BackendFactory) -> None:
+    """transfer moves every lease at once with fresh tokens; a third host stays refused."""
+    async with _space(make_backends, 3) as space:
+        a, b, c = space.backends
+        oa, ob, oc = space.owner(0, "vm"), space.owner(1, "vm"), space.owner(2, "other")
+        held = await a.acquire(oa, [_req("x"), _req("y", SHARED)])
+        await c.acquire(oc, [_req("y", SHARED)])
+        moved = await a.transfer(oa, ob, space.incarnations[1], held)
+        _expect([m.key for m in moved] == ["x", "y"], f"transfer moved {moved}")
+        for old, new in zip(held, moved, strict=True):
+            _expect(new.token > old.token and new.mode is old.mode, f"transfer gave {new} for {old}")
+        _expect(await space.holders("x") == {ob}, "x is not the destination's alone after transfer")
+        _expect(await space.holders("y") == {ob, oc}, "the other shared holder of y was disturbed")
+        await _expect_busy(space, 2, oc, [_req("x")], "x", {ob})
+        again = await a.transfer(oa, ob, space.incarnations[1], held)
+        _expect(again == moved, f"a retried transfer gave {again}, the first gave {moved}")
+        (mine,) = await b.acquire(ob, [_req("x")])
+        _expect(mine == moved[0], f"the destination does not hold what was transferred: {mine}")
+
+
+@_check
+async def check_transfer_fencing(make_backends: BackendFactory) -> None:
+    """transfer refuses a stale token or a lease the source lost, and changes nothing."""
+    async with _space(make_backends, 2) as space:
+        a, b = space.backends
+        oa, ob = space.owner(0, "vm"), space.owner(1, "vm")
+        held = await a.acquire(oa, [_req("x"), _req("y")])
+        stale = [held[0], Lease(held[1].key, held[1].mode, held[1].token - 1)]
+        before = await a.records()
+        err = await _raises(
+            StaleLockStateError,
+            a.transfer(oa, ob, space.incarnations[1], stale),
+            "transfer with a stale token",
+        )
+        _expect(tuple(err.resources) == ("y",), f"stale transfer names {err.resources}")
+        await a.release(oa, ["y"])
+        before = await a.records()
+        await _raises(
+            LeaseLostError, a.transfer(oa, ob, space.incarnations[1], held), "transfer of a lost lease"
+        )
+        _expect(await b.records() == before, "a refused transfer changed the records")
 
 
 ALL_CHECKS: tuple[Check, ...] = tuple(_REGISTERED)

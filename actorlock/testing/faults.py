@@ -20,7 +20,7 @@ from ..backends.base import BackendCapabilities, HostAdvert, LeaseBackend
 from ..errors import BackendError
 from ..model import HostIdentity, HostRecord, HostView, Lease, LeaseOwner, LeaseRecord, LeaseRequest
 
-OPERATIONS = ("join", "renew", "leave", "hosts", "acquire", "release", "records")
+OPERATIONS = ("join", "renew", "leave", "hosts", "acquire", "release", "transfer", "records")
 
 
 class FaultyBackend:
@@ -99,6 +99,16 @@ class FaultyBackend:
     async def release(self, owner: LeaseOwner, keys: Sequence[str]) -> None:
         await self._gate("release")
         await self.inner.release(owner, keys)
+
+    async def transfer(
+        self,
+        source: LeaseOwner,
+        destination: LeaseOwner,
+        destination_incarnation: str,
+        leases: Sequence[Lease],
+    ) -> tuple[Lease, ...]:
+        await self._gate("transfer")
+        return await self.inner.transfer(source, destination, destination_incarnation, leases)
 
     async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
         await self._gate("records")
