@@ -205,7 +205,9 @@ class DomainActor(Actor[Any]):
         self.lost_reason = f"{reason}; failure action: {action_result}"
         log.error("%s: leases lost (%s)", self.name, self.lost_reason)
         await self._save()
-        self.host.emit("leases_lost", domain=self.identity.uuid, reason=self.lost_reason)
+        self.host.emit(
+            "leases_lost", domain=self.identity.uuid, keys=tuple(sorted(self.leases)), reason=self.lost_reason
+        )
 
     # -- helpers ------------------------------------------------------------
 

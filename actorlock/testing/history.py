@@ -502,7 +502,8 @@ def _convert(kind: str, fields: Mapping[str, Any], time: float) -> HistoryEvent:
                     str(fields.get("result", "")),
                 )
             case "leases_lost":
-                return LeaseLost(time, host, str(fields["domain"]), (), str(fields.get("reason", "")))
+                keys = tuple(_str_keys(fields.get("keys", ())))
+                return LeaseLost(time, host, str(fields["domain"]), keys, str(fields.get("reason", "")))
     except (KeyError, TypeError):
         pass  # a malformed known kind is kept below rather than crashing the host's sink
     return HostEvent(time, host, kind, dict(fields))
