@@ -199,7 +199,7 @@ async def test_real_hosts_record_a_fenced_takeover_that_the_checker_accepts() ->
     assert (fenced.host, fenced.domain, fenced.action) == ("a", "u1", "poweroff")
     assert fenced.result == "no guest pid registered: nothing to kill"
     (lost,) = history.of(LeaseLost)
-    assert (lost.host, lost.domain, lost.keys) == ("a", "u1", ())
+    assert (lost.host, lost.domain, lost.keys) == ("a", "u1", ("disk:/d/1.img",))
     assert fenced.time <= lost.time
     assert all(r.holders == (("a", "u1"),) for r in history.of(AcquireRefused))
     assert check(history, host_dead=TIMING["host_dead"], slack=TIMING["renew_interval"]) == []
