@@ -177,3 +177,20 @@ async def test_stalled_storage_cannot_keep_a_host_live() -> None:
                 await events.wait_for("leases_lost", domain="u1")
             assert guest.wait(timeout=5) is not None
             faulty.heal()
+
+
+async def test_a_paused_host_fences_as_soon_as_it_wakes_past_its_lease_timeout() -> None:
+    space = unique()
+    events = EventLog()
+    with guest_process() as guest:
+        async with actorlock.open_host(host_config("a", 1, lockspace=space), event_sink=events.sink) as a:
+            vm = a.domain("u1")
+            await vm.start([actorlock.disk("/d/1.img")], pid=guest.pid)
+            a.coordinator.pause()
+            await anyio.sleep(TIMING["lease_timeout"] * 1.5)
+            assert not a.live
+            assert events.of("failure_action") == []
+            a.coordinator.resume()
+            with anyio.fail_after(5):
+                await events.wait_for("leases_lost", domain="u1")
+            assert guest.wait(timeout=5) is not None

@@ -104,6 +104,7 @@ class HostCoordinator:
         self._fence_targets: dict[str, FenceTarget] = {}
         self._started = False
         self._crashed = False
+        self._paused: anyio.Event | None = None
 
     # -- public -------------------------------------------------------------
 
@@ -235,6 +236,19 @@ class HostCoordinator:
         self._tg.start_soon(self._renew_loop, name=f"renew {self.identity.name}")
         self.emit("joined", incarnation=self.incarnation, resumed=self.resumed)
 
+    def pause(self) -> None:
+        """Fault injection: freeze renewal and fencing, as SIGSTOP would (see :meth:`resume`)."""
+        if self._paused is None:
+            self._paused = anyio.Event()
+            self.emit("paused")
+
+    def resume(self) -> None:
+        """Thaw after :meth:`pause`; an expiry that passed meanwhile is handled at once."""
+        if self._paused is not None:
+            self._paused.set()
+            self._paused = None
+            self.emit("resumed")
+
     def crash(self) -> None:
         """Fault injection: every task of this host dies now; nothing is released or left.
 
@@ -295,6 +309,8 @@ class HostCoordinator:
         next_at = self._last_start + timing.renew_interval
         while True:
             await anyio.sleep_until(min(next_at, self._expires_at) if not self._lost else next_at)
+            if self._paused is not None:
+                await self._paused.wait()
             if not self._lost and self._clock() >= self._expires_at:
                 await self._lockspace_lost(f"no successful renewal for lease_timeout={timing.lease_timeout}s")
             if self._clock() < next_at:
