@@ -18,8 +18,10 @@ from .actors.messages import (
     AcquireObject,
     AcquireResource,
     Attach,
+    CompleteMigration,
     DomainStatus,
     Inquire,
+    PrepareMigrate,
     ReleaseAll,
     ReleaseResource,
     Shutdown,
@@ -77,6 +79,42 @@ class Domain:
 
     async def status(self) -> DomainStatus:
         return await self._ask(Inquire())  # type: ignore[no-any-return]
+
+    async def prepare_migration(self, dest_uri: str) -> None:
+        """Source: offer this guest's leases to the coordinator at ``dest_uri``."""
+        peer = self._coordinator.config.peer
+        result = await self._ask(PrepareMigrate(dest_uri))
+        with anyio.fail_after(peer.prepare_timeout + peer.request_timeout + 1.0):
+            await result.wait()
+
+    async def complete_migration(
+        self, *, commit: bool, resources: Iterable[Resource] = (), pid: int | None = None
+    ) -> None:
+        """Commit or cancel this guest's migration (either side).
+
+        On the destination, ``resources`` and ``pid`` register the incoming
+        guest; they must match the leases the source offered.
+        """
+        peer = self._coordinator.config.peer
+        result = await self._ask(CompleteMigration(commit, tuple(resources), pid))
+        with anyio.fail_after(peer.migration_timeout + peer.request_timeout + 1.0):
+            await result.wait()
+
+    @asynccontextmanager
+    async def migrate_to(self, dest_uri: str) -> AsyncIterator[None]:
+        """Source side of a migration: prepare; the block is the guest's own migration.
+
+        Leaving the block normally commits (waiting for the destination's
+        word); an exception cancels, and the guest keeps its leases here.
+        """
+        await self.prepare_migration(dest_uri)
+        try:
+            yield
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self.complete_migration(commit=False)
+            raise
+        await self.complete_migration(commit=True)
 
 
 class Host:

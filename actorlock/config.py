@@ -89,10 +89,17 @@ class MemoryConfig:
 
 @attrs.frozen
 class PeerConfig:
-    endpoint: str = ""
-    key_file: Path | None = None
-    allowed_keys: tuple[str, ...] = ()
-    plaintext: bool = False
+    """Peer coordination (migration) over ZeroMQ."""
+
+    endpoint: str = ""  # where this host's ROUTER binds; empty: no migration
+    key_file: Path | None = None  # CURVE key pair written by `actorlock keygen`
+    allowed_keys: tuple[str, ...] = ()  # Z85 public keys of peers we talk to
+    plaintext: bool = False  # no CURVE at all: only when said explicitly
+    migration_timeout: float = 60.0  # prepare to commit, at most
+    prepare_timeout: float = 10.0  # wait for the destination's answer to PREPARE
+    retry_interval: float = 0.25  # resend unanswered requests this often
+    transfer_margin: float = 2.0  # no commit starts later than this before the deadline
+    request_timeout: float = 2.0  # one request/response round trip, at most
 
 
 @attrs.frozen
@@ -215,6 +222,24 @@ def _validated(config: Config) -> Config:
             "locking.kill_grace",
             f"must be positive and below timing.fence_timeout ({config.timing.fence_timeout}) so "
             f"SIGKILL follows SIGTERM before another host may take over, got {config.locking.kill_grace}",
+        )
+    peer = config.peer
+    for name in (
+        "migration_timeout",
+        "prepare_timeout",
+        "retry_interval",
+        "transfer_margin",
+        "request_timeout",
+    ):
+        if not getattr(peer, name) > 0:
+            raise ConfigError(f"peer.{name}", f"must be a positive number, got {getattr(peer, name)}")
+    if peer.transfer_margin >= peer.migration_timeout:
+        raise ConfigError(
+            "peer.transfer_margin", f"must be below peer.migration_timeout ({peer.migration_timeout})"
+        )
+    if peer.endpoint and not peer.plaintext and peer.key_file is None:
+        raise ConfigError(
+            "peer.key_file", "a peer endpoint needs a CURVE key file (actorlock keygen), or plaintext = true"
         )
     if not config.memory.lockspace:
         raise ConfigError("memory.lockspace", "must not be empty")

@@ -51,7 +51,7 @@ class LockManagerPlugin:
             raise InvalidParameterError(f"unsupported object type {object_type!r}")
         flags = NewFlags(flags)
         if flags & NewFlags.MIGRATE:
-            raise NotSupportedError("incoming migration is not supported by this build yet")
+            self.host.coordinator.require_peer_service()
         return LockManager(self, flags)
 
     async def unload(self) -> None:
@@ -167,7 +167,16 @@ class LockManager:
         return status
 
     async def get_child(self) -> int:
-        """The guest pid after a restart, verified alive and still holding its leases."""
+        """The guest pid: after a restart (ATTACH) verified alive and still holding its leases;
+        on an incoming migration (MIGRATE) the pid set with ``set_parameter("pid")``."""
+        if self.flags & NewFlags.MIGRATE:
+            pid = self._params.get("pid")
+            if pid is None:
+                raise InvalidStateError("set the 'pid' parameter before get_child on an incoming migration")
+            status = await self._domain().status()
+            if status.phase == "undefined":
+                await self._domain().start(self._resources.values(), pid=pid, register_only=True)
+            return int(pid)
         return await self._domain().attach()
 
     async def inquire(self) -> DomainStatus:
@@ -188,10 +197,24 @@ class LockManager:
         raise NotSupportedError("a lease supervisor is not available in this build yet")
 
     async def prepare_migrate(self, dest_uri: str) -> None:
-        raise NotSupportedError("migration is not supported by this build yet")
+        """Source: offer the guest's leases to the coordinator at ``dest_uri`` (its peer endpoint).
+
+        Returns once the destination verified the offer and agreed; raises
+        (and nothing changes) if it is unreachable, refuses, or is in another
+        lockspace.
+        """
+        await self._domain().prepare_migration(dest_uri)
 
     async def complete_migrate_in(self, flags: MigrateFlags | int = MigrateFlags.NONE) -> None:
-        raise NotSupportedError("migration is not supported by this build yet")
+        """Either side: commit (0) or cancel (MigrateFlags.CANCEL) the migration.
+
+        A side that needs the other's word waits for it, up to the migration
+        deadline. A cancel after the commit raises MigrationCommittedError.
+        """
+        commit = not MigrateFlags(flags) & MigrateFlags.CANCEL
+        await self._domain().complete_migration(
+            commit=commit, resources=tuple(self._resources.values()), pid=self._params.get("pid")
+        )
 
     # -- internals ----------------------------------------------------------
 

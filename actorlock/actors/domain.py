@@ -9,6 +9,7 @@ cancelling the caller or the host never leaves a lease taken but unrecorded.
 from __future__ import annotations
 
 import logging
+import uuid as uuidlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,9 +34,12 @@ from .messages import (
     AcquireObject,
     AcquireResource,
     Attach,
+    CompleteMigration,
     DomainStatus,
     Inquire,
     LeasesLost,
+    MigrationSettled,
+    PrepareMigrate,
     ReleaseAll,
     ReleaseResource,
     Shutdown,
@@ -43,11 +47,13 @@ from .messages import (
 
 if TYPE_CHECKING:
     from .host import HostCoordinator
+    from .migration import CallResult, MigrationDriver
 
 log = logging.getLogger(__name__)
 
 UNDEFINED = "undefined"  # no persisted state: nothing registered yet
 STOPPED = "stopped"
+MIGRATED = "migrated"  # the leases moved to another host; the guest must not run here
 
 
 @attrs.frozen
@@ -75,6 +81,7 @@ class DomainActor(Actor[Any]):
         self.leases: dict[str, Lease] = {lease.key: lease for lease in state.leases} if state else {}
         self.lost_reason = ""
         self._stopping = False
+        self._outgoing: MigrationDriver | None = None
         if self.phase == DomainPhase.RUNNING:
             self._publish()
 
@@ -98,6 +105,12 @@ class DomainActor(Actor[Any]):
                 return self._status()
             case LeasesLost(reason, action_result):
                 return await self._leases_lost(reason, action_result)
+            case PrepareMigrate(dest_uri):
+                return await self._prepare_migrate(dest_uri)
+            case CompleteMigration():
+                return await self._complete_migration(message)
+            case MigrationSettled():
+                return await self._migration_settled(message)
         raise InvalidParameterError(f"{self.name}: unknown message {message!r}")
 
     def should_stop(self) -> bool:
@@ -188,6 +201,8 @@ class DomainActor(Actor[Any]):
         return self.pid
 
     async def _shutdown(self) -> None:
+        if self._migrating_out():
+            raise InvalidStateError(f"{self.name} is migrating: complete or cancel the migration first")
         keys = list(self.leases)
         if keys:
             await self._give_back(keys)
@@ -208,6 +223,92 @@ class DomainActor(Actor[Any]):
         self.host.emit(
             "leases_lost", domain=self.identity.uuid, keys=tuple(sorted(self.leases)), reason=self.lost_reason
         )
+
+    # -- migration ------------------------------------------------------------
+
+    def _migrating_out(self) -> bool:
+        return self._outgoing is not None and not self._outgoing.machine.finished
+
+    async def _prepare_migrate(self, dest_uri: str) -> CallResult:
+        from ..protocol import Call, MigrationSource
+        from .migration import MigrationDriver
+
+        self.host.require_peer_service()
+        if self.phase != DomainPhase.RUNNING:
+            raise InvalidStateError(f"{self.name} is {self.phase}: only a running guest can migrate")
+        if self._migrating_out():
+            raise InvalidStateError(f"{self.name} is already migrating")
+        peer_name, peer_key = await self.host.resolve_peer(dest_uri)
+        timing = self.host.protocol_timing()
+        machine = MigrationSource(
+            migration_id=uuidlib.uuid4().hex,
+            local=self.host.identity,
+            peer=peer_name,
+            domain=self.identity,
+            lockspace_kind=self.host.backend_kind,
+            lockspace_id=self.host.lockspace_id,
+            lock_state=LockState.of(self.leases.values()),
+            timing=timing,
+        )
+        driver = MigrationDriver(
+            self.host, machine, peer_endpoint=dest_uri, peer_key=peer_key, domain_uuid=self.identity.uuid
+        )
+        await self.host.start_migration(driver)
+        self._outgoing = driver
+        deadline = self.host.config.peer.migration_timeout
+        self.host.emit("migration_started", domain=self.identity.uuid, destination=peer_name)
+        return await driver.call(Call.PREPARE, lambda m, now: m.start(now=now, deadline_at=now + deadline))  # type: ignore[union-attr]
+
+    async def _complete_migration(self, msg: CompleteMigration) -> CallResult:
+        from ..protocol import Call
+
+        def step(m: Any, now: float) -> Any:
+            return m.commit_requested(now=now) if msg.commit else m.cancel_requested(now=now)
+
+        if self._outgoing is not None:
+            return await self._outgoing.call(Call.COMPLETE, step)
+        incoming = self.host.incoming_for(self.identity.uuid)
+        if incoming is None:
+            raise InvalidStateError(f"{self.name}: no migration in progress")
+        if msg.commit:
+            await self._register_incoming(incoming, msg)
+        return await incoming.call(Call.COMPLETE, step)
+
+    async def _register_incoming(self, incoming: MigrationDriver, msg: CompleteMigration) -> None:
+        """The destination's guest must register exactly the leases the source offered."""
+        offered = getattr(incoming.machine, "offered", None)
+        wanted = {r.key for r in self._requests(msg.resources)} if msg.resources else None
+        if offered is not None and wanted is not None:
+            keys = {lease.key for lease in offered.leases}
+            if keys != wanted:
+                raise InvalidParameterError(
+                    f"{self.name}: registered resources need leases {sorted(wanted)}, "
+                    f"the source offers {sorted(keys)}"
+                )
+        if self.phase in (UNDEFINED, STOPPED):
+            await self._acquire_object(AcquireObject(msg.resources, msg.pid, register_only=True))
+
+    async def _migration_settled(self, msg: MigrationSettled) -> None:
+        committed = msg.outcome.value == "committed"
+        self.host.emit(
+            "migration_settled",
+            domain=self.identity.uuid,
+            role=msg.role,
+            outcome=msg.outcome.value,
+            migration_id=msg.migration_id,
+        )
+        if msg.role == "source":
+            if committed:
+                self.leases = {}
+                self.phase = MIGRATED
+                await self._save()
+                self._publish()
+            return
+        if committed and msg.lock_state is not None:
+            self.leases = {lease.key: lease for lease in msg.lock_state.leases}
+            self.phase = DomainPhase.RUNNING
+            await self._save()
+            self._publish()
 
     # -- helpers ------------------------------------------------------------
 

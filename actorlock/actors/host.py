@@ -20,7 +20,7 @@ import logging
 import time
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
@@ -29,13 +29,35 @@ from anyio.abc import TaskGroup
 from ..backends.base import BackendCapabilities, HostAdvert, LeaseBackend
 from ..config import Config
 from ..constants import FailureAction
-from ..errors import ActorlockError, LockspaceLostError
+from ..errors import (
+    ActorlockError,
+    ConfigError,
+    LockspaceLostError,
+    NotSupportedError,
+    PeerRefusedError,
+    ProtocolError,
+)
 from ..guest import power_off
-from ..model import DomainIdentity, HostIdentity, HostView, Lease, LeaseOwner, LeaseRecord, LeaseRequest
+from ..model import (
+    DomainIdentity,
+    HostIdentity,
+    HostState,
+    HostView,
+    Lease,
+    LeaseOwner,
+    LeaseRecord,
+    LeaseRequest,
+)
 from ..statestore import DomainPhase, HostPersisted, StateStore
 from .domain import DomainActor, FenceTarget
 from .mailbox import ActorRef, open_mailbox, run_actor
-from .messages import DomainStatus, Inquire, LeasesLost
+from .messages import DomainStatus, Inquire, LeasesLost, MigrationSettled
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
+    from ..transport.zmq import KeyPair, PeerClient
+    from .migration import MigrationDriver
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +127,9 @@ class HostCoordinator:
         self._started = False
         self._crashed = False
         self._paused: anyio.Event | None = None
+        self._keys: KeyPair | None = None
+        self._migrations: dict[str, MigrationDriver] = {}
+        self.lockspace_id = ""
 
     # -- public -------------------------------------------------------------
 
@@ -194,12 +219,13 @@ class HostCoordinator:
     async def start(self) -> None:
         """Join the lockspace (resuming if we restarted in time) and start renewing."""
         if self.config.locking.failure_action is FailureAction.PAUSE and self._pause_callback is None:
-            from ..errors import ConfigError
-
             raise ConfigError(
                 "locking.failure_action", "'pause' needs a pause_callback passed to open_host/plugin_load"
             )
         self._boot_id = await anyio.to_thread.run_sync(read_boot_id)
+        self.lockspace_id = await self.backend.lockspace_id()
+        if self.config.peer.endpoint:
+            await self._start_peer_service()
         persisted = await self.store.load_host()
         previous = {v.record.id: v.record for v in await self.backend.hosts()}.get(self.identity.id)
         ours = (
@@ -235,6 +261,177 @@ class HostCoordinator:
             self._spawn(actor)
         self._tg.start_soon(self._renew_loop, name=f"renew {self.identity.name}")
         self.emit("joined", incarnation=self.incarnation, resumed=self.resumed)
+
+    # -- migration ------------------------------------------------------------
+
+    @property
+    def peer_endpoint(self) -> str:
+        """Where peers reach this host (the bound endpoint); empty without a peer service."""
+        return self._peer_endpoint
+
+    async def transfer(
+        self,
+        source: LeaseOwner,
+        destination: LeaseOwner,
+        destination_incarnation: str,
+        leases: Sequence[Lease],
+    ) -> tuple[Lease, ...]:
+        """The migration commit: one compare-and-swap in the backend (we are the source)."""
+        if not self.capabilities.migration:
+            raise NotSupportedError(f"the {self.backend.kind} backend does not support migration")
+        self._check_live()
+        moved = await self.backend.transfer(source, destination, destination_incarnation, leases)
+        self.emit("transfer", source=source, destination=destination, before=tuple(leases), after=moved)
+        return moved
+
+    def require_peer_service(self) -> None:
+        if not self._peer_endpoint:
+            raise NotSupportedError(
+                f"host {self.identity.name} has no peer endpoint configured ([peer] endpoint): "
+                "migration needs one on both hosts"
+            )
+        if not self.capabilities.migration:
+            raise NotSupportedError(f"the {self.backend.kind} backend does not support migration")
+
+    async def resolve_peer(self, uri: str) -> tuple[str, str]:
+        """The (host name, public key) advertised in our lockspace for peer endpoint ``uri``."""
+        self.require_peer_service()
+        for view in await self.backend.hosts():
+            record = view.record
+            if record.peer_endpoint == uri and record.state is HostState.LIVE:
+                if record.id == self.identity.id:
+                    raise PeerRefusedError(
+                        f"{uri} is this host ({self.identity.name}): nothing to migrate to"
+                    )
+                if not self.config.peer.plaintext and record.public_key not in self.config.peer.allowed_keys:
+                    raise PeerRefusedError(
+                        f"host {record.name} at {uri} has public key {record.public_key!r}, "
+                        "which is not in [peer] allowed_keys"
+                    )
+                return record.name, record.public_key
+        raise PeerRefusedError(
+            f"no live host in lockspace {self.lockspace_id} advertises peer endpoint {uri}: "
+            "it is down, or uses another lockspace or backend"
+        )
+
+    def peer_connect(self, endpoint: str, server_key: str) -> AbstractAsyncContextManager[PeerClient]:
+        from ..transport.zmq import connect
+
+        if self.config.peer.plaintext:
+            return connect(endpoint, plaintext=True)
+        return connect(endpoint, server_key=server_key, keys=self._keys)
+
+    async def start_migration(self, driver: MigrationDriver) -> None:
+        """Run ``driver`` in this host's task group until its migration ends."""
+        self._migrations[driver.migration_id] = driver
+        try:
+            await self._tg.start(driver.run, name=f"migration {driver.migration_id}")
+        except BaseException:
+            self._migrations.pop(driver.migration_id, None)
+            raise
+
+    def migration_ended(self, driver: MigrationDriver) -> None:
+        if self._migrations.get(driver.migration_id) is driver:
+            del self._migrations[driver.migration_id]
+
+    def incoming_for(self, uuid: str) -> MigrationDriver | None:
+        """The newest unfinished incoming migration of domain ``uuid``."""
+        found = [
+            d
+            for d in self._migrations.values()
+            if d.role == "destination" and d.domain_uuid == uuid and not d.machine.finished
+        ]
+        return found[-1] if found else None
+
+    async def domain_settled(self, uuid: str, settled: MigrationSettled) -> None:
+        entry = self._domains.get(uuid)
+        if entry is None:
+            if settled.role == "destination" and settled.outcome.value != "committed":
+                return
+            identity = DomainIdentity(uuid)
+            entry = self._spawn(DomainActor(self, identity))
+        await entry[0].ask(settled)
+
+    async def _start_peer_service(self) -> None:
+        from ..transport.zmq import PeerServer, load_keypair
+
+        peer = self.config.peer
+        if not peer.plaintext:
+            assert peer.key_file is not None
+            key_file = peer.key_file
+            self._keys = await anyio.to_thread.run_sync(load_keypair, key_file)
+            self._public_key = self._keys.public
+        server = PeerServer(
+            peer.endpoint, keys=self._keys, allowed_clients=peer.allowed_keys, plaintext=peer.plaintext
+        )
+        self._peer_endpoint = await self._tg.start(server.serve, self._handle_peer, name="peer service")
+
+    async def _handle_peer(self, identity: bytes, user_id: str | None, frame: bytes) -> bytes | None:
+        """One request from a peer coordinator: decode, authenticate, route, answer."""
+        from ..protocol import Prepare, Request, answer_unknown
+        from ..transport import codec
+
+        try:
+            message = codec.decode(frame)
+            if not isinstance(message, Request):
+                return None
+            await self._authenticate(message.sender, user_id)
+        except ActorlockError as exc:
+            log.warning("host %s: bad peer frame: %s", self.identity.name, exc)
+            return codec.encode(codec.error_reply_for(frame, exc, sender=self.identity.name))
+        driver = self._migrations.get(message.migration_id)
+        if driver is None and isinstance(message, Prepare):
+            driver = await self._incoming(message, user_id or "")
+        if driver is None:
+            response = answer_unknown(message, local=self.identity.name)
+            return codec.encode(response) if response is not None else None
+        with anyio.move_on_after(max(message.deadline_remaining, self.config.peer.request_timeout)):
+            response = await driver.request(message)
+            return codec.encode(response) if response is not None else None
+        return None
+
+    async def _authenticate(self, sender: str, user_id: str | None) -> None:
+        """The sender named in the payload must be the host whose key signed the connection."""
+        if self.config.peer.plaintext:
+            return
+        for view in await self.backend.hosts():
+            if view.record.name == sender:
+                if view.record.public_key != user_id:
+                    raise ProtocolError(f"peer {sender!r} signed with a key that host does not advertise")
+                return
+        raise ProtocolError(f"peer {sender!r} is not a host of lockspace {self.lockspace_id}")
+
+    async def _incoming(self, message: Any, peer_key: str) -> MigrationDriver:
+        from ..protocol import MigrationDestination
+        from .migration import MigrationDriver
+
+        peer_endpoint = ""
+        for view in await self.backend.hosts():
+            if view.record.name == message.sender:
+                peer_endpoint = view.record.peer_endpoint
+        machine = MigrationDestination(
+            migration_id=message.migration_id,
+            local=self.identity,
+            incarnation=self.incarnation,
+            lockspace_kind=self.backend.kind,
+            lockspace_id=self.lockspace_id,
+            timing=self.protocol_timing(),
+        )
+        driver = MigrationDriver(
+            self, machine, peer_endpoint=peer_endpoint, peer_key=peer_key, domain_uuid=message.domain.uuid
+        )
+        await self.start_migration(driver)
+        return driver
+
+    def protocol_timing(self) -> Any:
+        from ..protocol import Timing
+
+        peer = self.config.peer
+        return Timing(
+            retry_interval=peer.retry_interval,
+            prepare_timeout=peer.prepare_timeout,
+            transfer_margin=peer.transfer_margin,
+        )
 
     def pause(self) -> None:
         """Fault injection: freeze renewal and fencing, as SIGSTOP would (see :meth:`resume`)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import attrs
 
 from ..model import Lease, LockState, Resource
+from ..protocol.messages import Outcome
 
 
 @attrs.frozen
@@ -70,3 +71,32 @@ class DomainStatus:
     resources: tuple[Resource, ...]
     leases: tuple[Lease, ...]
     lost_reason: str = ""
+
+
+@attrs.frozen
+class PrepareMigrate:
+    """Source: offer this running guest's leases to the coordinator at ``dest_uri``."""
+
+    dest_uri: str
+
+
+@attrs.frozen
+class CompleteMigration:
+    """Either side: commit (or cancel) the migration in progress.
+
+    The destination registers ``resources`` and ``pid`` first if it has not.
+    """
+
+    commit: bool
+    resources: tuple[Resource, ...] = ()
+    pid: int | None = None
+
+
+@attrs.frozen
+class MigrationSettled:
+    """A migration's final outcome, from its driver: update what the domain holds."""
+
+    migration_id: str
+    role: str  # "source" or "destination"
+    outcome: Outcome
+    lock_state: LockState | None

@@ -598,8 +598,13 @@ class FileLeaseBackend:
 
     # --- plumbing ---
 
-    async def _run(self, fn: Callable[[threading.Event], T]) -> T:
-        """Run ``fn(cancel)`` in a worker thread after opening the lockspace."""
+    async def _run(self, fn: Callable[[threading.Event], T], *, abandonable: bool = True) -> T:
+        """Run ``fn(cancel)`` in a worker thread after opening the lockspace.
+
+        With ``abandonable=False`` the caller waits for the thread whatever
+        happens (no io_timeout, cancellation deferred): for operations whose
+        outcome must be known before anyone looks at the records again.
+        """
         if self._closed:
             raise InvalidStateError("file lease backend is closed")
         cancel = threading.Event()
@@ -609,6 +614,8 @@ class FileLeaseBackend:
             return fn(cancel)
 
         try:
+            if not abandonable:
+                return await anyio.to_thread.run_sync(job)
             with anyio.fail_after(self._io_timeout):
                 return await anyio.to_thread.run_sync(job, abandon_on_cancel=True)
         except TimeoutError as exc:
@@ -940,7 +947,9 @@ class FileLeaseBackend:
                 self._write_leases_sync(updated, raw, cancel)
             return moved
 
-        return await self._run(transfer)
+        # Not abandonable: a commit still running in a thread after we gave up
+        # could land after a backend query that concluded it had not.
+        return await self._run(transfer, abandonable=False)
 
     async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
         """Lease records for ``keys`` (all when None), sorted by key."""

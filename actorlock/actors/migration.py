@@ -1,0 +1,290 @@
+"""Carrying out one migration machine's effects: the I/O shell around the protocol.
+
+A :class:`MigrationDriver` is an actor of its own: one task owns the machine
+and feeds it one input at a time (local calls, peer requests and responses,
+timers, backend results), so the sans-I/O machine never sees two events at
+once. Requests to the peer and timers run as tasks in the driver's own task
+group and come back as inputs. The driver tells the domain actor the final
+outcome (and waits until it is recorded) before it wakes the local caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+from anyio.abc import TaskStatus
+from anyio.streams.memory import MemoryObjectReceiveStream
+
+from ..errors import ActorlockError, MigrationError, PeerError
+from ..model import LockState
+from ..protocol import (
+    ArmTimer,
+    Call,
+    CancelTimer,
+    CompleteCaller,
+    Discard,
+    DropPending,
+    Effect,
+    MigrationDestination,
+    MigrationSource,
+    QueryBackend,
+    Reply,
+    Request,
+    Response,
+    SendToPeer,
+    Timer,
+    TransferLeases,
+    VerifyLeases,
+    judge_ownership,
+    verify_lock_state,
+)
+from .messages import MigrationSettled
+
+if TYPE_CHECKING:
+    from ..transport.zmq import PeerClient
+    from .host import HostCoordinator
+
+log = logging.getLogger(__name__)
+
+Machine = MigrationSource | MigrationDestination
+Input = Callable[[Machine, float], list[Effect]]
+
+
+class CallResult:
+    """Where a local call (prepare, complete) learns its answer."""
+
+    def __init__(self) -> None:
+        self._done = anyio.Event()
+        self.answer: CompleteCaller | None = None
+        self.error: BaseException | None = None
+
+    def settle(self, answer: CompleteCaller | None = None, error: BaseException | None = None) -> None:
+        if not self._done.is_set():
+            self.answer, self.error = answer, error
+            self._done.set()
+
+    async def wait(self) -> CompleteCaller:
+        await self._done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.answer is not None
+        if self.answer.error is not None:
+            raise self.answer.error
+        return self.answer
+
+
+@attrs.define
+class _ReplySlot:
+    done: anyio.Event = attrs.Factory(anyio.Event)
+    response: Response | None = None
+
+
+class MigrationDriver:
+    """Runs one migration for one domain, as source or destination."""
+
+    def __init__(
+        self,
+        host: HostCoordinator,
+        machine: Machine,
+        *,
+        peer_endpoint: str,
+        peer_key: str,
+        domain_uuid: str,
+    ) -> None:
+        self.host = host
+        self.machine = machine
+        self.migration_id = machine.migration_id
+        self.domain_uuid = domain_uuid
+        self.role = "source" if isinstance(machine, MigrationSource) else "destination"
+        self._peer_endpoint = peer_endpoint
+        self._peer_key = peer_key
+        self._send, self._inbox = anyio.create_memory_object_stream[tuple[Input, CallResult | None]](256)
+        self._timers: dict[Timer, anyio.CancelScope] = {}
+        self._replies: dict[int, list[_ReplySlot]] = {}
+        self._calls: dict[Call, CallResult] = {}
+        self._client: PeerClient | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._settled = False
+
+    # -- inputs -------------------------------------------------------------
+
+    async def call(self, call: Call, step: Input) -> CallResult:
+        """Feed a local call; the result is answered by the machine's CompleteCaller."""
+        result = CallResult()
+        self._calls[call] = result
+        await self._put(step, result)
+        return result
+
+    async def request(self, message: Request) -> Response | None:
+        """A request from the peer; waits (bounded by the caller) for the machine's reply."""
+        slot = _ReplySlot()
+        self._replies.setdefault(message.seq, []).append(slot)
+        await self._put(lambda m, now: m.receive(message, now=now), None)
+        await slot.done.wait()
+        return slot.response
+
+    async def _put(self, step: Input, result: CallResult | None) -> None:
+        try:
+            await self._send.send((step, result))
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            error = MigrationError(f"migration {self.migration_id} has ended")
+            if result is not None:
+                result.settle(error=error)
+            else:
+                raise error from None
+
+    # -- the task -------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                if self._peer_endpoint:
+                    connection = self.host.peer_connect(self._peer_endpoint, self._peer_key)
+                    self._client = await stack.enter_async_context(connection)
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    task_status.started()
+                    await self._serve(self._inbox)
+                    tg.cancel_scope.cancel()
+        finally:
+            self._close()
+
+    async def _serve(self, inbox: MemoryObjectReceiveStream[tuple[Input, CallResult | None]]) -> None:
+        linger_until: float | None = None
+        while True:
+            timeout = None if linger_until is None else max(0.0, linger_until - anyio.current_time())
+            with anyio.move_on_after(timeout):
+                step, result = await inbox.receive()
+                try:
+                    effects = step(self.machine, anyio.current_time())
+                except ActorlockError as exc:
+                    if result is None:
+                        raise
+                    result.settle(error=exc)
+                    continue
+                await self._execute(effects)
+                await self._settle()
+            if self.machine.finished and self._settled:
+                # Stay a little to answer retransmissions with the final outcome.
+                if linger_until is None:
+                    linger_until = anyio.current_time() + 2 * self.machine.timing.retry_interval + 1.0
+                elif anyio.current_time() >= linger_until:
+                    return
+
+    def _close(self) -> None:
+        self._send.close()
+        self._inbox.close()
+        for scope in self._timers.values():
+            scope.cancel()
+        for result in self._calls.values():
+            result.settle(error=MigrationError(f"migration {self.migration_id} stopped"))
+        for slots in self._replies.values():
+            for slot in slots:
+                slot.done.set()
+        self.host.migration_ended(self)
+
+    async def _execute(self, effects: list[Effect]) -> None:
+        queue = list(effects)
+        while queue:
+            effect = queue.pop(0)
+            queue.extend(await self._one(effect))
+
+    async def _one(self, effect: Effect) -> list[Effect]:
+        machine, now = self.machine, anyio.current_time
+        match effect:
+            case SendToPeer(message=message):
+                assert self._tg is not None
+                self._tg.start_soon(self._send_request, message)
+            case Reply(message=message):
+                for slot in self._replies.pop(message.seq, []):
+                    slot.response = message
+                    slot.done.set()
+            case ArmTimer(timer=timer, at=at):
+                self._disarm(timer)
+                self._timers[timer] = scope = anyio.CancelScope()
+                assert self._tg is not None
+                self._tg.start_soon(self._fire, timer, at, scope)
+            case CancelTimer(timer=timer):
+                self._disarm(timer)
+            case VerifyLeases(owner=owner, lock_state=lock_state):
+                assert isinstance(machine, MigrationDestination)
+                try:
+                    records = await self.host.records([lease.key for lease in lock_state.leases])
+                    problem: ActorlockError | None = verify_lock_state(records, owner, lock_state)
+                except ActorlockError as exc:
+                    problem = exc
+                return machine.verify_done(problem, now=now())
+            case TransferLeases():
+                assert isinstance(machine, MigrationSource)
+                transfer_result: LockState | ActorlockError
+                try:
+                    moved = await self.host.transfer(
+                        effect.source, effect.destination, effect.destination_incarnation, effect.leases
+                    )
+                    transfer_result = LockState.of(moved)
+                except ActorlockError as exc:
+                    transfer_result = exc
+                return machine.transfer_done(transfer_result, now=now())
+            case QueryBackend(source=source, destination=destination, keys=keys):
+                try:
+                    records = await self.host.records(list(keys))
+                    ownership: Any = judge_ownership(records, source, destination, keys)
+                except ActorlockError as exc:
+                    ownership = exc
+                return machine.query_done(ownership, now=now())
+            case CompleteCaller(call=call):
+                await self._settle()
+                result = self._calls.pop(call, None)
+                if result is not None:
+                    result.settle(effect)
+            case DropPending(reason=reason):
+                log.info("migration %s (%s): dropped: %s", self.migration_id, self.role, reason)
+            case Discard(message=message, reason=reason):
+                log.debug("migration %s: discarded %s: %s", self.migration_id, type(message).__name__, reason)
+        return []
+
+    async def _settle(self) -> None:
+        """Record a final outcome in the domain actor, once, before anyone hears of it."""
+        if not self.machine.finished or self._settled:
+            return
+        self._settled = True
+        settled = MigrationSettled(
+            self.migration_id, self.role, self.machine.outcome, self.machine.lock_state
+        )
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.host.domain_settled(self.domain_uuid, settled)
+            except ActorlockError as exc:
+                log.error("migration %s: recording the outcome failed: %s", self.migration_id, exc)
+
+    def _disarm(self, timer: Timer) -> None:
+        scope = self._timers.pop(timer, None)
+        if scope is not None:
+            scope.cancel()
+
+    async def _fire(self, timer: Timer, at: float, scope: anyio.CancelScope) -> None:
+        with scope:
+            await anyio.sleep_until(at)
+            if self._timers.get(timer) is scope:
+                del self._timers[timer]
+                await self._put(lambda m, now: m.timer_fired(timer, now=now), None)
+
+    async def _send_request(self, message: Request) -> None:
+        from ..transport import codec
+        from ..transport.zmq import unreachable_after
+
+        assert self._client is not None
+        try:
+            with unreachable_after(self.host.config.peer.request_timeout, peer=self._peer_endpoint):
+                frame = await self._client.request(codec.encode(message))
+            reply = codec.decode(frame)
+        except (PeerError, ActorlockError) as exc:
+            failure = exc  # the name bound by except is deleted when the block ends
+            await self._put(lambda m, now: m.io_failed(message, failure, now=now), None)
+            return
+        await self._put(lambda m, now: m.receive(reply, now=now), None)
