@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.abc
 import pytest
 
 import actorlock
 from actorlock import MigrateFlags, NewFlags, ObjectType, ResourceType
 from actorlock.errors import ConfigError, PeerRefusedError, ResourceBusyError
-from actorlock.protocol import MigrationCommittedError
+from actorlock.protocol import MigrationCommittedError, MigrationTimeoutError
 from actorlock.transport.zmq import KeyPair, generate_keypair, save_keypair
 
 from .support import guest_process, host_config, unique
@@ -190,3 +193,67 @@ async def test_a_destination_whose_key_is_not_allowed_is_refused(tmp_path: Path)
 def test_a_peer_endpoint_without_keys_or_plaintext_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match=r"peer\.key_file"):
         actorlock.load_config({"peer": {"endpoint": "tcp://127.0.0.1:7470"}})
+
+
+@asynccontextmanager
+async def host_in_task(tg: anyio.abc.TaskGroup, cfg: dict[str, Any]) -> AsyncIterator[actorlock.Host]:
+    """A host running in its own task, so crashing it leaves the test's task alone."""
+    stop = anyio.Event()
+
+    async def run(*, task_status: anyio.abc.TaskStatus[actorlock.Host]) -> None:
+        async with actorlock.open_host(cfg) as host:
+            task_status.started(host)
+            await stop.wait()
+
+    host = await tg.start(run)
+    try:
+        yield host
+    finally:
+        stop.set()
+
+
+SHORT = {**FAST_PEER, "migration_timeout": 1.5}
+
+
+async def test_destination_crash_after_prepare_makes_the_source_cancel_and_keep_its_leases() -> None:
+    space = unique()
+    disks = [actorlock.disk(p) for p in DISKS]
+    with guest_process() as guest:
+        async with (
+            anyio.create_task_group() as tg,
+            host_in_task(tg, peer_config("a", 1, space, **SHORT)) as a,
+            host_in_task(tg, peer_config("b", 2, space, **SHORT)) as b,
+        ):
+            vm = a.domain(UUID, name="vm")
+            await vm.start(disks, pid=guest.pid)
+            before = owners(await a.leases())
+            await vm.prepare_migration(b.coordinator.peer_endpoint)
+            b.coordinator.crash()
+            with anyio.fail_after(10), pytest.raises(MigrationTimeoutError) as caught:
+                await vm.complete_migration(commit=True)
+            assert "did not commit before the deadline" in str(caught.value)
+            assert owners(await a.leases()) == before
+            assert (await vm.status()).phase == "running"
+
+
+async def test_source_crash_after_prepare_makes_the_destination_drop_the_migration() -> None:
+    space = unique()
+    disks = [actorlock.disk(p) for p in DISKS]
+    with guest_process() as guest:
+        async with (
+            anyio.create_task_group() as tg,
+            host_in_task(tg, peer_config("a", 1, space, **SHORT)) as a,
+            host_in_task(tg, peer_config("b", 2, space, **SHORT)) as b,
+        ):
+            vm = a.domain(UUID, name="vm")
+            await vm.start(disks, pid=guest.pid)
+            before = owners(await b.leases())
+            await vm.prepare_migration(b.coordinator.peer_endpoint)
+            a.coordinator.crash()
+            incoming = b.domain(UUID, name="vm")
+            with anyio.fail_after(10), pytest.raises(MigrationTimeoutError) as caught:
+                await incoming.complete_migration(commit=True, resources=disks, pid=guest.pid)
+            assert "the source kept the leases" in str(caught.value)
+            assert owners(await b.leases()) == before
+            assert (await incoming.status()).phase != "running"
+            assert b.coordinator.incoming_for(UUID) is None
