@@ -39,6 +39,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--trio", action="store_true", help="run on trio instead of asyncio")
 
+    keygen = sub.add_parser(
+        "keygen",
+        help="write a CURVE key pair for [peer] key_file; print the public key",
+        description=(
+            "Write a new CURVE key pair to PATH (mode 0600) for the [peer] key_file setting, and "
+            "print the public key (Z85) for the other hosts' [peer] allowed_keys. The secret key "
+            "is never printed."
+        ),
+    )
+    keygen.add_argument("path", type=Path, help="where to write the key file (must not exist)")
+
     leases = sub.add_parser(
         "leases",
         help="show who holds what in a file lockspace",
@@ -67,6 +78,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             backend = "trio" if args.trio else "asyncio"
             anyio.run(run_demo, args.lockspace, args.backend, print, backend=backend)
+            return 0
+        if args.command == "keygen":
+            from .transport.zmq import KeyPair, generate_keypair, save_keypair
+
+            if args.path.exists():
+                print(f"actorlock keygen: {args.path} already exists; not overwriting it", file=sys.stderr)
+                return 1
+            keys = KeyPair(*generate_keypair())
+            try:
+                save_keypair(args.path, keys)
+            except OSError as exc:
+                print(f"actorlock keygen: cannot write {args.path}: {exc.strerror}", file=sys.stderr)
+                return 1
+            print(keys.public)
             return 0
         if args.command == "leases":
             from .inspect import lockspace_report

@@ -1,28 +1,35 @@
-"""``actorlock demo``: the seed's lifecycle sequences, printed as a timeline.
+"""``actorlock demo``: the seed's lifecycle and migration sequences, as a timeline.
 
-Two simulated hosts share one lockspace (a temporary directory unless one is
-given). A ``sleep`` process stands in for each QEMU guest.
+Three simulated hosts share one lockspace (a temporary directory unless one
+is given): host-a and host-b are peers (CURVE-authenticated ZeroMQ on
+loopback), host-c stands for every other host and must be refused whenever
+it reaches for vm1's disk. ``sleep`` processes stand in for QEMU.
 """
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import anyio
 from anyio.abc import Process
 
-from .constants import AcquireFlags, NewFlags, ObjectType, ResourceFlags, ResourceType
-from .errors import ResourceBusyError
+from .constants import AcquireFlags, MigrateFlags, NewFlags, ObjectType, ResourceFlags, ResourceType
+from .errors import ActorlockError, ResourceBusyError
 from .inspect import lockspace_report
 from .lockmanager import LockManager, LockManagerPlugin, plugin_load
+from .transport.zmq import KeyPair, generate_keypair, save_keypair
 
 # Short timings so the demo finishes in seconds; the rule host_dead >=
 # (lease_timeout + fence_timeout) * 1.01 still holds.
 DEMO_TIMING = {"renew_interval": 0.5, "lease_timeout": 2.0, "fence_timeout": 1.0, "host_dead": 3.5}
+DEMO_PEER = {"endpoint": "tcp://127.0.0.1:*", "migration_timeout": 10.0, "transfer_margin": 1.0}
 
+VM1 = "6f1c3d2e-0000-4000-8000-000000000001"
+VM2 = "6f1c3d2e-0000-4000-8000-000000000002"
 VM1_DISK = "/var/lib/libvirt/images/vm1.qcow2"
 VM1_ISO = "/var/lib/libvirt/images/install.iso"
 VM1_DATA = "/var/lib/libvirt/images/vm1-data.qcow2"
@@ -38,100 +45,126 @@ class Timeline:
         self._out(f"[{ms:8.1f} ms] {host:<7} {text}")
 
 
-def _config(root: Path, name: str, host_id: int, backend: str) -> dict[str, Any]:
-    return {
-        "host": {"name": name, "id": host_id, "state_dir": str(root / f"state-{name}")},
-        "timing": DEMO_TIMING,
-        "locking": {"backend": backend, "kill_grace": 0.5},
-        "file": {"lockspace_dir": str(root / "lockspace")},
-        "memory": {"lockspace": f"demo-{root.name}"},
-    }
+class Demo:
+    def __init__(self, root: Path, backend: str, out: Callable[[str], Any]) -> None:
+        self.root = root
+        self.backend = backend
+        self.out = out
+        self.say = Timeline(out)
+        self.keys: dict[str, KeyPair] = {}
 
+    def config(self, name: str, host_id: int, *, peer: str = "") -> dict[str, Any]:
+        cfg: dict[str, Any] = {
+            "host": {"name": name, "id": host_id, "state_dir": str(self.root / f"state-{name}")},
+            "timing": DEMO_TIMING,
+            "locking": {"backend": self.backend, "kill_grace": 0.5},
+            "file": {"lockspace_dir": str(self.root / "lockspace")},
+            "memory": {"lockspace": f"demo-{self.root.name}"},
+        }
+        if peer:
+            cfg["peer"] = {
+                **DEMO_PEER,
+                "key_file": str(self.root / f"{name}.key"),
+                "allowed_keys": [self.keys[peer].public],
+            }
+        return cfg
 
-async def _manager(
-    plugin: LockManagerPlugin, uuid: str, name: str, flags: NewFlags = NewFlags.NONE
-) -> LockManager:
-    manager = await plugin.new_manager(ObjectType.DOMAIN, flags)
-    manager.set_parameter("uuid", uuid)
-    manager.set_parameter("name", name)
-    return manager
+    async def manager(
+        self, plugin: LockManagerPlugin, uuid: str, name: str, flags: NewFlags = NewFlags.NONE
+    ) -> LockManager:
+        manager = await plugin.new_manager(ObjectType.DOMAIN, flags)
+        manager.set_parameter("uuid", uuid)
+        manager.set_parameter("name", name)
+        return manager
+
+    async def refused(self, plugin: LockManagerPlugin, when: str) -> None:
+        """host-c reaches for vm1's disk: it must be refused."""
+        vm2 = await self.manager(plugin, VM2, "vm2")
+        vm2.register_resource(ResourceType.DISK, VM1_DISK)
+        try:
+            await vm2.acquire_object()
+        except ResourceBusyError as exc:
+            holder = ", ".join(f"{d[-4:]}@{h}" for h, d in exc.holders)
+            self.say("host-c", f"vm2 refused {when} (disk held by {holder})")
+            return
+        self.say("host-c", f"vm2 took vm1's disk {when}: THIS MUST NOT HAPPEN")
+        raise AssertionError("a third host acquired a disk another host holds")
+
+    async def show_leases(self) -> None:
+        if self.backend != "file":
+            return
+        self.out("")
+        self.out(f"$ actorlock leases --lockspace {self.root / 'lockspace'} --observe 0")
+        report = await lockspace_report(self.root / "lockspace", observe=0)
+        self.out("    " + report.to_text().replace("\n", "\n    "))
+        self.out("")
 
 
 def _leases(status: Any) -> str:
     return ", ".join(f"{lease.key} (token {lease.token})" for lease in status.leases) or "none"
 
 
+@contextlib.asynccontextmanager
+async def _guest() -> AsyncIterator[Process]:
+    async with await anyio.open_process(["sleep", "300"]) as qemu:
+        try:
+            yield qemu
+        finally:
+            if qemu.returncode is None:
+                qemu.kill()
+
+
 async def run_demo(lockspace: Path | None, backend: str, out: Callable[[str], Any]) -> None:
     with tempfile.TemporaryDirectory(prefix="actorlock-demo-") as tmp:
         root = Path(tmp)
+        demo = Demo(root, backend, out)
 
         def prepare() -> None:
             if lockspace is not None:
                 (root / "lockspace").symlink_to(lockspace.resolve(), target_is_directory=True)
             else:
                 (root / "lockspace").mkdir()
+            for name in ("host-a", "host-b"):
+                demo.keys[name] = KeyPair(*generate_keypair())
+                save_keypair(root / f"{name}.key", demo.keys[name])
 
         await anyio.to_thread.run_sync(prepare)
-        await _run(root, backend, Timeline(out), out)
-
-
-async def _run(root: Path, backend: str, say: Timeline, out: Callable[[str], Any]) -> None:
-    out(f"actorlock demo: {backend} lockspace at {root / 'lockspace'}")
-    a_cfg, b_cfg = _config(root, "host-a", 1, backend), _config(root, "host-b", 2, backend)
-    # A sleeping process stands in for QEMU.
-    async with await anyio.open_process(["sleep", "300"]) as qemu:
-        try:
-            plugin_b = await plugin_load(backend, b_cfg)
+        out(f"actorlock demo: {backend} lockspace at {root / 'lockspace'}")
+        async with _guest() as qemu_a, _guest() as qemu_b:
+            plugin_b = await plugin_load(backend, demo.config("host-b", 2, peer="host-a"))
+            demo.say("host-b", "plugin loaded (joined the lockspace, peer service up)")
             try:
-                await _lifecycle(a_cfg, plugin_b, qemu, say, out, root)
+                plugin_c = await plugin_load(backend, demo.config("host-c", 3))
+                demo.say("host-c", "plugin loaded (joined the lockspace)")
+                try:
+                    await _single_host(demo, plugin_b, plugin_c, qemu_a, qemu_b)
+                finally:
+                    await plugin_c.unload()
+                    demo.say("host-c", "plugin unloaded")
             finally:
                 await plugin_b.unload()
-                say("host-b", "plugin unloaded")
-        finally:
-            if qemu.returncode is None:
-                qemu.kill()
-    await _show_leases(root, backend, out)
+                demo.say("host-b", "plugin unloaded")
+        await demo.show_leases()
 
 
-async def _show_leases(root: Path, backend: str, out: Callable[[str], Any]) -> None:
-    if backend != "file":
-        return
-    out("")
-    out(f"$ actorlock leases --lockspace {root / 'lockspace'} --observe 0")
-    report = await lockspace_report(root / "lockspace", observe=0)
-    out("    " + report.to_text().replace("\n", "\n    "))
-    out("")
-
-
-async def _lifecycle(
-    a_cfg: dict[str, Any],
-    plugin_b: LockManagerPlugin,
-    qemu: Process,
-    say: Timeline,
-    out: Callable[[str], Any],
-    root: Path,
+async def _single_host(
+    demo: Demo, plugin_b: LockManagerPlugin, plugin_c: LockManagerPlugin, qemu_a: Process, qemu_b: Process
 ) -> None:
-    say("host-b", "plugin loaded (joined the lockspace)")
-    plugin_a = await plugin_load(a_cfg["locking"]["backend"], a_cfg)
-    say("host-a", "plugin loaded (joined the lockspace)")
+    say = demo.say
+    a_cfg = demo.config("host-a", 1, peer="host-b")
+    plugin_a = await plugin_load(demo.backend, a_cfg)
+    say("host-a", "plugin loaded (joined the lockspace, peer service up)")
 
-    vm1 = await _manager(plugin_a, "6f1c3d2e-0000-4000-8000-000000000001", "vm1")
-    vm1.set_parameter("pid", qemu.pid)
+    vm1 = await demo.manager(plugin_a, VM1, "vm1")
+    vm1.set_parameter("pid", qemu_a.pid)
     vm1.register_resource(ResourceType.DISK, VM1_DISK)
     vm1.register_resource(ResourceType.DISK, VM1_ISO, ResourceFlags.READONLY)
     await vm1.acquire_object(AcquireFlags.REGISTER_ONLY)
-    say("host-a", f"vm1 registered, guest pid {qemu.pid} started paused (no leases yet)")
+    say("host-a", f"vm1 registered, guest pid {qemu_a.pid} started paused (no leases yet)")
     status = await vm1.acquire_object()
     say("host-a", f"vm1 CPUs started: leases {_leases(status)}; readonly ISO not locked")
-    await _show_leases(root, a_cfg["locking"]["backend"], out)
-
-    vm2 = await _manager(plugin_b, "6f1c3d2e-0000-4000-8000-000000000002", "vm2")
-    vm2.register_resource(ResourceType.DISK, VM1_DISK)
-    try:
-        await vm2.acquire_object()
-        say("host-b", "vm2 started on vm1's disk: THIS MUST NOT HAPPEN")
-    except ResourceBusyError as exc:
-        say("host-b", f"vm2 refused: {exc}")
+    await demo.show_leases()
+    await demo.refused(plugin_c, "while host-a runs vm1")
 
     status = await vm1.acquire_resource(ResourceType.DISK, VM1_DATA)
     say("host-a", f"vm1 hotplug {VM1_DATA}: leases {_leases(status)}")
@@ -146,31 +179,84 @@ async def _lifecycle(
 
     await plugin_a.unload()
     say("host-a", "coordinator stopped (libvirtd restart); vm1 keeps running and keeps its leases")
-    try:
-        await vm2.acquire_object()
-        say("host-b", "vm2 took the disk while host-a restarted: THIS MUST NOT HAPPEN")
-    except ResourceBusyError:
-        say("host-b", "vm2 still refused while host-a's coordinator is down")
-    plugin_a = await plugin_load(a_cfg["locking"]["backend"], a_cfg)
+    await demo.refused(plugin_c, "while host-a's coordinator is down")
+    plugin_a = await plugin_load(demo.backend, a_cfg)
     try:
         say("host-a", f"coordinator back; resumed its lockspace membership: {plugin_a.host.resumed}")
-        vm1 = await _manager(plugin_a, "6f1c3d2e-0000-4000-8000-000000000001", "vm1", NewFlags.ATTACH)
+        vm1 = await demo.manager(plugin_a, VM1, "vm1", NewFlags.ATTACH)
         pid = await vm1.get_child()
         status = await vm1.inquire()
         say("host-a", f"vm1 re-attached: guest pid {pid}, leases {_leases(status)} (same tokens: no gap)")
-
-        qemu.terminate()
-        await qemu.wait()
-        say("host-a", "vm1 guest quit")
-        await vm1.shutdown()
-        await vm1.free()
-        say("host-a", "vm1 shut down: every lease released")
-
-        status = await vm2.acquire_object()
-        say("host-b", f"vm2 started: leases {_leases(status)}")
-        await vm2.shutdown()
-        await vm2.free()
-        say("host-b", "vm2 shut down")
+        await _migrations(demo, plugin_a, plugin_b, plugin_c, vm1, qemu_a, qemu_b)
     finally:
         await plugin_a.unload()
         say("host-a", "plugin unloaded")
+
+
+async def _migrations(
+    demo: Demo,
+    plugin_a: LockManagerPlugin,
+    plugin_b: LockManagerPlugin,
+    plugin_c: LockManagerPlugin,
+    vm1_a: LockManager,
+    qemu_a: Process,
+    qemu_b: Process,
+) -> None:
+    say = demo.say
+    b_uri = plugin_b.host.coordinator.peer_endpoint
+    await vm1_a.prepare_migrate(b_uri)
+    say("host-a", f"vm1 prepare_migrate({b_uri}): host-b verified the offered leases")
+    vm1_b = await demo.manager(plugin_b, VM1, "vm1", NewFlags.MIGRATE)
+    vm1_b.set_parameter("pid", qemu_b.pid)
+    vm1_b.register_resource(ResourceType.DISK, VM1_DISK)
+    vm1_b.register_resource(ResourceType.DISK, VM1_ISO, ResourceFlags.READONLY)
+    say("host-b", f"vm1 incoming: guest pid {await vm1_b.get_child()} started paused")
+    await demo.refused(plugin_c, "during the migration")
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(vm1_b.complete_migrate_in, 0)
+        tg.start_soon(vm1_a.complete_migrate_in, 0)
+    status = await vm1_b.inquire()
+    say("host-b", f"vm1 migrated in: leases {_leases(status)} (one atomic transfer, tokens bumped)")
+    qemu_a.terminate()
+    await qemu_a.wait()
+    await vm1_a.shutdown()
+    await vm1_a.free()
+    say("host-a", "vm1's old guest stopped; source shut down (nothing left to release)")
+    await demo.refused(plugin_c, "after the migration")
+
+    a_uri = plugin_a.host.coordinator.peer_endpoint
+    await vm1_b.prepare_migrate(a_uri)
+    say("host-b", f"vm1 prepare_migrate({a_uri}) back to host-a")
+    async with _guest() as qemu_a2:
+        vm1_a = await demo.manager(plugin_a, VM1, "vm1", NewFlags.MIGRATE)
+        vm1_a.set_parameter("pid", qemu_a2.pid)
+        vm1_a.register_resource(ResourceType.DISK, VM1_DISK)
+        vm1_a.register_resource(ResourceType.DISK, VM1_ISO, ResourceFlags.READONLY)
+        await vm1_a.get_child()
+        say("host-a", "vm1 incoming; then QEMU's migration fails: both sides cancel")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(vm1_a.complete_migrate_in, MigrateFlags.CANCEL)
+            tg.start_soon(vm1_b.complete_migrate_in, MigrateFlags.CANCEL)
+        await vm1_a.shutdown()
+        await vm1_a.free()
+    status = await vm1_b.inquire()
+    say("host-b", f"vm1 stays on host-b: leases {_leases(status)} (unchanged)")
+    await demo.refused(plugin_c, "after the cancelled migration")
+
+    qemu_b.terminate()
+    await qemu_b.wait()
+    await vm1_b.shutdown()
+    await vm1_b.free()
+    say("host-b", "vm1 guest quit; shut down: every lease released")
+
+    vm2 = await demo.manager(plugin_c, VM2, "vm2")
+    vm2.register_resource(ResourceType.DISK, VM1_DISK)
+    try:
+        status = await vm2.acquire_object()
+    except ActorlockError as exc:
+        say("host-c", f"vm2 could not start on the freed disk: {exc}")
+        raise
+    say("host-c", f"vm2 started: leases {_leases(status)}")
+    await vm2.shutdown()
+    await vm2.free()
+    say("host-c", "vm2 shut down")

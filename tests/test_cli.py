@@ -22,10 +22,18 @@ def test_demo_runs_the_lifecycle_and_refuses_the_second_host(
 ) -> None:
     assert main(["demo", *flags]) == 0
     out = capsys.readouterr().out
-    assert "vm2 refused: resource disk:/var/lib/libvirt/images/vm1.qcow2 is busy" in out
-    assert "vm2 still refused while host-a's coordinator is down" in out
+    for when in (
+        "while host-a runs vm1",
+        "while host-a's coordinator is down",
+        "during the migration",
+        "after the migration",
+        "after the cancelled migration",
+    ):
+        assert f"vm2 refused {when}" in out
     assert "resumed its lockspace membership: True" in out
     assert "(same tokens: no gap)" in out
+    assert "vm1 migrated in: leases disk:/var/lib/libvirt/images/vm1.qcow2 (token 3)" in out
+    assert "vm1 stays on host-b: leases disk:/var/lib/libvirt/images/vm1.qcow2 (token 3)" in out
     assert "vm2 started" in out
     assert "MUST NOT HAPPEN" not in out
 
@@ -67,7 +75,26 @@ def test_leases_on_a_missing_lockspace_is_a_clear_error(
     assert "does not exist" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["leases"]])
+def test_keygen_writes_a_private_key_file_and_prints_only_the_public_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from actorlock.transport.zmq import load_keypair
+
+    path = tmp_path / "host.key"
+    assert main(["keygen", str(path)]) == 0
+    printed = capsys.readouterr().out.strip()
+    keys = load_keypair(path)
+    assert printed == keys.public
+    assert keys.secret not in printed
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert main(["keygen", str(path)]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert load_keypair(path) == keys
+    assert main(["keygen", str(tmp_path / "absent-dir" / "k")]) == 1
+    assert "cannot write" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["leases"], ["keygen"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "actorlock.cli", *command, "--help"],
