@@ -6,7 +6,7 @@ over this one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from .actors.messages import (
 from .backends import make_backend
 from .backends.base import LeaseBackend
 from .config import Config, load_config
+from .errors import MigrationError
 from .model import DomainIdentity, HostView, LeaseRecord, LockState, Resource
 from .statestore import FileStateStore, MemoryStateStore, StateStore
 
@@ -84,8 +85,7 @@ class Domain:
         """Source: offer this guest's leases to the coordinator at ``dest_uri``."""
         peer = self._coordinator.config.peer
         result = await self._ask(PrepareMigrate(dest_uri))
-        with anyio.fail_after(peer.prepare_timeout + peer.request_timeout + 1.0):
-            await result.wait()
+        await _bounded(result.wait(), peer.prepare_timeout + peer.request_timeout + 1.0, "prepare_migrate")
 
     async def complete_migration(
         self, *, commit: bool, resources: Iterable[Resource] = (), pid: int | None = None
@@ -97,8 +97,7 @@ class Domain:
         """
         peer = self._coordinator.config.peer
         result = await self._ask(CompleteMigration(commit, tuple(resources), pid))
-        with anyio.fail_after(peer.migration_timeout + peer.request_timeout + 1.0):
-            await result.wait()
+        await _bounded(result.wait(), peer.migration_timeout + peer.request_timeout + 1.0, "complete_migrate_in")
 
     @asynccontextmanager
     async def migrate_to(self, dest_uri: str) -> AsyncIterator[None]:
@@ -115,6 +114,15 @@ class Domain:
                 await self.complete_migration(commit=False)
             raise
         await self.complete_migration(commit=True)
+
+
+async def _bounded(waiting: Awaitable[object], seconds: float, what: str) -> None:
+    """A backstop: the protocol's own timers answer first; this only guards against a stuck driver."""
+    try:
+        with anyio.fail_after(seconds):
+            await waiting
+    except TimeoutError:
+        raise MigrationError(f"{what} got no answer within {seconds:.1f}s") from None
 
 
 class Host:
