@@ -97,7 +97,9 @@ class Domain:
         """
         peer = self._coordinator.config.peer
         result = await self._ask(CompleteMigration(commit, tuple(resources), pid))
-        await _bounded(result.wait(), peer.migration_timeout + peer.request_timeout + 1.0, "complete_migrate_in")
+        await _bounded(
+            result.wait(), peer.migration_timeout + peer.request_timeout + 1.0, "complete_migrate_in"
+        )
 
     @asynccontextmanager
     async def migrate_to(self, dest_uri: str) -> AsyncIterator[None]:
