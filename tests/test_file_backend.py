@@ -672,3 +672,31 @@ async def test_same_instance_serializes_concurrent_acquisitions(tmp_path: Path) 
     assert len(won) == 1
     records = await a.records()
     assert [[h.owner for h in r.holders] for r in records] == [won, won]
+
+
+@pytest.mark.anyio
+async def test_renewal_is_not_starved_by_a_saturated_worker_pool(tmp_path: Path) -> None:
+    """A pool full of lease traffic must not delay the renewal that keeps the host live."""
+    import threading
+
+    from actorlock.backends.base import HostAdvert
+    from actorlock.backends.file import FileLeaseBackend
+    from actorlock.model import HostIdentity
+
+    backend = FileLeaseBackend(tmp_path, host_dead=5.0)
+    await backend.join(HostIdentity("a", 1), "inc", HostAdvert())
+    release = threading.Event()
+    pool = anyio.to_thread.current_default_thread_limiter()
+    try:
+        async with anyio.create_task_group() as tg:
+            for _ in range(int(pool.total_tokens)):
+                tg.start_soon(anyio.to_thread.run_sync, release.wait)
+            await anyio.wait_all_tasks_blocked()
+            assert pool.available_tokens == 0
+            with anyio.fail_after(5):
+                record = await backend.renew(HostAdvert())
+            release.set()
+        assert record.counter == 2
+    finally:
+        release.set()
+        await backend.aclose()

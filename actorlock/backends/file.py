@@ -592,13 +592,28 @@ class FileLeaseBackend:
         self._incarnation = ""
         self._lockspace_id: str | None = None
         self._closed = False
+        self._liveness_limiter: anyio.CapacityLimiter | None = None
 
     def __repr__(self) -> str:
         return f"<FileLeaseBackend {self.path!r}>"
 
     # --- plumbing ---
 
-    async def _run(self, fn: Callable[[threading.Event], T], *, abandonable: bool = True) -> T:
+    def _liveness(self) -> anyio.CapacityLimiter:
+        # Renewals get their own worker thread: behind a pool saturated by
+        # lease traffic (1,000 domains starting at once) a renewal once waited
+        # past lease_timeout and the host fenced every guest.
+        if self._liveness_limiter is None:
+            self._liveness_limiter = anyio.CapacityLimiter(1)
+        return self._liveness_limiter
+
+    async def _run(
+        self,
+        fn: Callable[[threading.Event], T],
+        *,
+        abandonable: bool = True,
+        limiter: anyio.CapacityLimiter | None = None,
+    ) -> T:
         """Run ``fn(cancel)`` in a worker thread after opening the lockspace.
 
         With ``abandonable=False`` the caller waits for the thread whatever
@@ -615,9 +630,9 @@ class FileLeaseBackend:
 
         try:
             if not abandonable:
-                return await anyio.to_thread.run_sync(job)
+                return await anyio.to_thread.run_sync(job, limiter=limiter)
             with anyio.fail_after(self._io_timeout):
-                return await anyio.to_thread.run_sync(job, abandon_on_cancel=True)
+                return await anyio.to_thread.run_sync(job, abandon_on_cancel=True, limiter=limiter)
         except TimeoutError as exc:
             raise BackendTimeoutError(
                 f"lockspace {self.path}: no answer within {self._io_timeout} s"
@@ -788,7 +803,7 @@ class FileLeaseBackend:
         """Write this host's liveness record; see :meth:`LeaseBackend.join`."""
 
         async def read() -> HostRecord | None:
-            return await self._run(lambda cancel: self._read_host_sync(host.id))
+            return await self._run(lambda cancel: self._read_host_sync(host.id), limiter=self._liveness())
 
         previous = await wait_for_id_free(read, incarnation, self._observer, self._poll)
         record = HostRecord(
@@ -815,7 +830,7 @@ class FileLeaseBackend:
                     raise HostIdInUseError(f"host id {host.id} was written{who} while joining")
                 _replace(self._hosts_dir, [(path, data, raw)], cancel)
 
-        await self._run(swap)
+        await self._run(swap, limiter=self._liveness())
         self._host, self._incarnation = host, incarnation
         return previous
 
@@ -848,7 +863,7 @@ class FileLeaseBackend:
                 _replace(self._hosts_dir, [(path, _encode_host(new), raw)], cancel)
             return new
 
-        return await self._run(renew)
+        return await self._run(renew, limiter=self._liveness())
 
     async def leave(self, *, clean: bool) -> None:
         """Stop being a member; ``clean`` marks the record LEFT."""
