@@ -693,9 +693,11 @@ async def test_renewal_is_not_starved_by_a_saturated_worker_pool(tmp_path: Path)
                 tg.start_soon(anyio.to_thread.run_sync, release.wait)
             await anyio.wait_all_tasks_blocked()
             assert pool.available_tokens == 0
-            with anyio.fail_after(5):
-                record = await backend.renew(HostAdvert())
-            release.set()
+            try:
+                with anyio.fail_after(5):
+                    record = await backend.renew(HostAdvert())
+            finally:
+                release.set()  # also on failure, or the blocked workers would hang the test
         assert record.counter == 2
     finally:
         release.set()
