@@ -192,6 +192,8 @@ class DomainActor(Actor[Any]):
             raise InvalidStateError(f"{self.name}: no running guest to attach to (nothing persisted)")
         if self.phase == DomainPhase.LOST:
             raise LeaseLostError(f"{self.name}: leases were lost ({self.lost_reason})", list(self.leases))
+        if self.phase == MIGRATED:
+            raise LeaseLostError(f"{self.name}: its leases migrated to another host; it must not run here")
         if self.pid is None:
             raise InvalidStateError(f"{self.name}: no guest pid was registered")
         if not await is_running(self.pid, self.pid_start):

@@ -1,0 +1,340 @@
+"""Migration handoff latency between two host processes, against its floors.
+
+A guest with 4 exclusive disks ping-pongs between two host coordinators,
+each in its own process (``examples/two_hosts.py``'s host mode with two
+extra ops), on loopback with a file lockspace. One handoff is the libvirt
+sequence: prepare on the source, register the incoming guest on the
+destination, commit on both sides at once. The source's shutdown after
+each handoff is not timed (it releases nothing: the leases moved).
+
+Printed, all from the same run: handoff p50/p99 as the driving script sees
+it and as the hosts measured it, handoffs per second over the whole run,
+and the floors under a handoff:
+
+* the control channel: one JSON-lines round trip between this script and a
+  host process (the driving script's own overhead);
+* the wire: a DEALER/ROUTER round trip of msgpack codec frames between the
+  *same two host processes* (a ROUTER in host b, a DEALER in host a, CURVE
+  as configured), on a warm connection and on a fresh one (connect,
+  handshake, first reply: each migration opens its own connections);
+* the backend: ``FileLeaseBackend.transfer`` of 4 leases alone on the same
+  lockspace, between two backends joined as hosts 11 and 12 in this process.
+
+Figures and ratios only; nothing is asserted.
+
+    python benchmarks/bench_migration.py [--handoffs 200] [--seconds S] [--plaintext] [--backend trio]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from contextlib import AsyncExitStack
+from functools import partial
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import anyio
+
+from actorlock.backends.base import HostAdvert
+from actorlock.backends.file import FileLeaseBackend
+from actorlock.model import (
+    DomainIdentity,
+    HostIdentity,
+    Lease,
+    LeaseMode,
+    LeaseOwner,
+    LeaseRequest,
+    LockState,
+)
+from actorlock.protocol import Prepare, PrepareReply
+from actorlock.transport import codec
+from actorlock.transport.zmq import PeerServer, connect, load_keypair
+
+SCRIPT = Path(__file__).resolve()
+EXAMPLE = SCRIPT.parent.parent / "examples" / "two_hosts.py"
+
+
+def _load_example() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("two_hosts_example", EXAMPLE)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+two_hosts = _load_example()
+
+DISKS = 4
+UUID = "b3e1c0de-0000-4000-8000-00000000be7c"
+# Relaxed renewals (as bench_lifecycle): renewal fsyncs every 50 ms would
+# compete with the handoffs' own fsyncs and only add noise.
+TIMING = {
+    "renew_interval": 1.0,
+    "lease_timeout": 5.0,
+    "fence_timeout": 2.0,
+    "host_dead": 8.0,
+    "io_timeout": 30.0,
+}
+WIRE_ROUND_TRIPS = 2000
+WIRE_FRESH_CONNECTIONS = 50
+TRANSFERS = 300
+CONTROL_ROUND_TRIPS = 500
+# A PREPARE as the source sends it: the biggest frame of a handoff.
+FRAME = codec.encode(
+    Prepare(
+        migration_id="5f1c9e0d3b2a4c7e8f901a2b3c4d5e6f",
+        sender="a",
+        seq=1,
+        deadline_remaining=2.0,
+        domain=DomainIdentity(UUID, "bench"),
+        source_host_id=1,
+        lockspace_kind="file",
+        lockspace_id="0123456789abcdef0123456789abcdef",
+        lock_state=LockState.of(
+            Lease(f"disk:/images/bench-{i}.qcow2", LeaseMode.EXCLUSIVE, 40 + i) for i in range(4)
+        ),
+    )
+)
+
+
+# --- host mode: the example's agent plus the wire floor ------------------------------
+
+
+async def _answer(identity: bytes, user_id: str | None, frame: bytes) -> bytes:
+    """Decode the request and encode a reply, as the peer service's handler does at least."""
+    request = codec.decode(frame)
+    reply = PrepareReply(
+        migration_id=request.migration_id,
+        sender="b",
+        seq=request.seq,
+        deadline_remaining=request.deadline_remaining,
+        host_id=2,
+        incarnation="b-1",
+    )
+    return codec.encode(reply)
+
+
+class BenchAgent(two_hosts.HostAgent):
+    """The example's host agent with two ops for the wire floor."""
+
+    async def op_wire_serve(self) -> dict[str, Any]:
+        """Bind a ROUTER with this host's CURVE keys (or plain text) next to the peer service."""
+        if self.args.plaintext:
+            server = PeerServer("tcp://127.0.0.1:*", plaintext=True)
+        else:
+            keys = load_keypair(self.args.key_file)
+            server = PeerServer("tcp://127.0.0.1:*", keys=keys, allowed_clients=self.args.allowed_key)
+        endpoint = await self.task_group.start(server.serve, _answer)
+        return {"endpoint": endpoint}
+
+    async def op_wire_ping(self, endpoint: str, server_key: str, count: int, fresh: int) -> dict[str, Any]:
+        """Round trips to ``endpoint``: ``count`` on one warm connection, then ``fresh`` new connections."""
+        if self.args.plaintext:
+            options: dict[str, Any] = {"plaintext": True}
+        else:
+            options = {"server_key": server_key, "keys": load_keypair(self.args.key_file)}
+        with anyio.fail_after(120):
+            async with connect(endpoint, **options) as client:
+                for _ in range(50):  # warm up: connect, CURVE handshake
+                    codec.decode(await client.request(FRAME))
+                warm = []
+                for _ in range(count):
+                    started = time.perf_counter()
+                    codec.decode(await client.request(FRAME))
+                    warm.append(time.perf_counter() - started)
+            cold = []
+            for _ in range(fresh):
+                started = time.perf_counter()
+                async with connect(endpoint, **options) as client:
+                    codec.decode(await client.request(FRAME))
+                cold.append(time.perf_counter() - started)
+        return {"warm": warm, "cold": cold}
+
+
+# --- the parent --------------------------------------------------------------------
+
+
+def pct(samples: Sequence[float], q: float) -> float:
+    ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def row(label: str, samples: Sequence[float]) -> None:
+    print(
+        f"  {label:<64} {pct(samples, 0.5) * 1e3:8.3f} {pct(samples, 0.99) * 1e3:8.3f}   (n={len(samples)})"
+    )
+
+
+async def transfer_floor(lockspace: Path, count: int) -> list[float]:
+    """``transfer`` of 4 leases ping-ponged between two backends joined as hosts 11 and 12."""
+    sides = []
+    for host_id in (11, 12):
+        backend = FileLeaseBackend(lockspace, host_dead=TIMING["host_dead"])
+        incarnation = f"floor-{host_id}-{os.getpid()}"
+        await backend.join(HostIdentity(f"floor-{host_id}", host_id), incarnation, HostAdvert())
+        owner = LeaseOwner(f"floor-{host_id}", host_id, "floor-domain", "floor")
+        sides.append((backend, owner, incarnation))
+    requests = [LeaseRequest(f"disk:/floor/disk{i}.qcow2", LeaseMode.EXCLUSIVE) for i in range(DISKS)]
+    holder, other = 0, 1
+    leases = await sides[holder][0].acquire(sides[holder][1], requests)
+    samples = []
+    try:
+        for _ in range(count):
+            backend, source, _ = sides[holder]
+            _, destination, destination_incarnation = sides[other]
+            started = time.perf_counter()
+            leases = await backend.transfer(source, destination, destination_incarnation, leases)
+            samples.append(time.perf_counter() - started)
+            holder, other = other, holder
+    finally:
+        await sides[holder][0].release(sides[holder][1], [lease.key for lease in leases])
+        for backend, _, _ in sides:
+            await backend.leave(clean=True)
+            await backend.aclose()
+    return samples
+
+
+def guest_args(pid: int) -> dict[str, Any]:
+    disks = [f"/images/bench-{i}.qcow2" for i in range(DISKS)]
+    return {"uuid": UUID, "name": "bench", "disks": disks, "pid": pid}
+
+
+async def run(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="bench-migration-", dir=args.dir) as tmp:
+        workdir = Path(tmp)
+        lockspace = workdir / "lockspace"
+        lockspace.mkdir()
+        keys: Mapping[str, Any] = dict.fromkeys(("a", "b"))
+        if not args.plaintext:
+            keys = two_hosts.make_keys(workdir, ["a", "b"])
+        async with AsyncExitStack() as stack:
+            guests = await stack.enter_async_context(two_hosts.guest_processes())
+            hosts = {}
+            for name, host_id in (("a", 1), ("b", 2)):
+                spawn = two_hosts.spawn_host(
+                    name,
+                    host_id,
+                    lockspace,
+                    workdir,
+                    keys=keys[name],
+                    backend=args.backend,
+                    timing=TIMING,
+                    script=SCRIPT,
+                )
+                hosts[name] = await stack.enter_async_context(spawn)
+            pids = {name: (await two_hosts.start_guest(guests)).pid for name in hosts}
+            a, b = hosts["a"], hosts["b"]
+            print(
+                f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, hosts on {args.backend}, "
+                f"CURVE {'off' if args.plaintext else 'on'}, {DISKS} disks, lockspace on {lockspace}"
+            )
+
+            # Floors first, with both hosts idle.
+            control = []
+            for _ in range(CONTROL_ROUND_TRIPS):
+                started = time.perf_counter()
+                await a.call("ping")
+                control.append(time.perf_counter() - started)
+            endpoint = (await b.call("wire_serve"))["endpoint"]
+            server_key = "" if args.plaintext else keys["b"].public
+            wire = await a.call(
+                "wire_ping",
+                endpoint=endpoint,
+                server_key=server_key,
+                count=WIRE_ROUND_TRIPS,
+                fresh=WIRE_FRESH_CONNECTIONS,
+            )
+            transfers = await transfer_floor(lockspace, TRANSFERS)
+
+            await a.call("start", **guest_args(pids["a"]))
+            outside: list[float] = []
+            inside: list[float] = []
+            prepares: list[float] = []
+            commits: list[float] = []
+            src, dst = a, b
+            warmup = 5
+            done = 0
+            run_started = time.perf_counter()
+            end = run_started + args.seconds if args.seconds else None
+            with anyio.fail_after(args.seconds + 120 if args.seconds else 600):
+                while (done < args.handoffs + warmup) if end is None else (time.perf_counter() < end):
+                    started = time.perf_counter()
+                    prepared = await src.call("prepare", uuid=UUID, dest=dst.endpoint)
+                    registered = await dst.call("incoming", **guest_args(pids[dst.name]))
+                    out, inn = await two_hosts.concurrently(
+                        partial(src.call, "commit", uuid=UUID), partial(dst.call, "commit", uuid=UUID)
+                    )
+                    elapsed = time.perf_counter() - started
+                    await src.call("shutdown", uuid=UUID)
+                    done += 1
+                    if done == warmup and end is None:
+                        run_started = time.perf_counter()  # the rate counts timed handoffs only
+                    if done > warmup or end is not None:
+                        outside.append(elapsed)
+                        commit = max(out["elapsed"], inn["elapsed"])
+                        inside.append(prepared["elapsed"] + registered["elapsed"] + commit)
+                        prepares.append(prepared["elapsed"])
+                        commits.append(commit)
+                    src, dst = dst, src
+            run_time = time.perf_counter() - run_started
+            await src.call("shutdown", uuid=UUID)
+
+        rate = len(outside) / run_time
+        print(f"\n{'':2}{'':<64} {'p50 ms':>8} {'p99 ms':>8}")
+        print("handoff (prepare + register incoming + commit on both sides)")
+        row("as this script sees it (3 control round trips included)", outside)
+        row("as the hosts measured it (prepare + register + slower commit)", inside)
+        row("  prepare, on the source", prepares)
+        row("  commit, the slower side", commits)
+        print("floors (same run)")
+        row("control channel round trip (this script <-> host, JSON lines)", control)
+        row("wire: DEALER/ROUTER msgpack round trip a -> b, warm", wire["warm"])
+        row("wire: fresh connection + handshake + first round trip", wire["cold"])
+        row(f"backend transfer of {DISKS} leases (FileLeaseBackend)", transfers)
+        print(f"\nhandoffs per second over the run (source shutdown and control included): {rate:.1f}")
+        p50 = {
+            "inside": statistics.median(inside),
+            "wire": statistics.median(wire["warm"]),
+            "cold": statistics.median(wire["cold"]),
+            "transfer": statistics.median(transfers),
+        }
+        # PREPARE and COMMIT are one round trip each; the commit runs one transfer.
+        floor = 2 * p50["wire"] + p50["transfer"]
+        print("ratios of p50s:")
+        print(f"  handoff / warm wire round trip          {p50['inside'] / p50['wire']:8.1f}x")
+        print(f"  handoff / backend transfer              {p50['inside'] / p50['transfer']:8.1f}x")
+        print(f"  handoff / (2 warm round trips + transfer) {p50['inside'] / floor:6.1f}x")
+        fresh_floor = 2 * p50["cold"] + p50["transfer"]
+        print(f"  handoff / (2 fresh round trips + transfer) {p50['inside'] / fresh_floor:5.1f}x")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "host":
+        parser = argparse.ArgumentParser(prog=f"{SCRIPT.name} host")
+        two_hosts.add_host_arguments(parser)
+        sys.exit(two_hosts.host_main(parser.parse_args(sys.argv[2:]), BenchAgent))
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0] if __doc__ else None,
+        epilog="Floors and ratios are printed from the same run.",
+    )
+    parser.add_argument("--handoffs", type=int, default=200, help="timed handoffs (after 5 warm-up ones)")
+    parser.add_argument("--seconds", type=float, default=0.0, help="run this long instead of --handoffs")
+    parser.add_argument("--plaintext", action="store_true", help="peer traffic without CURVE")
+    parser.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"), help="for every process")
+    parser.add_argument("--dir", default=None, help="where to put the temporary lockspace")
+    args = parser.parse_args()
+    anyio.run(run, args, backend=args.backend)
+
+
+if __name__ == "__main__":
+    main()
