@@ -257,3 +257,32 @@ async def test_source_crash_after_prepare_makes_the_destination_drop_the_migrati
             assert owners(await b.leases()) == before
             assert (await incoming.status()).phase != "running"
             assert b.coordinator.incoming_for(UUID) is None
+
+
+async def test_migrate_to_commits_on_normal_exit_and_cancels_on_an_exception() -> None:
+    space = unique()
+    disks = [actorlock.disk(p) for p in DISKS]
+    with guest_process() as guest:
+        async with (
+            anyio.create_task_group() as tg,
+            host_in_task(tg, peer_config("a", 1, space)) as a,
+            host_in_task(tg, peer_config("b", 2, space)) as b,
+        ):
+            vm = a.domain(UUID, name="vm")
+            await vm.start(disks, pid=guest.pid)
+            before = owners(await a.leases())
+            incoming = b.domain(UUID, name="vm")
+            with pytest.raises(RuntimeError, match="qemu migration failed"):
+                async with vm.migrate_to(b.coordinator.peer_endpoint):
+                    raise RuntimeError("qemu migration failed")
+            assert owners(await a.leases()) == before
+            await incoming.complete_migration(commit=False)
+
+            async with anyio.create_task_group() as both, vm.migrate_to(b.coordinator.peer_endpoint):
+                # The guest's own migration runs here; the destination says commit when done.
+                both.start_soon(
+                    lambda: incoming.complete_migration(commit=True, resources=disks, pid=guest.pid)
+                )
+            assert {h[0][0] for h in owners(await a.leases()).values()} == {"b"}
+            assert (await incoming.status()).phase == "running"
+            assert (await vm.status()).phase == "migrated"

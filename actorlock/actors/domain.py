@@ -263,15 +263,23 @@ class DomainActor(Actor[Any]):
 
     async def _complete_migration(self, msg: CompleteMigration) -> CallResult:
         from ..protocol import Call
+        from .migration import CallResult
 
         def step(m: Any, now: float) -> Any:
             return m.commit_requested(now=now) if msg.commit else m.cancel_requested(now=now)
 
         if self._outgoing is not None:
             return await self._outgoing.call(Call.COMPLETE, step)
-        incoming = self.host.incoming_for(self.identity.uuid)
+        incoming = self.host.incoming_for(self.identity.uuid, finished=not msg.commit)
         if incoming is None:
-            raise InvalidStateError(f"{self.name}: no migration in progress")
+            if msg.commit:
+                raise InvalidStateError(f"{self.name}: no migration in progress")
+            from ..protocol import CompleteCaller, Outcome
+
+            # Cancelling what the source already cancelled (or what expired): nothing to undo.
+            done = CallResult()
+            done.settle(CompleteCaller(Call.COMPLETE, Outcome.CANCELLED))
+            return done
         if msg.commit:
             await self._register_incoming(incoming, msg)
         return await incoming.call(Call.COMPLETE, step)

@@ -334,12 +334,13 @@ class HostCoordinator:
         if self._migrations.get(driver.migration_id) is driver:
             del self._migrations[driver.migration_id]
 
-    def incoming_for(self, uuid: str) -> MigrationDriver | None:
-        """The newest unfinished incoming migration of domain ``uuid``."""
+    def incoming_for(self, uuid: str, *, finished: bool = False) -> MigrationDriver | None:
+        """The newest incoming migration of domain ``uuid`` still running (or, with
+        ``finished``, still lingering to answer with its outcome)."""
         found = [
             d
             for d in self._migrations.values()
-            if d.role == "destination" and d.domain_uuid == uuid and not d.machine.finished
+            if d.role == "destination" and d.domain_uuid == uuid and (finished or not d.machine.finished)
         ]
         return found[-1] if found else None
 
