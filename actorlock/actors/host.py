@@ -48,7 +48,7 @@ from ..model import (
     LeaseRecord,
     LeaseRequest,
 )
-from ..statestore import DomainPhase, HostPersisted, StateStore
+from ..statestore import DomainPhase, DomainState, HostPersisted, StateStore
 from .domain import DomainActor, FenceTarget
 from .mailbox import ActorRef, open_mailbox, run_actor
 from .messages import DomainStatus, Inquire, LeasesLost, MigrationSettled
@@ -127,6 +127,7 @@ class HostCoordinator:
         self._started = False
         self._crashed = False
         self._paused: anyio.Event | None = None
+        self._renew_scope = anyio.CancelScope()
         self._keys: KeyPair | None = None
         self._migrations: dict[str, MigrationDriver] = {}
         self.lockspace_id = ""
@@ -244,6 +245,13 @@ class HostCoordinator:
             self.incarnation = persisted.incarnation
         else:
             self.incarnation = uuidlib.uuid4().hex
+        domains = await self.store.load_domains()
+        lost_results: dict[str, str] = {}
+        if not self.resumed and previous is not None and previous.boot_id == self._boot_id:
+            # Back too late on the same boot: our guests may still run although
+            # our leases expired. Fence them before anything else, because
+            # another host may take over as soon as host_dead has passed.
+            lost_results = await self._fence_persisted(domains)
         await self.backend.join(self.identity, self.incarnation, self._advert())
         # join may have waited host_dead for the id to free up: the validity
         # period starts at a renewal whose start we measured ourselves.
@@ -252,12 +260,14 @@ class HostCoordinator:
         self._last_start, self._expires_at = start, start + self.config.timing.lease_timeout
         await self.store.save_host(HostPersisted(self.identity.name, self.identity.id, self.incarnation))
         self._started = True
-        for state in await self.store.load_domains():
+        for state in domains:
             if not self.resumed and state.phase == DomainPhase.RUNNING:
                 state = attrs.evolve(state, phase=DomainPhase.LOST)
             actor = DomainActor(self, state.identity, state)
             if state.phase == DomainPhase.LOST and not self.resumed:
                 actor.lost_reason = "the coordinator was down longer than lease_timeout"
+                if state.identity.uuid in lost_results:
+                    actor.lost_reason += f"; failure action: {lost_results[state.identity.uuid]}"
             self._spawn(actor)
         self._tg.start_soon(self._renew_loop, name=f"renew {self.identity.name}")
         self.emit("joined", incarnation=self.incarnation, resumed=self.resumed)
@@ -462,6 +472,8 @@ class HostCoordinator:
             with anyio.move_on_after(self.config.timing.io_timeout, shield=True):
                 await self.backend.aclose()
             return
+        # No renewal may race with (or follow) leaving the lockspace.
+        self._renew_scope.cancel()
         holding = bool(self._fence_targets) or any(
             a.phase in (DomainPhase.RUNNING, DomainPhase.LOST) for _, a in self._domains.values()
         )
@@ -503,6 +515,10 @@ class HostCoordinator:
             self._event_sink(kind, {"host": self.identity.name, **fields})
 
     async def _renew_loop(self) -> None:
+        with self._renew_scope:
+            await self._renew_forever()
+
+    async def _renew_forever(self) -> None:
         timing = self.config.timing
         next_at = self._last_start + timing.renew_interval
         while True:
@@ -540,6 +556,29 @@ class HostCoordinator:
                 tg.start_soon(self._fence, target, reason)
 
     async def _fence(self, target: FenceTarget, reason: str) -> None:
+        result = await self._failure_action_bounded(target)
+        entry = self._domains.get(target.identity.uuid)
+        if entry is not None:
+            with anyio.move_on_after(self.config.timing.fence_timeout), contextlib.suppress(ActorlockError):
+                await entry[0].tell(LeasesLost(reason, result))
+
+    async def _fence_persisted(self, domains: Sequence[DomainState]) -> dict[str, str]:
+        """Run the failure action of every guest a previous run left holding leases."""
+        results: dict[str, str] = {}
+
+        async def fence(state: DomainState) -> None:
+            target = FenceTarget(
+                state.identity, state.pid, state.pid_start, tuple(lease.key for lease in state.leases)
+            )
+            results[state.identity.uuid] = await self._failure_action_bounded(target)
+
+        async with anyio.create_task_group() as tg:
+            for state in domains:
+                if state.phase == DomainPhase.RUNNING:
+                    tg.start_soon(fence, state)
+        return results
+
+    async def _failure_action_bounded(self, target: FenceTarget) -> str:
         action = self.config.locking.failure_action
         result = "failure action timed out"
         with anyio.move_on_after(self.config.timing.fence_timeout):
@@ -549,11 +588,7 @@ class HostCoordinator:
                 result = f"failure action failed: {exc!r}"
                 log.exception("host %s: failure action for %s failed", self.identity.name, target.identity)
         self.emit("failure_action", domain=target.identity.uuid, action=action.value, result=result)
-        entry = self._domains.get(target.identity.uuid)
-        if entry is not None:
-            with anyio.move_on_after(self.config.timing.fence_timeout):
-                with contextlib.suppress(ActorlockError):
-                    await entry[0].tell(LeasesLost(reason, result))
+        return result
 
     async def _run_failure_action(self, action: FailureAction, target: FenceTarget) -> str:
         if action is FailureAction.POWEROFF:

@@ -1,0 +1,1151 @@
+"""Simulated multi-host clusters: real host coordinators, simulated guests, injected faults.
+
+A :class:`Cluster` runs N hosts in one process. Each host is a real host
+coordinator (:func:`actorlock.open_host`, with its own domain actors) on a
+shared lockspace: the memory backend or a file lockspace in a directory.
+What has no process here is simulated:
+
+- **guests**: a :class:`SimGuest` *runs* on its host from the moment its
+  ``Domain.start`` succeeded until it is stopped, paused, fenced or its host
+  dies; while it runs it *writes* every ``write_interval`` to each disk it
+  holds a lease on, stamped with that lease's fencing token;
+- **storage**: :class:`SimStorage` accepts every write (it does not fence)
+  and records it, so a guest that keeps writing with an old token after
+  somebody else took its disk shows up as split brain in the history.
+
+Everything that matters for safety lands in one
+:class:`~actorlock.testing.history.History`, on one clock: the hosts'
+own events through their event sink, and the simulator's records (guests
+starting, writing and stopping, refusals, crashes, faults). Check it with
+:meth:`Cluster.check` (:func:`actorlock.testing.checker.check`).
+
+Fencing: simulated guests use ``failure_action = "pause"``; the pause
+callback stops the simulated guest and records ``GuestStopped(FENCED)``.
+Every guest registers this process's pid (so ``Domain.attach`` after a
+coordinator restart finds "its" process alive), which is why
+``"poweroff"`` is refused: it would signal the test process itself.
+``"ignore"`` is allowed, to build a deliberately unsafe world.
+
+Faults, each one call with one effect:
+
+- :meth:`~Cluster.crash_host`: the host dies. Its coordinator's tasks are
+  cancelled and nothing is released; its running guests die with it
+  (``GuestStopped(HOST_DIED)``, then ``HostCrashed``); its in-memory state
+  store is lost.
+- :meth:`~Cluster.rejoin_host`: the crashed host boots again. A new
+  coordinator process with an empty state store joins as a new incarnation,
+  after its old record has been unchanged for ``host_dead``.
+- :meth:`~Cluster.crash_coordinator`: only the coordinator process dies
+  (``CoordinatorCrashed``); guests keep running and writing, unfenced.
+- :meth:`~Cluster.restart_coordinator`: a new coordinator process with the
+  same config and state store; in time it resumes its incarnation and every
+  running guest is re-attached (``Domain.attach``).
+- :meth:`~Cluster.pause_host`: the whole host freezes, as SIGSTOP would:
+  no renewal, no fencing, and its guests do not write.
+- :meth:`~Cluster.resume_host`: the host thaws; a lease expiry that passed
+  meanwhile is fenced at once, before any guest writes again.
+- :meth:`~Cluster.fail_backend` / :meth:`~Cluster.stall_backend`: the host's
+  named backend operations raise ``BackendError`` / hang, until
+  :meth:`~Cluster.heal_backend` (per operation, or all).
+- :meth:`~Cluster.heal_all`: every paused host resumes, every backend heals.
+
+Backend faults and host pauses are recorded as ``FaultInjected``;
+``FaultsHealed`` is recorded once none is left.
+
+Clock: run on trio with :func:`virtual_clock` for fast simulated time
+(repeatable on the memory backend), or in real time. (trio's ``MockClock`` works too, but it
+jumps while a worker thread runs, and coordinators read the boot id and
+guest process start times in threads, so its runs do not repeat.)
+
+Migration between hosts is not simulated yet: :meth:`Cluster.migrate` is
+the extension point, with peer faults (partition, message drop, duplicate,
+delay) to come next to it.
+
+Example::
+
+    async with open_cluster(3) as cluster:          # hosts h1, h2, h3
+        await cluster.start_guest("h1", "vm1", ["/d/1.img"])
+        await cluster.crash_host("h1")
+        while not await cluster.probe("h2", "/d/1.img"):
+            await anyio.sleep(cluster.timing.renew_interval)
+        assert cluster.check() == []
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from contextlib import asynccontextmanager
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+from anyio.abc import TaskGroup, TaskStatus
+
+from ..api import Host, open_host
+from ..backends.base import LeaseBackend
+from ..config import Config, TimingConfig, load_config
+from ..constants import FailureAction
+from ..errors import (
+    ActorlockError,
+    InvalidParameterError,
+    InvalidStateError,
+    LeaseLostError,
+    NotSupportedError,
+    ResourceBusyError,
+    StaleLockStateError,
+)
+from ..model import DomainIdentity, Lease, LeaseMode, LockState, Resource, disk
+from ..statestore import MemoryStateStore
+from .checker import Violation, check
+from .faults import OPERATIONS, FaultyBackend
+from .history import (
+    AcquireRefused,
+    CoordinatorCrashed,
+    FaultInjected,
+    FaultsHealed,
+    GuestDisksChanged,
+    GuestStarted,
+    GuestStopped,
+    GuestWrote,
+    History,
+    HistoryEvent,
+    HostCrashed,
+    HostRecovered,
+    LeaseHeld,
+    StopReason,
+)
+
+if TYPE_CHECKING:
+    from trio.abc import Clock
+
+__all__ = [
+    "SIM_TIMING",
+    "Cluster",
+    "GuestState",
+    "HostGoneError",
+    "HostState",
+    "SimGuest",
+    "SimHost",
+    "SimStorage",
+    "open_cluster",
+    "virtual_clock",
+]
+
+E = TypeVar("E", bound=HistoryEvent)
+T = TypeVar("T")
+
+# Scaled-down timings that keep the safety inequalities of docs/timing.md:
+# host_dead >= (lease_timeout + fence_timeout) * 1.01, kill_grace < fence_timeout.
+SIM_TIMING: Mapping[str, float] = MappingProxyType(
+    {
+        "renew_interval": 0.05,
+        "lease_timeout": 0.25,
+        "fence_timeout": 0.2,
+        "host_dead": 0.6,
+        "io_timeout": 0.5,
+    }
+)
+SIM_KILL_GRACE = 0.05
+
+
+class HostGoneError(RuntimeError):
+    """The host crashed while an operation was in flight: its outcome no longer matters.
+
+    Not an :class:`~actorlock.errors.ActorlockError`: the coordinator never
+    raises it, the simulator does.
+    """
+
+
+class HostState(enum.Enum):
+    """Where a simulated host stands."""
+
+    UP = "up"  # the coordinator runs and renews
+    PAUSED = "paused"  # frozen by pause_host: no renewal, guests do not write
+    COORDINATOR_DOWN = "coordinator down"  # crash_coordinator: guests keep running
+    CRASHED = "crashed"  # crash_host: nothing runs
+    JOINING = "joining"  # a coordinator process is starting (rejoin or restart)
+
+
+class GuestState(enum.Enum):
+    """Where a simulated guest stands."""
+
+    STOPPED = "stopped"  # not running; nothing held as far as the simulator knows
+    STARTING = "starting"  # Domain.start is in flight (the failure action may still stop it)
+    RUNNING = "running"  # runs and writes with its leases' tokens
+    PAUSED = "paused"  # paused by the simulator (Domain.pause); resumes with its saved state
+    FENCED = "fenced"  # stopped by the failure action; its domain waits to be shut down
+
+
+class SimGuest:
+    """One simulated guest: a domain uuid on one host.
+
+    Attributes:
+        host: the host it runs on.
+        uuid: the domain uuid (the key of its domain actor).
+        state: see :class:`GuestState`.
+        resources: what is registered with its domain actor, by lease key.
+        leases: the leases it uses (and writes with), by key; empty unless running.
+        saved: the lock state of its last pause, to resume with.
+        needs_cleanup: its domain actor may hold state the guest no longer
+            uses (an operation failed half-way); a shutdown clears it.
+        writes: how many writes it made.
+    """
+
+    def __init__(self, host: str, uuid: str) -> None:
+        self.host = host
+        self.uuid = uuid
+        self.state = GuestState.STOPPED
+        self.resources: dict[str, Resource] = {}
+        self.leases: dict[str, Lease] = {}
+        self.saved: LockState | None = None
+        self.needs_cleanup = False
+        self.writes = 0
+        self._writer: anyio.CancelScope | None = None
+
+    @property
+    def running(self) -> bool:
+        """True while the guest runs (and writes)."""
+        return self.state is GuestState.RUNNING
+
+    def disk_sets(self) -> tuple[list[str], list[str]]:
+        """The (exclusive, shared) lease keys the guest uses, as the history spells them."""
+        exclusive = [k for k, lease in self.leases.items() if lease.mode is LeaseMode.EXCLUSIVE]
+        shared = [k for k, lease in self.leases.items() if lease.mode is LeaseMode.SHARED]
+        return exclusive, shared
+
+    def __repr__(self) -> str:
+        return f"SimGuest({self.host}/{self.uuid}, {self.state.value}, {sorted(self.leases)})"
+
+
+class SimHost:
+    """One simulated host: its config, state store, fault switches and running coordinator.
+
+    Attributes:
+        name: the host's name in the lockspace.
+        config: the coordinator's configuration.
+        store: the state store a restarted coordinator reads back (replaced by
+            a fresh one when the whole host crashes: its memory is gone).
+        faults: the fault-injection wrapper every coordinator process of this
+            host uses; its ``inner`` backend is replaced per process.
+        state: see :class:`HostState`.
+        api: the running :class:`~actorlock.Host`, or None while down.
+        boots: incremented by every host crash.
+        processes: incremented by every coordinator crash (host crashes included).
+    """
+
+    def __init__(self, name: str, config: Config, faults: FaultyBackend) -> None:
+        self.name = name
+        self.config = config
+        self.store = MemoryStateStore()
+        self.faults = faults
+        self.state = HostState.CRASHED
+        self.api: Host | None = None
+        self.boots = 0
+        self.processes = 0
+        self._stop: anyio.Event | None = None
+        self._done: anyio.Event | None = None
+
+    @property
+    def frozen(self) -> bool:
+        """True while the host is paused: its guests do not run instructions."""
+        return self.state is HostState.PAUSED
+
+    def __repr__(self) -> str:
+        return f"SimHost({self.name}, {self.state.value})"
+
+
+class SimStorage:
+    """Shared storage that accepts every write and records it in the history.
+
+    It deliberately does not fence: a stale write is accepted and recorded,
+    so the checker's rule 2 sees split brain instead of storage hiding it.
+    """
+
+    def __init__(self, record: Callable[[HistoryEvent], None]) -> None:
+        self._record = record
+        self.accepted = 0
+        self.highest: dict[str, int] = {}  # disk key -> highest token seen
+
+    def write(self, now: float, guest: SimGuest, lease: Lease) -> None:
+        """Accept one write of ``guest`` to ``lease.key`` carrying ``lease.token``."""
+        self.accepted += 1
+        self.highest[lease.key] = max(self.highest.get(lease.key, 0), lease.token)
+        guest.writes += 1
+        self._record(GuestWrote(now, guest.host, guest.uuid, lease.key, lease.token, lease.mode))
+
+
+def guest_pid() -> int:
+    """The pid every simulated guest registers: this process, alive as long as the simulation."""
+    return os.getpid()
+
+
+def _resource(item: Resource | str) -> Resource:
+    return item if isinstance(item, Resource) else disk(item)
+
+
+def _key(item: Resource | str) -> str:
+    if isinstance(item, Resource):
+        return item.key
+    return item if item.startswith(("disk:", "lease:")) else disk(item).key
+
+
+class Cluster:
+    """N simulated hosts on one lockspace, driven one call at a time (see the module docs).
+
+    Create with :func:`open_cluster`. Guest operations raise what the
+    coordinator raised (after recording a refusal as ``AcquireRefused``), and
+    :class:`~actorlock.errors.InvalidStateError` when the host is not up or
+    the guest is not in a state the operation applies to.
+    """
+
+    def __init__(
+        self,
+        task_group: TaskGroup,
+        hosts: Sequence[SimHost],
+        backend_factory: Callable[[SimHost], LeaseBackend],
+        *,
+        history: History,
+        write_interval: float,
+        fence_delay: float = 0.0,
+        seed: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self._tg = task_group
+        self.hosts: dict[str, SimHost] = {h.name: h for h in hosts}
+        self._backend_factory = backend_factory
+        self.history = history
+        self.timing: TimingConfig = hosts[0].config.timing
+        self.write_interval = write_interval
+        self.fence_delay = fence_delay
+        self.clock = clock
+        self.storage = SimStorage(self.record)
+        self._host_sink = history.sink(clock)
+        self.operations = 0
+        self.faults_injected = 0
+        self._rng = random.Random(f"cluster:{seed}")
+        self._guests: dict[tuple[str, str], SimGuest] = {}
+        self._active_faults: dict[tuple[str, str], str] = {}
+        self._probes = 0
+        self._changed = anyio.Event()
+
+    # -- records ---------------------------------------------------------------
+
+    def now(self) -> float:
+        """The cluster's one clock (every record's time)."""
+        return self.clock()
+
+    def record(self, event: HistoryEvent) -> None:
+        """Append a simulator record to the history (and wake :meth:`wait_for`)."""
+        self.history.append(event)
+        self._notify()
+
+    def _sink(self, kind: str, fields: dict[str, Any]) -> None:
+        """Every host's event sink: the history's own, on the cluster clock."""
+        self._host_sink(kind, fields)
+        self._notify()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = anyio.Event()
+
+    async def wait_for(self, kind: type[E], **match: Any) -> E:
+        """The first recorded event of ``kind`` whose attributes match, waiting if needed.
+
+        Bound the wait with ``anyio.fail_after``.
+        """
+        while True:
+            for event in self.history.of(kind):
+                if all(getattr(event, k, None) == v for k, v in match.items()):
+                    return event
+            await self._changed.wait()
+
+    def check(self, *, slack: float | None = None) -> list[Violation]:
+        """Run the safety checker on the history (slack defaults to one renew_interval)."""
+        margin = self.timing.renew_interval if slack is None else slack
+        return check(self.history, host_dead=self.timing.host_dead, slack=margin)
+
+    # -- lookup ------------------------------------------------------------------
+
+    def host(self, name: str) -> SimHost:
+        """The simulated host ``name`` (InvalidParameterError if there is none)."""
+        try:
+            return self.hosts[name]
+        except KeyError:
+            raise InvalidParameterError(f"no simulated host {name!r}") from None
+
+    def api(self, name: str) -> Host:
+        """The running coordinator of ``name``; InvalidStateError while it is down or paused."""
+        host = self.host(name)
+        if host.state is not HostState.UP or host.api is None:
+            raise InvalidStateError(f"host {name} is {host.state.value}")
+        return host.api
+
+    def guest(self, host: str, uuid: str) -> SimGuest:
+        """The simulated guest ``uuid`` on ``host`` (created, stopped, on first use)."""
+        self.host(host)
+        guest = self._guests.get((host, uuid))
+        if guest is None:
+            guest = self._guests[(host, uuid)] = SimGuest(host, uuid)
+        return guest
+
+    def guests(self, host: str | None = None) -> list[SimGuest]:
+        """Every guest the simulator knows (of one host), in creation order."""
+        return [g for g in self._guests.values() if host is None or g.host == host]
+
+    # -- guests ------------------------------------------------------------------
+
+    async def start_guest(self, host: str, uuid: str, disks: Iterable[Resource | str]) -> SimGuest:
+        """Start a stopped guest on ``disks`` (paths or resources): it runs once its leases are taken.
+
+        The failure action may stop it while the start is in flight (its
+        process exists before the leases are taken, as with libvirt): then it
+        comes back fenced and never ran.
+        """
+        return await self._start(host, uuid, disks, guest_pid())
+
+    async def _start(
+        self, host: str, uuid: str, disks: Iterable[Resource | str], pid: int | None
+    ) -> SimGuest:
+        guest = self.guest(host, uuid)
+        self.api(host)
+        if guest.state is not GuestState.STOPPED:
+            raise InvalidStateError(f"{guest} is not stopped")
+        resources = [_resource(d) for d in disks]
+        if guest.needs_cleanup:
+            await self._shutdown(guest)
+        guest.state = GuestState.STARTING
+        try:
+            status = await self._ask(guest, lambda d: d.start(resources, pid=pid), refusal=True)
+        except HostGoneError:
+            raise
+        except BaseException:
+            if guest.state is GuestState.STARTING:
+                guest.state = GuestState.STOPPED
+            raise
+        guest.resources = {r.key: r for r in resources}
+        if guest.state is GuestState.STARTING:
+            guest.leases = {lease.key: lease for lease in status.leases}
+            self._run(guest)
+        return guest
+
+    async def stop_guest(self, host: str, uuid: str) -> None:
+        """Stop the guest (if it runs), then shut its domain down (release everything)."""
+        guest = self.guest(host, uuid)
+        self.api(host)
+        if guest.state is GuestState.STARTING:
+            raise InvalidStateError(f"{guest} is starting")
+        self._halt(guest, StopReason.SHUTDOWN)
+        guest.state = GuestState.STOPPED
+        await self._shutdown(guest)
+
+    async def hotplug(self, host: str, uuid: str, item: Resource | str) -> SimGuest:
+        """Give a running guest one more disk: its lease first, then the guest uses it."""
+        guest = self._running(host, uuid)
+        resource = _resource(item)
+        status = await self._ask(guest, lambda d: d.hotplug(resource), refusal=True)
+        guest.resources[resource.key] = resource
+        granted = {lease.key: lease for lease in status.leases}
+        if guest.running and resource.key in granted:  # not fenced meanwhile, and leased
+            guest.leases[resource.key] = granted[resource.key]
+            self._disks_changed(guest)
+        return guest
+
+    async def unplug(self, host: str, uuid: str, item: Resource | str) -> SimGuest:
+        """Take a disk from a running guest: the guest stops using it, then its lease is released.
+
+        If the release fails the disk stays registered (not used);
+        :meth:`tidy` unplugs it again.
+        """
+        guest = self._running(host, uuid)
+        key = _key(item)
+        resource = guest.resources.get(key)
+        if resource is None:
+            raise InvalidParameterError(f"{guest} has no disk {key}")
+        if guest.leases.pop(key, None) is not None:
+            self._disks_changed(guest)
+        await self._ask(guest, lambda d: d.unplug(resource))
+        guest.resources.pop(key, None)
+        return guest
+
+    async def pause_guest(self, host: str, uuid: str) -> LockState:
+        """Pause a running guest (it stops writing), then release its leases and keep the state.
+
+        If the release fails the guest stays paused with no state to resume
+        with; :meth:`tidy` shuts it down.
+        """
+        guest = self._running(host, uuid)
+        self._halt(guest, StopReason.PAUSED)
+        guest.state = GuestState.PAUSED
+        guest.saved = None
+        state: LockState = await self._ask(guest, lambda d: d.pause())
+        guest.saved = state
+        return state
+
+    async def resume_guest(self, host: str, uuid: str) -> SimGuest:
+        """Resume a paused guest with its saved state: only if nobody held its disks meanwhile.
+
+        A stale state (StaleLockStateError) leaves the guest paused for good;
+        :meth:`tidy` shuts it down.
+        """
+        guest = self.guest(host, uuid)
+        self.api(host)
+        if guest.state is not GuestState.PAUSED or guest.saved is None:
+            raise InvalidStateError(f"{guest} has no saved state to resume with")
+        saved = guest.saved
+        resources = list(guest.resources.values())
+        guest.state = GuestState.STARTING
+        try:
+            status = await self._ask(
+                guest, lambda d: d.start(resources, pid=guest_pid(), state=saved), refusal=True
+            )
+        except HostGoneError:
+            raise
+        except StaleLockStateError:
+            if guest.state is GuestState.STARTING:
+                guest.state = GuestState.PAUSED
+                guest.saved = None
+            raise
+        except BaseException:
+            if guest.state is GuestState.STARTING:
+                guest.state = GuestState.PAUSED
+            raise
+        guest.saved = None
+        if guest.state is GuestState.STARTING:
+            guest.leases = {lease.key: lease for lease in status.leases}
+            self._run(guest)
+        return guest
+
+    async def probe(self, host: str, item: Resource | str) -> bool:
+        """Try to take ``item`` exclusively from ``host`` with a throw-away guest.
+
+        A refusal is recorded as ``AcquireRefused`` (the checker's rule 5
+        needs such probes) and answers False. On success the probe guest
+        writes once with its new token, stops and releases: answers True.
+        Other errors are raised.
+        """
+        self._probes += 1
+        uuid = f"probe-{host}-{self._probes}"
+        try:
+            # A probe is never re-attached, so it needs no pid (which spares a thread).
+            guest = await self._start(host, uuid, [item], None)
+        except ResourceBusyError:
+            return False
+        finally:
+            self._forget_probe(host, uuid)
+        if guest.running:
+            now = self.now()
+            for lease in guest.leases.values():
+                self.storage.write(now, guest, lease)
+        self._halt(guest, StopReason.SHUTDOWN)
+        guest.state = GuestState.STOPPED
+        try:
+            await self._shutdown(guest)
+        finally:
+            self._forget_probe(host, uuid)
+        return True
+
+    def _forget_probe(self, host: str, uuid: str) -> None:
+        guest = self._guests.get((host, uuid))
+        # A probe whose domain may still hold something stays known, for tidy().
+        if guest is not None and guest.state is GuestState.STOPPED and not guest.needs_cleanup:
+            del self._guests[(host, uuid)]
+
+    async def snapshot_leases(self, host: str) -> list[LeaseHeld]:
+        """Record every holder entry of the lockspace, as ``host`` reads it, as ``LeaseHeld``."""
+        records = await self.api(host).leases()
+        now = self.now()
+        held = [
+            LeaseHeld(now, r.key, h.owner.host, h.owner.domain, h.mode, h.token)
+            for r in records
+            for h in r.holders
+        ]
+        for event in held:
+            self.record(event)
+        return held
+
+    async def migrate(self, domain: str, src: str, dst: str) -> None:
+        """Extension point: live-migrate ``domain`` from host ``src`` to host ``dst``.
+
+        Not implemented yet: it needs the peer protocol. When it lands it
+        must record, on the cluster clock, the destination guest as a
+        separate guest ``(dst, domain)``: ``LeasesTransferred`` at the
+        switchover, ``GuestStopped(MIGRATED)`` for the source no later than
+        the destination's ``GuestStarted``, and ``MigrationCancelled`` once a
+        cancelled migration has settled (the checker's rules 3 and 4). Peer
+        faults (partition, message drop/dup/delay) belong next to it.
+
+        Raises:
+            NotSupportedError: always, for now.
+        """
+        raise NotSupportedError(f"simulated migration of {domain} from {src} to {dst} is not available yet")
+
+    async def tidy(self) -> None:
+        """Shut down what no running guest uses, on every host that is up.
+
+        Fenced guests are destroyed (as an operator would), guests whose
+        last operation failed half-way are shut down, disks a running guest
+        no longer uses are unplugged, and domains the coordinator still
+        tracks for no simulated guest are shut down. Failures are left for
+        the next call.
+        """
+        for name, host in self.hosts.items():
+            if host.state is not HostState.UP:
+                continue
+            for guest in self.guests(name):
+                try:
+                    if guest.state is GuestState.FENCED or (
+                        guest.state is GuestState.PAUSED and guest.saved is None
+                    ):
+                        await self.stop_guest(name, guest.uuid)
+                    elif guest.state is GuestState.STOPPED and guest.needs_cleanup:
+                        await self._shutdown(guest)
+                    elif guest.running:
+                        for key in [k for k in guest.resources if k not in guest.leases]:
+                            await self.unplug(name, guest.uuid, key)
+                except (ActorlockError, HostGoneError):
+                    continue
+            api = host.api
+            if api is None or host.state is not HostState.UP:
+                continue
+            active = {g.uuid for g in self.guests(name) if g.state is not GuestState.STOPPED}
+            for uuid in api.known_domains():
+                if uuid in active:
+                    continue
+                try:
+                    await self._call(host, api.domain(uuid).shutdown())
+                except (ActorlockError, HostGoneError):
+                    continue
+
+    # -- faults ---------------------------------------------------------------------
+
+    async def crash_host(self, name: str) -> None:
+        """The whole host dies: guests die with it, nothing is released or left.
+
+        Its lease records stay in the lockspace naming it; other hosts may take
+        them over once they saw its record unchanged for ``host_dead``. Backend
+        faults set on the host stay (they are about its storage path).
+        """
+        host = self.host(name)
+        if host.state is HostState.CRASHED:
+            raise InvalidStateError(f"host {name} has crashed already")
+        for guest in self.guests(name):
+            if guest.running:
+                self.record(GuestStopped(self.now(), name, guest.uuid, StopReason.HOST_DIED))
+            self._cancel_writer(guest)
+            guest.state = GuestState.STOPPED
+            guest.leases = {}
+            guest.resources = {}
+            guest.saved = None
+            guest.needs_cleanup = False
+        self.record(HostCrashed(self.now(), name))
+        self.faults_injected += 1
+        host.boots += 1
+        host.processes += 1
+        await self._kill(host)
+        host.store = MemoryStateStore()  # the host's memory is gone
+        host.state = HostState.CRASHED
+        self._fault_over(name, "pause")
+
+    async def rejoin_host(self, name: str) -> Host:
+        """Boot a crashed host again: a new coordinator with no saved state joins.
+
+        It joins as a new incarnation, which waits until its old record has
+        been unchanged for ``host_dead``, so this call can take that long.
+        """
+        host = self.host(name)
+        if host.state is not HostState.CRASHED:
+            raise InvalidStateError(f"host {name} is {host.state.value}, not crashed")
+        api = await self._launch(host)
+        self.record(HostRecovered(self.now(), name))
+        return api
+
+    async def crash_coordinator(self, name: str) -> None:
+        """Only the coordinator process dies; its guests keep running and writing.
+
+        Nothing fences them until a coordinator runs again: restart it with
+        :meth:`restart_coordinator` well within ``lease_timeout`` (see
+        docs/timing.md, "What is not covered yet").
+        """
+        host = self.host(name)
+        if host.state is not HostState.UP:
+            raise InvalidStateError(f"host {name} is {host.state.value}")
+        self.record(CoordinatorCrashed(self.now(), name))
+        self.faults_injected += 1
+        host.processes += 1
+        await self._kill(host)
+        host.state = HostState.COORDINATOR_DOWN
+
+    async def restart_coordinator(self, name: str) -> Host:
+        """Start a new coordinator process with the same config and state store.
+
+        Within ``lease_timeout`` of its last renewal it resumes its incarnation
+        and every running guest is re-attached (``Domain.attach``) with the
+        leases and tokens it had. A guest whose leases turn out lost is
+        stopped, as libvirt kills a guest it cannot reconnect.
+        """
+        host = self.host(name)
+        if host.state is not HostState.COORDINATOR_DOWN:
+            raise InvalidStateError(f"host {name} is {host.state.value}, not coordinator-down")
+        api = await self._launch(host)
+        self.record(HostRecovered(self.now(), name))
+        for guest in self.guests(name):
+            if not guest.running:
+                continue
+            try:
+                await self._call(host, api.domain(guest.uuid).attach())
+            except LeaseLostError:
+                self._halt(guest, StopReason.FENCED)
+                guest.state = GuestState.STOPPED
+                guest.needs_cleanup = True
+            except ActorlockError:
+                # The coordinator still fences the guest (its phase is running);
+                # only libvirt's reconnection failed. Nothing to undo.
+                continue
+        return api
+
+    async def pause_host(self, name: str) -> None:
+        """Freeze the host: its coordinator stops renewing and its guests stop writing.
+
+        Resume it within ``host_dead - fence_timeout - renew_interval``: its
+        guests write again the instant it wakes, and a failure action that
+        starts then must finish before another host may take their disks.
+        A longer pause is unsafe by design (no watchdog resets the host).
+        """
+        host = self.host(name)
+        if host.state is not HostState.UP or host.api is None:
+            raise InvalidStateError(f"host {name} is {host.state.value}")
+        host.api.coordinator.pause()
+        host.state = HostState.PAUSED
+        self._fault_began(name, "pause", "host paused")
+
+    async def resume_host(self, name: str) -> None:
+        """Thaw a paused host: guests write again, and an expired lease is fenced at once."""
+        host = self.host(name)
+        if host.state is HostState.PAUSED:
+            host.state = HostState.UP
+            if host.api is not None:
+                # In the same step as the thaw: the coordinator fences (if it must)
+                # before any guest reaches its next write.
+                host.api.coordinator.resume()
+        self._fault_over(name, "pause")
+
+    async def fail_backend(self, name: str, *operations: str) -> None:
+        """Make the host's backend ``operations`` raise BackendError until healed."""
+        self.host(name).faults.fail(*operations)
+        self._backend_fault(name, "fail", operations)
+
+    async def stall_backend(self, name: str, *operations: str) -> None:
+        """Make the host's backend ``operations`` hang until healed."""
+        self.host(name).faults.stall(*operations)
+        self._backend_fault(name, "stall", operations)
+
+    async def heal_backend(self, name: str, *operations: str) -> None:
+        """Undo fail/stall of these operations on the host's backend (all when none are named)."""
+        host = self.host(name)
+        ops = operations or tuple(op for h, op in self._active_faults if h == name and op in OPERATIONS)
+        host.faults.heal(*operations)
+        for op in ops:
+            self._fault_over(name, op)
+
+    def _backend_fault(self, name: str, how: str, operations: Sequence[str]) -> None:
+        what = f"{how} {','.join(operations)}"
+        for op in operations:
+            self._active_faults[(name, op)] = what
+        self.faults_injected += 1
+        self.record(FaultInjected(self.now(), what, name))
+
+    async def heal_all(self) -> None:
+        """Resume every paused host and heal every backend; records ``FaultsHealed``.
+
+        Crashed hosts and coordinators stay down.
+        """
+        for host in self.hosts.values():
+            host.faults.heal()
+            if host.state is HostState.PAUSED:
+                host.state = HostState.UP
+                if host.api is not None:
+                    host.api.coordinator.resume()
+        self._active_faults.clear()
+        self.record(FaultsHealed(self.now()))
+
+    def active_faults(self) -> dict[tuple[str, str], str]:
+        """Faults not healed yet, by (host, "pause" or a backend operation name)."""
+        return dict(self._active_faults)
+
+    # -- internals ------------------------------------------------------------------
+
+    def _fault_began(self, host: str, kind: str, what: str) -> None:
+        self._active_faults[(host, kind)] = what
+        self.faults_injected += 1
+        self.record(FaultInjected(self.now(), what, host))
+
+    def _fault_over(self, host: str, kind: str) -> None:
+        if self._active_faults.pop((host, kind), None) is not None and not self._active_faults:
+            self.record(FaultsHealed(self.now()))
+
+    def _running(self, host: str, uuid: str) -> SimGuest:
+        guest = self.guest(host, uuid)
+        if not guest.running:
+            raise InvalidStateError(f"{guest} is not running")
+        return guest
+
+    async def _call(self, host: SimHost, call: Awaitable[T]) -> T:
+        """Await a coordinator call; a host crash meanwhile makes its outcome moot."""
+        boots = host.boots
+        self.operations += 1
+        try:
+            result = await call
+        except ActorlockError:
+            if host.boots != boots:
+                raise HostGoneError(f"host {host.name} crashed during the operation") from None
+            raise
+        if host.boots != boots:
+            raise HostGoneError(f"host {host.name} crashed during the operation")
+        return result
+
+    async def _ask(self, guest: SimGuest, call: Callable[[Any], Awaitable[T]], *, refusal: bool = False) -> T:
+        host = self.host(guest.host)
+        domain = self.api(guest.host).domain(guest.uuid)
+        processes = host.processes
+        try:
+            return await self._call(host, call(domain))
+        except ResourceBusyError as exc:
+            if refusal:
+                self.record(AcquireRefused.from_error(self.now(), guest.host, guest.uuid, exc))
+            raise
+        except HostGoneError:
+            raise
+        except ActorlockError:
+            if host.processes != processes:
+                # The coordinator died under the call: whatever it managed to
+                # persist is for the restarted one to clean up.
+                guest.needs_cleanup = True
+            raise
+
+    async def _shutdown(self, guest: SimGuest) -> None:
+        try:
+            await self._ask(guest, lambda d: d.shutdown())
+        except ActorlockError:
+            guest.needs_cleanup = True
+            raise
+        guest.needs_cleanup = False
+        guest.resources = {}
+        guest.leases = {}
+        guest.saved = None
+
+    def _run(self, guest: SimGuest) -> None:
+        guest.state = GuestState.RUNNING
+        exclusive, shared = guest.disk_sets()
+        self.record(GuestStarted(self.now(), guest.host, guest.uuid, exclusive, shared))
+        self._cancel_writer(guest)
+        scope = anyio.CancelScope()
+        guest._writer = scope
+        phase = self._rng.uniform(0.1, 1.0) * self.write_interval
+        self._tg.start_soon(self._write_loop, guest, scope, phase, name=f"guest {guest.host}/{guest.uuid}")
+
+    def _halt(self, guest: SimGuest, reason: StopReason) -> None:
+        """The guest stops running now (recorded before any lease is given back)."""
+        if guest.state in (GuestState.RUNNING, GuestState.STARTING):
+            if guest.running:
+                self.record(GuestStopped(self.now(), guest.host, guest.uuid, reason))
+            guest.state = GuestState.FENCED if reason is StopReason.FENCED else GuestState.STOPPED
+        guest.leases = {}
+        self._cancel_writer(guest)
+
+    def _disks_changed(self, guest: SimGuest) -> None:
+        exclusive, shared = guest.disk_sets()
+        self.record(GuestDisksChanged(self.now(), guest.host, guest.uuid, exclusive, shared))
+
+    def _cancel_writer(self, guest: SimGuest) -> None:
+        if guest._writer is not None:
+            guest._writer.cancel()
+            guest._writer = None
+
+    async def _write_loop(self, guest: SimGuest, scope: anyio.CancelScope, phase: float) -> None:
+        with scope:
+            await anyio.sleep(phase)
+            while True:
+                host = self.hosts[guest.host]
+                if guest.running and not host.frozen:
+                    now = self.now()
+                    for lease in list(guest.leases.values()):
+                        self.storage.write(now, guest, lease)
+                await anyio.sleep(self.write_interval)
+
+    def _pause_callback(self, host: str) -> Callable[[DomainIdentity, int | None], Awaitable[None]]:
+        async def fence(identity: DomainIdentity, pid: int | None) -> None:
+            if self.fence_delay > 0:
+                # A real guest takes a while to stop; it may write meanwhile.
+                await anyio.sleep(self._rng.uniform(0.0, self.fence_delay))
+            guest = self._guests.get((host, identity.uuid))
+            if guest is not None:
+                self._halt(guest, StopReason.FENCED)
+
+        return fence
+
+    async def _launch(self, host: SimHost) -> Host:
+        host.state = HostState.JOINING
+        host.faults.inner = self._backend_factory(host)
+        try:
+            await self._tg.start(self._host_process, host, name=f"host {host.name}")
+        except BaseException:
+            host.state = HostState.CRASHED if host.boots else HostState.COORDINATOR_DOWN
+            raise
+        host.state = HostState.UP
+        assert host.api is not None
+        return host.api
+
+    async def _host_process(self, host: SimHost, *, task_status: TaskStatus[None]) -> None:
+        stop = host._stop = anyio.Event()
+        done = host._done = anyio.Event()
+        try:
+            async with open_host(
+                host.config,
+                backend=host.faults,
+                state_store=host.store,
+                pause_callback=self._pause_callback(host.name),
+                event_sink=self._sink,
+                clock=self.clock,
+            ) as api:
+                host.api = api
+                task_status.started()
+                await stop.wait()
+        finally:
+            host.api = None
+            done.set()
+
+    async def _kill(self, host: SimHost) -> None:
+        api, done = host.api, host._done
+        if api is not None:
+            api.coordinator.crash()
+        if done is not None:
+            await done.wait()
+
+    async def _stop_all(self) -> None:
+        for guest in self._guests.values():
+            self._cancel_writer(guest)
+        for host in self.hosts.values():
+            if host._stop is not None:
+                host._stop.set()
+        for host in self.hosts.values():
+            if host._done is not None:
+                await host._done.wait()
+
+
+def _host_names(hosts: int | Sequence[str]) -> list[str]:
+    if isinstance(hosts, int):
+        if hosts < 1:
+            raise InvalidParameterError(f"a cluster needs at least one host, got {hosts}")
+        return [f"h{i}" for i in range(1, hosts + 1)]
+    names = list(hosts)
+    if not names or len(set(names)) != len(names):
+        raise InvalidParameterError(f"host names must be unique and not empty, got {names!r}")
+    return names
+
+
+@asynccontextmanager
+async def open_cluster(
+    hosts: int | Sequence[str] = 3,
+    *,
+    backend: str = "memory",
+    lockspace_dir: str | os.PathLike[str] | None = None,
+    timing: Mapping[str, float] | None = None,
+    failure_action: str | Mapping[str, str] = "pause",
+    write_interval: float | None = None,
+    fence_delay: float = 0.0,
+    history: History | None = None,
+    seed: int = 0,
+    clock: Callable[[], float] = anyio.current_time,
+) -> AsyncIterator[Cluster]:
+    """Run a simulated cluster for the duration of the block.
+
+    Args:
+        hosts: how many hosts (named ``h1``, ``h2``...) or their names; ids are 1, 2...
+        backend: ``"memory"`` (a private memory lockspace) or ``"file"``.
+        lockspace_dir: the file lockspace directory (required for ``"file"``).
+        timing: overrides of :data:`SIM_TIMING`.
+        failure_action: ``"pause"`` (the default: the callback fences the
+            simulated guest) or ``"ignore"``, for all hosts or per host name.
+        write_interval: how often running guests write (default: renew_interval).
+        fence_delay: the failure action stops a guest after a random delay up to
+            this long (it keeps writing meanwhile); must stay below
+            ``fence_timeout`` for the timing rule to hold.
+        history: where to record (a new one by default); also ``cluster.history``.
+        seed: seeds the guests' write phases (scenarios reproduce from it).
+        clock: the one clock of every host and record.
+
+    On exit every guest stops writing and the hosts that run leave the lockspace.
+    """
+    names = _host_names(hosts)
+    timings = {**SIM_TIMING, **(timing or {})}
+    actions = failure_action if isinstance(failure_action, Mapping) else dict.fromkeys(names, failure_action)
+    if backend not in ("memory", "file"):
+        raise InvalidParameterError(f"backend must be 'memory' or 'file', got {backend!r}")
+    if not 0 <= fence_delay < timings["fence_timeout"]:
+        raise InvalidParameterError(f"fence_delay must be in [0, fence_timeout), got {fence_delay}")
+    if backend == "file" and lockspace_dir is None:
+        raise InvalidParameterError("the file backend needs a lockspace_dir")
+    space_name = f"sim-{seed}-{random.Random().getrandbits(48):012x}"
+    configs = []
+    for host_id, name in enumerate(names, start=1):
+        action = actions.get(name, "pause")
+        if FailureAction(action) is FailureAction.POWEROFF:
+            raise InvalidParameterError(
+                "simulated guests register this process's pid: failure_action 'poweroff' would kill it"
+            )
+        configs.append(
+            load_config(
+                {
+                    "host": {"name": name, "id": host_id},
+                    "timing": timings,
+                    "locking": {"backend": backend, "failure_action": action, "kill_grace": SIM_KILL_GRACE},
+                    "memory": {"lockspace": space_name},
+                    "file": {"lockspace_dir": str(lockspace_dir)} if lockspace_dir is not None else {},
+                }
+            )
+        )
+    backend_factory = _backend_factory(backend, space_name, lockspace_dir, clock)
+    sim_hosts = [SimHost(c.host.name, c, FaultyBackend(backend_factory(None))) for c in configs]
+    record = History() if history is None else history
+    # Errors from start-up or from the caller's block are re-raised as they
+    # are, not wrapped in the task group's ExceptionGroup (as open_host does).
+    error: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        cluster = Cluster(
+            tg,
+            sim_hosts,
+            lambda h: backend_factory(h.config),
+            history=record,
+            write_interval=write_interval or timings["renew_interval"],
+            fence_delay=fence_delay,
+            seed=seed,
+            clock=clock,
+        )
+        try:
+            for host in sim_hosts:
+                host.state = HostState.COORDINATOR_DOWN
+                await cluster._launch(host)
+                # Staggered starts: hosts renewing at identical instants would make
+                # the order of simultaneous events the scheduler's choice.
+                await anyio.sleep(cluster._rng.uniform(0.05, 0.5) * timings["renew_interval"])
+            yield cluster
+        except Exception as exc:
+            error = exc
+        finally:
+            with anyio.CancelScope(shield=True):
+                await cluster._stop_all()
+            tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
+
+
+def _backend_factory(
+    kind: str, space_name: str, lockspace_dir: str | os.PathLike[str] | None, clock: Callable[[], float]
+) -> Callable[[Config | None], LeaseBackend]:
+    """Backends per coordinator process: each one has its own liveness observer."""
+    if kind == "memory":
+        from ..backends.memory import MemoryLeaseBackend, MemoryLockspace
+
+        # A private lockspace (not the process-wide registry): clusters never share state.
+        space = MemoryLockspace(space_name)
+
+        def memory(config: Config | None) -> LeaseBackend:
+            timing = config.timing if config is not None else TimingConfig(**SIM_TIMING)
+            return MemoryLeaseBackend(
+                space, host_dead=timing.host_dead, poll_interval=timing.renew_interval, clock=clock
+            )
+
+        return memory
+
+    from ..backends.file import FileLeaseBackend
+
+    assert lockspace_dir is not None
+
+    def file(config: Config | None) -> LeaseBackend:
+        timing = config.timing if config is not None else TimingConfig(**SIM_TIMING)
+        return FileLeaseBackend(
+            lockspace_dir,
+            host_dead=timing.host_dead,
+            poll_interval=timing.renew_interval,
+            clock=clock,
+            io_timeout=timing.io_timeout,
+        )
+
+    return file
+
+
+def virtual_clock(seed: int | None = None) -> Clock:
+    """A trio clock for fast, repeatable simulations.
+
+    Pass it as ``anyio.run(..., backend="trio", backend_options={"clock":
+    virtual_clock()})`` (or from an ``anyio_backend`` fixture). Like
+    ``trio.testing.MockClock(autojump_threshold=0)``, time stands still while
+    any task can run and jumps to the next deadline when all are blocked, so
+    simulated seconds cost no real time. Unlike MockClock it never jumps
+    while a worker thread is running: host coordinators read their boot id
+    (and guests' process start times) in threads, and a clock that jumps
+    meanwhile advances by however long the thread took in real time, so a
+    run would not repeat. With ``seed``, trio's choice among tasks runnable
+    at the same instant is seeded too (best effort: it uses trio internals).
+
+    trio is imported here, lazily: actorlock's library code uses anyio only,
+    and a custom clock is a trio feature.
+    """
+    import trio
+    import trio.abc
+    import trio.testing
+
+    class _VirtualClock(trio.abc.Clock):
+        def __init__(self) -> None:
+            self._now = 0.0
+
+        def start_clock(self) -> None:
+            if seed is not None:
+                _seed_trio_scheduler(seed)
+
+        def current_time(self) -> float:
+            return self._now
+
+        def deadline_to_sleep_time(self, deadline: float) -> float:
+            # trio asks this only when no task is runnable.
+            if deadline <= self._now:
+                return 0.0
+            if _threads_busy(trio):
+                # Wait (in real time) for the thread to report back; time stands still.
+                return 0.001
+            if deadline == float("inf"):
+                return 3600.0  # nothing will ever wake up: a real deadlock, let it show
+            self._now = deadline
+            return 0.0
+
+    return _VirtualClock()
+
+
+def _threads_busy(trio: Any) -> bool:
+    # Counts every trio.to_thread.run_sync in flight, whatever its limiter.
+    try:
+        return bool(trio.testing.active_thread_count())
+    except RuntimeError:  # pragma: no cover - asked outside a run
+        return False
+
+
+def _seed_trio_scheduler(seed: int) -> None:
+    """Make trio's choice among simultaneously runnable tasks repeatable.
+
+    trio shuffles each batch of runnable tasks with a module-level random
+    generator; its Hypothesis plugin makes that deterministic the same way
+    (sort the batch by task creation order, shuffle with a seeded generator).
+    Both names are private, so this is best effort: without them a scenario
+    still runs, it just may not repeat event for event.
+    """
+    try:
+        from trio._core import _run
+    except ImportError:  # pragma: no cover - trio reorganised
+        return
+    generator = getattr(_run, "_r", None)
+    if isinstance(generator, random.Random) and hasattr(_run, "_ALLOW_DETERMINISTIC_SCHEDULING"):
+        _run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
+        generator.seed(seed)

@@ -1,0 +1,777 @@
+"""Seeded random scenarios on a simulated cluster, judged by the safety checker.
+
+One *scenario* (:func:`run_scenario`) opens a :class:`~actorlock.testing.cluster.Cluster`
+of N hosts sharing a handful of disks (``hosts + 1`` of them, so contention
+is real) and runs, concurrently:
+
+- one worker per host, doing what libvirt would ask its coordinator
+  (:data:`OPERATION_WEIGHTS`): start guests on one or two disks (a quarter of
+  them shared), stop them, hotplug and unplug disks, pause guests
+  (``Domain.pause``) and resume them with their saved state; a host that is
+  not up gets no calls meanwhile;
+- one chaos worker injecting 2 to 5 faults (:data:`FAULT_WEIGHTS`), at most
+  one at a time per host and mostly on hosts that run guests, each healed
+  after a random while:
+
+  - host crash, then (usually) a rejoin as a new host process after a
+    random downtime; some hosts stay down to the end (two always stay up);
+  - coordinator crash, restarted (and its guests re-attached) before its
+    lease expires;
+  - host pause (guests frozen too), short enough for the guests to be
+    fenced on waking before another host could take over (at most
+    ``host_dead - fence_timeout - renew_interval``), so sometimes past
+    ``lease_timeout`` (the guests are then fenced on waking) and sometimes not;
+  - backend faults (:data:`BACKEND_FAULTS`): renewals, acquisitions or
+    releases failing or stalling, alone or together; each operation heals
+    at its own time;
+- for every fault, "HA" workers on other hosts that try to restart each
+  disk of the faulty host's running guests until they get it: they are what
+  brings takeovers right to the edge of ``host_dead``.
+
+Then everything is healed (``FaultsHealed``), fenced and half-done guests
+are tidied away, and every up host probes every disk three times,
+``host_dead`` plus two renewals apart: the refusals are the evidence the
+checker's rule 5 needs to judge that leases of hosts that stayed down were
+taken over. A snapshot of the lease records (``LeaseHeld``) is taken last and
+:func:`~actorlock.testing.checker.check` judges the whole history.
+
+Not generated, on purpose (known gaps, not bugs):
+
+- a coordinator that crashes and is not restarted within ``lease_timeout``:
+  nothing fences its guests (no supervisor yet; docs/timing.md, "What is not
+  covered yet");
+- a host paused for longer than ``host_dead - fence_timeout -
+  renew_interval``: its guests resume writing the instant it wakes, while
+  its failure action takes up to ``fence_timeout``, and another host may
+  take their disks ``host_dead`` after the last renewal; only a watchdog
+  that resets a host that stopped renewing (sanlock's wdmd) closes that.
+
+Every scenario is a function of its seed: scenario ``i`` of a run with seed
+``S`` has seed ``S + i`` and is re-run alone with ``actorlock sim --hosts N
+--scenarios 1 --seed S+i``. :func:`simulate` (and :func:`main_sim`) run each
+scenario in its own trio run on a
+:func:`~actorlock.testing.cluster.virtual_clock`: on the memory backend a
+re-run repeats it event for event. On the file backend the hosts' storage
+threads really run at once and race for real locks, so a re-run follows the
+same plan but may order simultaneous storage operations differently.
+:func:`run_sim` runs all the scenarios in the caller's event loop, for
+embedding.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import multiprocessing
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from types import MappingProxyType
+from typing import Any
+
+import anyio
+import attrs
+
+from ..errors import ActorlockError, InvalidParameterError
+from ..model import Resource, disk
+from .checker import Violation
+from .cluster import (
+    SIM_TIMING,
+    Cluster,
+    GuestState,
+    HostGoneError,
+    HostState,
+    SimGuest,
+    open_cluster,
+    virtual_clock,
+)
+from .history import History, HistoryEvent, HostJoined
+
+__all__ = [
+    "BACKEND_FAULTS",
+    "FAULT_WEIGHTS",
+    "OPERATION_WEIGHTS",
+    "ScenarioAnomaly",
+    "ScenarioResult",
+    "ScenarioSettings",
+    "ScenarioViolation",
+    "SimReport",
+    "main_sim",
+    "run_scenario",
+    "run_sim",
+    "simulate",
+]
+
+Out = Callable[[str], Any]
+
+# How often each guest operation is picked among those that apply.
+# "migrate" is the extension point for Cluster.migrate (weight 0 until it exists).
+OPERATION_WEIGHTS: Mapping[str, float] = MappingProxyType(
+    {
+        "start": 4.0,
+        "stop": 2.0,
+        "hotplug": 2.0,
+        "unplug": 1.5,
+        "pause": 1.5,
+        "resume": 2.0,
+        "migrate": 0.0,
+    }
+)
+
+FAULT_WEIGHTS: Mapping[str, float] = MappingProxyType(
+    {
+        "crash_host": 2.0,
+        "crash_coordinator": 2.0,
+        "pause_host": 2.0,
+        "backend": 3.0,
+    }
+)
+
+# (fail or stall, backend operations) -> weight, for the "backend" fault. Renewal
+# faults weigh most: they are the ones that make a host lose its leases.
+BACKEND_FAULTS: Mapping[tuple[str, tuple[str, ...]], float] = MappingProxyType(
+    {
+        ("fail", ("renew",)): 3.0,
+        ("stall", ("renew",)): 2.0,
+        ("fail", ("acquire",)): 1.0,
+        ("stall", ("acquire",)): 1.0,
+        ("fail", ("release",)): 1.0,
+        ("stall", ("release",)): 1.0,
+        ("fail", ("renew", "acquire", "release")): 2.0,
+        # An acquisition held up until after the lease expired must be rolled back.
+        ("stall", ("renew", "acquire")): 1.0,
+    }
+)
+
+
+@attrs.frozen
+class ScenarioSettings:
+    """The knobs of the scenario generator (times in simulated seconds).
+
+    Attributes:
+        guests_per_host: guest uuids each host cycles through.
+        extra_disks: disks beyond one per host in the shared pool.
+        ops_per_host: inclusive range of guest operations per host worker.
+        op_gap: mean pause between one host's operations.
+        faults: inclusive range of faults the chaos worker tries to inject.
+        fault_gap: mean pause between two faults.
+        shared_ratio: chance that a disk is attached shared.
+        rejoin_ratio: chance that a crashed host comes back before the end.
+        fence_delay: how long, at most, a fenced guest takes to stop, as a
+            fraction of ``fence_timeout`` (it writes until it does).
+        budget: a scenario that runs longer is reported as an anomaly.
+    """
+
+    guests_per_host: int = 3
+    extra_disks: int = 1
+    ops_per_host: tuple[int, int] = (8, 16)
+    op_gap: float = 0.12
+    faults: tuple[int, int] = (2, 5)
+    fault_gap: float = 0.3
+    shared_ratio: float = 0.25
+    rejoin_ratio: float = 0.75
+    fence_delay: float = 0.9
+    budget: float = 120.0
+
+
+@attrs.frozen
+class ScenarioViolation:
+    """A checker violation and the scenario that produced it."""
+
+    seed: int
+    hosts: int
+    backend: str
+    violation: Violation
+
+    @property
+    def rerun(self) -> str:
+        """The command that runs this scenario alone."""
+        return _rerun(self.seed, self.hosts, self.backend)
+
+
+@attrs.frozen
+class ScenarioAnomaly:
+    """Something that kept a scenario from being judged whole (an error, a hang)."""
+
+    seed: int
+    hosts: int
+    backend: str
+    problem: str
+
+    @property
+    def rerun(self) -> str:
+        """The command that runs this scenario alone."""
+        return _rerun(self.seed, self.hosts, self.backend)
+
+
+@attrs.frozen
+class ScenarioResult:
+    """What one scenario did and what the checker found.
+
+    Attributes:
+        digest: a hash of the history (host incarnations left out, they are
+            random): equal digests mean the same events at the same times.
+    """
+
+    seed: int
+    hosts: int
+    backend: str
+    operations: int
+    faults: int
+    events: int
+    sim_seconds: float
+    violations: tuple[ScenarioViolation, ...]
+    anomalies: tuple[ScenarioAnomaly, ...]
+    digest: str
+
+
+@attrs.frozen
+class SimReport:
+    """The outcome of a randomized run (:func:`run_sim`, :func:`simulate`).
+
+    Attributes:
+        scenarios_run: scenarios completed.
+        faults_injected: crashes, pauses and backend faults injected.
+        operations_done: calls made into the coordinators (guest operations,
+            probes, re-attachments).
+        violations: every checker violation, with the seed of its scenario.
+        anomalies: scenarios that failed or hung instead of finishing.
+        events: history events recorded, all scenarios together.
+        sim_seconds: simulated time, all scenarios together.
+        digest: a hash of every scenario's history, in order.
+        wall_seconds: real time taken (not compared).
+    """
+
+    scenarios_run: int
+    faults_injected: int
+    operations_done: int
+    violations: tuple[ScenarioViolation, ...]
+    anomalies: tuple[ScenarioAnomaly, ...] = ()
+    events: int = 0
+    sim_seconds: float = 0.0
+    digest: str = ""
+    wall_seconds: float = attrs.field(default=0.0, eq=False)
+
+    @property
+    def ok(self) -> bool:
+        """No violation and no anomaly."""
+        return not self.violations and not self.anomalies
+
+
+def _rerun(seed: int, hosts: int, backend: str) -> str:
+    extra = f" --backend {backend}" if backend != "memory" else ""
+    return f"actorlock sim --hosts {hosts} --scenarios 1 --seed {seed}{extra}"
+
+
+# --- one scenario -------------------------------------------------------------------
+
+
+class _Scenario:
+    def __init__(self, cluster: Cluster, seed: int, settings: ScenarioSettings) -> None:
+        self.cluster = cluster
+        self.seed = seed
+        self.settings = settings
+        self.timing = cluster.timing
+        count = len(cluster.hosts) + settings.extra_disks
+        self.disks = [f"/sim/disk{i}.img" for i in range(count)]
+        self.anomalies: list[str] = []
+        self.own: dict[str, set[str]] = {}  # host -> the guest uuids its worker drives
+        self.hunts = 0
+
+    # -- guest operations ------------------------------------------------------
+
+    async def host_worker(self, name: str) -> None:
+        rng = random.Random(f"{self.seed}:ops:{name}")
+        uuids = [f"{name}-vm{i}" for i in range(self.settings.guests_per_host)]
+        for uuid in uuids:
+            self.cluster.guest(name, uuid)
+        self.own[name] = set(uuids)
+        for _ in range(rng.randint(*self.settings.ops_per_host)):
+            await anyio.sleep(rng.expovariate(1 / self.settings.op_gap))
+            if self.cluster.host(name).state is not HostState.UP:
+                continue  # libvirt's calls would wait; this one is simply not made
+            choice = self._pick(rng, name)
+            if choice is not None:
+                await self._perform(rng, *choice)
+
+    def _pick(self, rng: random.Random, host: str) -> tuple[str, SimGuest] | None:
+        guests = [g for g in self.cluster.guests(host) if g.uuid in self.own[host]]
+        eligible: dict[str, list[SimGuest]] = {
+            "start": [g for g in guests if g.state is GuestState.STOPPED],
+            "stop": [
+                g for g in guests if g.state in (GuestState.RUNNING, GuestState.PAUSED, GuestState.FENCED)
+            ],
+            "hotplug": [g for g in guests if g.running and len(g.resources) < len(self.disks)],
+            "unplug": [g for g in guests if g.running and g.leases],
+            "pause": [g for g in guests if g.running],
+            "resume": [g for g in guests if g.state is GuestState.PAUSED and g.saved is not None],
+        }
+        ops = [op for op, gs in eligible.items() if gs and OPERATION_WEIGHTS[op] > 0]
+        if not ops:
+            return None
+        op = rng.choices(ops, [OPERATION_WEIGHTS[o] for o in ops])[0]
+        return op, rng.choice(eligible[op])
+
+    def _resource(self, rng: random.Random, path: str) -> Resource:
+        return disk(path, shared=rng.random() < self.settings.shared_ratio)
+
+    async def _perform(self, rng: random.Random, op: str, guest: SimGuest) -> None:
+        cluster, host, uuid = self.cluster, guest.host, guest.uuid
+        bound = 3 * self.timing.io_timeout + self.timing.host_dead
+        try:
+            with anyio.fail_after(bound):
+                if op == "start":
+                    paths = rng.sample(self.disks, 2 if rng.random() < 0.35 else 1)
+                    await cluster.start_guest(host, uuid, [self._resource(rng, p) for p in paths])
+                elif op == "stop":
+                    await cluster.stop_guest(host, uuid)
+                elif op == "hotplug":
+                    free = [p for p in self.disks if disk(p).key not in guest.resources]
+                    await cluster.hotplug(host, uuid, self._resource(rng, rng.choice(free)))
+                elif op == "unplug":
+                    await cluster.unplug(host, uuid, rng.choice(sorted(guest.leases)))
+                elif op == "pause":
+                    await cluster.pause_guest(host, uuid)
+                elif op == "resume":
+                    await cluster.resume_guest(host, uuid)
+        except (ActorlockError, HostGoneError):
+            pass  # refused, failed or interrupted by a fault: all part of the game
+        except TimeoutError:
+            self.anomalies.append(f"{op} of {host}/{uuid} did not finish within {bound}s")
+
+    # -- faults ---------------------------------------------------------------------
+
+    async def chaos_worker(self) -> None:
+        rng = random.Random(f"{self.seed}:faults")
+        kinds = list(FAULT_WEIGHTS)
+        weights = [FAULT_WEIGHTS[k] for k in kinds]
+        async with anyio.create_task_group() as tg:
+            for _ in range(rng.randint(*self.settings.faults)):
+                await anyio.sleep(rng.expovariate(1 / self.settings.fault_gap))
+                kind = rng.choices(kinds, weights)[0]
+                candidates = [h for h in self.cluster.hosts if self._may_fault(h, kind)]
+                if candidates:
+                    # Faults hit hosts that run guests more often: that is where they matter.
+                    busy = [1 + 3 * sum(g.running for g in self.cluster.guests(h)) for h in candidates]
+                    await self._inject(rng, tg, kind, rng.choices(candidates, busy)[0])
+
+    def _may_fault(self, name: str, kind: str) -> bool:
+        cluster = self.cluster
+        if cluster.host(name).state is not HostState.UP:
+            return False
+        if any(h == name for h, _ in cluster.active_faults()):
+            return False
+        if kind == "crash_host":
+            # Keep two hosts that can take over and probe.
+            alive = [h for h in cluster.hosts.values() if h.state is not HostState.CRASHED]
+            return len(alive) > 2
+        return True
+
+    async def _inject(self, rng: random.Random, tg: Any, kind: str, name: str) -> None:
+        cluster, timing = self.cluster, self.timing
+        # What the host's guests use now: an HA manager would restart them elsewhere.
+        victims = sorted({g.resources[k].name for g in cluster.guests(name) if g.running for k in g.leases})
+        duration = 0.0
+        if kind == "crash_host":
+            await cluster.crash_host(name)
+            if rng.random() < self.settings.rejoin_ratio:
+                duration = rng.uniform(0.05, 1.5)
+                tg.start_soon(self._later, duration, self._rejoin, name)
+        elif kind == "crash_coordinator":
+            try:
+                with anyio.fail_after(timing.io_timeout):
+                    left = (await cluster.api(name).status()).seconds_to_expiry
+            except (ActorlockError, HostGoneError, TimeoutError):
+                return
+            # Restart while the lease is still valid, as the service manager must
+            # (a later restart is the documented gap, not generated).
+            await cluster.crash_coordinator(name)
+            duration = rng.uniform(0.0, 0.9) * left
+            tg.start_soon(self._later, duration, self._restart, name)
+        elif kind == "pause_host":
+            await cluster.pause_host(name)
+            # On waking, the guests run at once and the failure action takes up
+            # to fence_timeout; it must be done before host_dead has passed since
+            # the last renewal (less than one renew_interval before the pause).
+            longest = timing.host_dead - timing.fence_timeout - timing.renew_interval
+            duration = rng.uniform(0.1, 1.0) * longest
+            tg.start_soon(self._later, duration, cluster.resume_host, name)
+        else:
+            specs = list(BACKEND_FAULTS)
+            how, ops = rng.choices(specs, [BACKEND_FAULTS[spec] for spec in specs])[0]
+            if how == "fail":
+                await cluster.fail_backend(name, *ops)
+            else:
+                await cluster.stall_backend(name, *ops)
+            # Each operation heals on its own: storage may let acquisitions
+            # through again while renewals still fail.
+            for op in ops:
+                heal_at = rng.uniform(0.05, 1.0) * 2 * timing.host_dead
+                duration = max(duration, heal_at)
+                tg.start_soon(self._later, heal_at, cluster.heal_backend, name, op)
+        until = cluster.now() + duration + timing.host_dead + 4 * timing.renew_interval
+        for path in victims:
+            tg.start_soon(self._hunt, self.hunts, name, path, until)
+            self.hunts += 1
+
+    async def _hunt(self, index: int, victim: str, path: str, until: float) -> None:
+        """Restart a faulty host's guest (one disk of it) elsewhere, as HA would: retry until it starts.
+
+        This is what puts takeovers right at the edge of ``host_dead``: a
+        host that took over too early, or fenced too late, shows up as two
+        guests on one disk.
+        """
+        cluster, timing = self.cluster, self.timing
+        rng = random.Random(f"{self.seed}:hunt:{index}")
+        others = [h for h, host in cluster.hosts.items() if h != victim and host.state is HostState.UP]
+        if not others:
+            return
+        host = rng.choice(others)
+        uuid = f"ha-{victim}-{index}"
+        guest = cluster.guest(host, uuid)
+        bound = 3 * timing.io_timeout + timing.host_dead
+        while cluster.now() < until and not guest.running:
+            await anyio.sleep(rng.uniform(1.0, 3.0) * timing.renew_interval)
+            if cluster.host(host).state is not HostState.UP or guest.state is not GuestState.STOPPED:
+                continue
+            try:
+                with anyio.fail_after(bound):
+                    await cluster.start_guest(host, uuid, [path])
+            except (ActorlockError, HostGoneError):
+                continue
+            except TimeoutError:
+                self.anomalies.append(f"start of {host}/{uuid} did not finish within {bound}s")
+                return
+        if guest.running:
+            await anyio.sleep(rng.uniform(0.05, 1.0))
+            if guest.running and cluster.host(host).state is HostState.UP:
+                try:
+                    with anyio.fail_after(bound):
+                        await cluster.stop_guest(host, uuid)
+                except (ActorlockError, HostGoneError):
+                    pass
+                except TimeoutError:
+                    self.anomalies.append(f"stop of {host}/{uuid} did not finish within {bound}s")
+
+    async def _later(self, delay: float, action: Callable[..., Awaitable[Any]], *args: str) -> None:
+        await anyio.sleep(delay)
+        await action(*args)
+
+    async def _rejoin(self, name: str) -> None:
+        try:
+            with anyio.fail_after(2 * self.timing.host_dead + self.timing.io_timeout):
+                await self.cluster.rejoin_host(name)
+        except (ActorlockError, HostGoneError, TimeoutError) as exc:
+            self.anomalies.append(f"host {name} could not rejoin: {exc!r}")
+
+    async def _restart(self, name: str) -> None:
+        try:
+            with anyio.fail_after(self.timing.host_dead + 2 * self.timing.io_timeout):
+                api = await self.cluster.restart_coordinator(name)
+        except (ActorlockError, HostGoneError, TimeoutError) as exc:
+            self.anomalies.append(f"coordinator of {name} could not restart: {exc!r}")
+            return
+        if not api.resumed:
+            self.anomalies.append(f"coordinator of {name} restarted in time but did not resume its leases")
+
+    # -- the end ---------------------------------------------------------------------
+
+    async def finish(self) -> None:
+        cluster, timing = self.cluster, self.timing
+        await cluster.heal_all()
+        try:
+            with anyio.fail_after(4 * timing.io_timeout):
+                await cluster.tidy()
+        except TimeoutError:
+            self.anomalies.append("tidying up after the faults did not finish")
+        gap = timing.host_dead + 2 * timing.renew_interval
+        for probe_round in range(3):
+            if probe_round:
+                await anyio.sleep(gap)
+            for name, host in cluster.hosts.items():
+                for path in self.disks:
+                    if host.state is not HostState.UP:
+                        break
+                    try:
+                        with anyio.fail_after(2 * timing.io_timeout):
+                            await cluster.probe(name, path)
+                    except (ActorlockError, HostGoneError):
+                        continue
+                    except TimeoutError:
+                        self.anomalies.append(f"a probe of {path} from {name} did not finish")
+        observers = [n for n, h in cluster.hosts.items() if h.state is HostState.UP]
+        if observers:
+            await cluster.snapshot_leases(observers[0])
+
+
+async def run_scenario(
+    seed: int,
+    *,
+    hosts: int = 3,
+    backend: str = "memory",
+    settings: ScenarioSettings | None = None,
+    timing: Mapping[str, float] | None = None,
+    history: History | None = None,
+) -> ScenarioResult:
+    """Run one scenario, a function of ``seed``, and judge its history.
+
+    Run it on trio with a :func:`~actorlock.testing.cluster.virtual_clock`
+    (fast; repeatable on the memory backend) or in real time.
+
+    Args:
+        seed: the scenario's seed.
+        hosts: how many hosts (at least 3: faults always leave two up).
+        backend: ``"memory"`` or ``"file"`` (a temporary lockspace directory).
+        settings: the generator's knobs.
+        timing: overrides of :data:`~actorlock.testing.cluster.SIM_TIMING`.
+        history: record into this history (to study a scenario afterwards).
+    """
+    if hosts < 3:
+        raise InvalidParameterError(f"scenarios need at least 3 hosts, got {hosts}")
+    knobs = settings or ScenarioSettings()
+    lockspace: str | None = None
+    if backend == "file":
+        lockspace = await anyio.to_thread.run_sync(tempfile.mkdtemp, None, "actorlock-sim-")
+    anomalies: list[str] = []
+    started = anyio.current_time()
+    cluster: Cluster | None = None
+    try:
+        fence_timeout = {**SIM_TIMING, **(timing or {})}["fence_timeout"]
+        async with open_cluster(
+            hosts,
+            backend=backend,
+            lockspace_dir=lockspace,
+            timing=timing,
+            fence_delay=knobs.fence_delay * fence_timeout,
+            seed=seed,
+            history=history,
+        ) as cluster:
+            scenario = _Scenario(cluster, seed, knobs)
+            try:
+                with anyio.fail_after(knobs.budget):
+                    async with anyio.create_task_group() as tg:
+                        for name in cluster.hosts:
+                            tg.start_soon(scenario.host_worker, name)
+                        tg.start_soon(scenario.chaos_worker)
+                    await scenario.finish()
+            except TimeoutError:
+                anomalies.append(f"the scenario did not finish within {knobs.budget}s")
+            anomalies.extend(scenario.anomalies)
+    except Exception as exc:  # a scenario that crashed is reported, not fatal to the run
+        anomalies.append(f"the scenario failed: {_describe(exc)}")
+    finally:
+        if lockspace is not None:
+            await anyio.to_thread.run_sync(shutil.rmtree, lockspace, True)
+    # A scenario cut short is still judged: what happened before counts.
+    found = cluster.check() if cluster is not None else []
+    return ScenarioResult(
+        seed=seed,
+        hosts=hosts,
+        backend=backend,
+        operations=cluster.operations if cluster is not None else 0,
+        faults=cluster.faults_injected if cluster is not None else 0,
+        events=len(cluster.history) if cluster is not None else 0,
+        sim_seconds=anyio.current_time() - started,
+        violations=tuple(ScenarioViolation(seed, hosts, backend, v) for v in found),
+        anomalies=tuple(ScenarioAnomaly(seed, hosts, backend, a) for a in anomalies),
+        digest=_digest(cluster.history.events) if cluster is not None else "",
+    )
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, BaseExceptionGroup):
+        return "; ".join(_describe(e) for e in exc.exceptions)
+    return repr(exc)
+
+
+def _digest(events: Sequence[HistoryEvent]) -> str:
+    h = hashlib.sha256()
+    for event in events:
+        if isinstance(event, HostJoined):
+            event = attrs.evolve(event, incarnation="")  # random by design
+        h.update(repr(event).encode())
+        h.update(b"\n")
+    return h.hexdigest()[:16]
+
+
+# --- many scenarios ---------------------------------------------------------------
+
+
+class _Tally:
+    """Adds scenario results up and prints progress sparingly."""
+
+    def __init__(self, out: Out, hosts: int, scenarios: int, seed: int, backend: str) -> None:
+        self.out = out
+        self.total = scenarios
+        self.every = max(1, scenarios // 10)
+        self.results: list[ScenarioResult] = []
+        self.started = time.perf_counter()
+        last = seed + scenarios - 1
+        out(f"simulating {scenarios} scenarios on {hosts} hosts ({backend} backend), seeds {seed}..{last}")
+
+    def add(self, result: ScenarioResult) -> None:
+        self.results.append(result)
+        if result.violations:
+            self.out(
+                f"scenario seed {result.seed}: {len(result.violations)} violation(s); "
+                f"re-run: {_rerun(result.seed, result.hosts, result.backend)}"
+            )
+            for found in result.violations:
+                v = found.violation
+                self.out(f"  rule {v.rule.value} ({v.rule.name.lower()}): {v.message}")
+        for anomaly in result.anomalies:
+            self.out(f"scenario seed {anomaly.seed}: {anomaly.problem}; re-run: {anomaly.rerun}")
+        done = len(self.results)
+        if done % self.every == 0 and done < self.total:
+            report = self.report()
+            self.out(
+                f"  {done}/{self.total} scenarios, {report.faults_injected} faults, "
+                f"{report.operations_done} operations, {len(report.violations)} violations"
+            )
+
+    def report(self) -> SimReport:
+        rs = self.results
+        digest = hashlib.sha256("".join(r.digest for r in rs).encode()).hexdigest()[:16]
+        return SimReport(
+            scenarios_run=len(rs),
+            faults_injected=sum(r.faults for r in rs),
+            operations_done=sum(r.operations for r in rs),
+            violations=tuple(v for r in rs for v in r.violations),
+            anomalies=tuple(a for r in rs for a in r.anomalies),
+            events=sum(r.events for r in rs),
+            sim_seconds=sum(r.sim_seconds for r in rs),
+            digest=digest,
+            wall_seconds=time.perf_counter() - self.started,
+        )
+
+    def finish(self) -> SimReport:
+        report = self.report()
+        self.out(f"scenarios: {report.scenarios_run}")
+        self.out(f"faults injected: {report.faults_injected}")
+        self.out(f"operations: {report.operations_done}")
+        self.out(f"simulated {report.sim_seconds:.1f}s in {report.wall_seconds:.1f}s")
+        self.out(f"anomalies: {len(report.anomalies)}")
+        self.out(f"violations: {len(report.violations)}")
+        return report
+
+
+def _check_args(hosts: int, scenarios: int, backend: str, jobs: int = 1) -> None:
+    if hosts < 3:
+        raise InvalidParameterError(f"hosts must be at least 3, got {hosts}")
+    if scenarios < 0:
+        raise InvalidParameterError(f"scenarios must not be negative, got {scenarios}")
+    if backend not in ("memory", "file"):
+        raise InvalidParameterError(f"backend must be memory or file, got {backend!r}")
+    if jobs < 1:
+        raise InvalidParameterError(f"jobs must be at least 1, got {jobs}")
+
+
+async def run_sim(
+    *,
+    hosts: int,
+    scenarios: int,
+    seed: int,
+    out: Out = print,
+    backend: str = "memory",
+    settings: ScenarioSettings | None = None,
+) -> SimReport:
+    """Run ``scenarios`` random scenarios (seeds ``seed``, ``seed + 1``...) in this event loop.
+
+    Prints a header, progress about ten times, each violating scenario
+    (with the command that re-runs it) and a summary ending with the line
+    ``violations: V``. Run it on trio with a virtual clock for speed::
+
+        anyio.run(functools.partial(run_sim, hosts=3, scenarios=100, seed=1),
+                  backend="trio", backend_options={"clock": virtual_clock()})
+
+    :func:`simulate` does that with one trio run per scenario, so that a
+    scenario repeats exactly when re-run alone.
+    """
+    _check_args(hosts, scenarios, backend)
+    tally = _Tally(out, hosts, scenarios, seed, backend)
+    for i in range(scenarios):
+        tally.add(await run_scenario(seed + i, hosts=hosts, backend=backend, settings=settings))
+    return tally.finish()
+
+
+def simulate(
+    *,
+    hosts: int,
+    scenarios: int,
+    seed: int,
+    out: Out = print,
+    backend: str = "memory",
+    settings: ScenarioSettings | None = None,
+    real_time: bool = False,
+    jobs: int = 1,
+) -> SimReport:
+    """Like :func:`run_sim`, but each scenario in a trio run of its own.
+
+    Args:
+        real_time: run on the real clock instead of a
+            :func:`~actorlock.testing.cluster.virtual_clock` seeded with the
+            scenario's seed. The virtual clock is fast and, on the memory
+            backend, repeats a scenario event for event; it stands still
+            while storage I/O runs, so real time is what explores slow
+            storage on the file backend.
+        jobs: scenarios run at once, in worker processes; on the memory
+            backend the report is the same as with one.
+
+    The other arguments are :func:`run_sim`'s.
+    """
+    _check_args(hosts, scenarios, backend, jobs)
+    tally = _Tally(out, hosts, scenarios, seed, backend)
+    runs = [(seed + i, hosts, backend, settings, real_time) for i in range(scenarios)]
+    if jobs == 1 or scenarios < 2:
+        for run in runs:
+            tally.add(_scenario_alone(run))
+    else:
+        # spawn, not fork: the parent may have trio's worker threads running.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_quiet_logs) as pool:
+            for result in pool.map(_scenario_alone, runs, chunksize=4):
+                tally.add(result)
+    return tally.finish()
+
+
+_Run = tuple[int, int, str, ScenarioSettings | None, bool]
+
+
+def _scenario_alone(run: _Run) -> ScenarioResult:
+    seed, hosts, backend, settings, real_time = run
+    options: dict[str, Any] = {} if real_time else {"clock": virtual_clock(seed)}
+    scenario = functools.partial(run_scenario, seed, hosts=hosts, backend=backend, settings=settings)
+    return anyio.run(scenario, backend="trio", backend_options=options)
+
+
+def _quiet_logs() -> None:
+    """Keep the coordinators' warnings about injected faults off the terminal."""
+    logger = logging.getLogger("actorlock")
+    logger.addHandler(logging.NullHandler())
+    logger.propagate = False
+
+
+def main_sim(
+    hosts: int, scenarios: int, seed: int, out: Out = print, backend: str = "memory", jobs: int = 1
+) -> int:
+    """The ``actorlock sim`` command: :func:`simulate`, then an exit status.
+
+    The coordinators' log messages (thousands of expected warnings about
+    injected faults) are silenced for the duration.
+
+    Returns:
+        0 when no scenario broke a rule or failed to finish, 1 otherwise.
+    """
+    logger = logging.getLogger("actorlock")
+    handlers, propagate = list(logger.handlers), logger.propagate
+    _quiet_logs()
+    try:
+        report = simulate(hosts=hosts, scenarios=scenarios, seed=seed, out=out, backend=backend, jobs=jobs)
+    finally:
+        logger.handlers[:] = handlers
+        logger.propagate = propagate
+    return 0 if report.ok else 1

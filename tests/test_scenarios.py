@@ -1,0 +1,193 @@
+"""Randomized scenarios: zero violations, real faults, reproducible from a seed.
+
+The bounded runs here take a few seconds on the virtual clock; the long ones
+are marked slow (``--run-slow``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import anyio
+import pytest
+
+from actorlock.backends import liveness
+from actorlock.errors import InvalidParameterError
+from actorlock.testing.checker import Rule
+from actorlock.testing.cluster import virtual_clock
+from actorlock.testing.history import (
+    CoordinatorCrashed,
+    FaultInjected,
+    GuestStarted,
+    GuestStopped,
+    GuestWrote,
+    History,
+    HistoryEvent,
+    HostCrashed,
+    LeaseHeld,
+    StopReason,
+)
+from actorlock.testing.scenarios import (
+    ScenarioResult,
+    SimReport,
+    main_sim,
+    run_scenario,
+    run_sim,
+    simulate,
+)
+
+CI_SEED = 20_240_601
+
+
+def quiet(lines: list[str]) -> Any:
+    return lines.append
+
+
+def one_scenario(seed: int, hosts: int = 3, history: History | None = None) -> ScenarioResult:
+    """One scenario in its own trio run, as simulate() runs it."""
+    return anyio.run(
+        functools.partial(run_scenario, seed, hosts=hosts, history=history),
+        backend="trio",
+        backend_options={"clock": virtual_clock(seed)},
+    )
+
+
+def assert_clean(report: SimReport) -> None:
+    problems = [f"{v.rerun}: {v.violation.message}" for v in report.violations]
+    problems += [f"{a.rerun}: {a.problem}" for a in report.anomalies]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.parametrize(("hosts", "scenarios"), [(3, 60), (5, 20)])
+def test_a_bounded_random_run_finds_no_violation(hosts: int, scenarios: int) -> None:
+    lines: list[str] = []
+    report = simulate(hosts=hosts, scenarios=scenarios, seed=CI_SEED + 1000 * hosts, out=quiet(lines))
+    assert_clean(report)
+    assert report.scenarios_run == scenarios
+    assert report.faults_injected >= scenarios, "faults were injected"
+    assert report.operations_done >= scenarios * 20, "guests were started, stopped, hotplugged..."
+    assert lines[-1] == "violations: 0"
+    assert len(lines) <= 20, "progress is printed sparingly"
+
+
+def test_a_scenario_exercises_what_it_claims() -> None:
+    """Across a few scenarios: crashes, fencing, takeovers and every guest operation happen."""
+    events: list[HistoryEvent] = []
+    for seed in range(CI_SEED, CI_SEED + 10):
+        record = History()
+        result = one_scenario(seed, history=record)
+        assert not result.violations
+        assert not result.anomalies
+        events.extend(record)
+    history = History(events)  # for counting only: the scenarios' clocks overlap
+    stops = {e.reason for e in history.of(GuestStopped)}
+    assert {StopReason.SHUTDOWN, StopReason.PAUSED, StopReason.FENCED, StopReason.HOST_DIED} <= stops
+    assert history.of(HostCrashed)
+    assert history.of(CoordinatorCrashed)
+    faults = {e.fault.split()[0] for e in history.of(FaultInjected)}
+    assert {"host", "fail", "stall"} <= faults
+    assert history.of(LeaseHeld)
+    # Takeovers: a disk written with a higher token by another host than before.
+    writers: dict[str, set[str]] = {}
+    for write in history.of(GuestWrote):
+        writers.setdefault(write.disk, set()).add(write.host)
+    assert any(len(hosts) > 1 for hosts in writers.values())
+    assert any(e.domain.startswith("ha-") for e in history.of(GuestStarted))
+
+
+def test_the_same_seed_gives_the_same_report() -> None:
+    first = simulate(hosts=4, scenarios=6, seed=99, out=quiet([]))
+    second = simulate(hosts=4, scenarios=6, seed=99, out=quiet([]))
+    assert first == second
+    assert first.digest
+    other = simulate(hosts=4, scenarios=6, seed=100, out=quiet([]))
+    assert other.digest != first.digest
+
+
+def test_a_scenario_reruns_alone_event_for_event() -> None:
+    in_run = [one_scenario(seed) for seed in (7, 8, 9)]
+    alone = one_scenario(9)
+    assert alone == in_run[-1]
+
+
+def test_main_sim_prints_a_summary_and_exits_zero() -> None:
+    lines: list[str] = []
+    assert main_sim(3, 5, CI_SEED, lines.append) == 0
+    assert lines[0].startswith("simulating 5 scenarios on 3 hosts")
+    summary = lines[-6:]
+    assert summary[0] == "scenarios: 5"
+    assert summary[1].startswith("faults injected: ")
+    assert summary[2].startswith("operations: ")
+    assert lines[-1] == "violations: 0"
+
+
+def test_bad_arguments_are_refused() -> None:
+    with pytest.raises(InvalidParameterError, match="hosts"):
+        simulate(hosts=2, scenarios=1, seed=0)
+    with pytest.raises(InvalidParameterError, match="backend"):
+        simulate(hosts=3, scenarios=1, seed=0, backend="etcd")
+
+
+@pytest.mark.parametrize("anyio_backend", [("trio", {"clock": virtual_clock()})])
+@pytest.mark.anyio
+async def test_run_sim_runs_in_the_callers_event_loop() -> None:
+    lines: list[str] = []
+    report = await run_sim(hosts=3, scenarios=5, seed=CI_SEED, out=lines.append)
+    assert_clean(report)
+    assert report.scenarios_run == 5
+    assert report.faults_injected > 0
+    assert report.operations_done > 0
+    assert lines[-1] == "violations: 0"
+
+
+def test_a_broken_core_is_caught_and_reported_with_a_seed_to_rerun(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hosts that declare others dead after a third of host_dead: takeovers come before fencing."""
+    original = liveness.LivenessObserver.__init__
+
+    def hasty(self: liveness.LivenessObserver, host_dead: float, clock: Any) -> None:
+        original(self, host_dead / 3, clock)
+
+    monkeypatch.setattr(liveness.LivenessObserver, "__init__", hasty)
+    lines: list[str] = []
+    assert main_sim(3, 12, CI_SEED, lines.append) == 1
+    violating = [line for line in lines if line.startswith("scenario seed ")]
+    assert violating, lines
+    assert lines[-1] != "violations: 0"
+    seed = int(violating[0].split()[2].rstrip(":"))
+    assert f"re-run: actorlock sim --hosts 3 --scenarios 1 --seed {seed}" in violating[0]
+    rules = {line.split()[1] for line in lines if line.startswith("  rule ")}
+    assert rules <= {str(r.value) for r in Rule}
+    # The seed alone brings the same violations back.
+    report = simulate(hosts=3, scenarios=1, seed=seed, out=quiet([]))
+    assert report.violations
+    assert {v.seed for v in report.violations} == {seed}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("hosts", [3, 5])
+def test_a_long_random_run_finds_no_violation(hosts: int) -> None:
+    report = simulate(hosts=hosts, scenarios=1000, seed=7_000_000 + hosts, out=quiet([]))
+    assert_clean(report)
+
+
+def test_a_random_run_on_a_file_lockspace() -> None:
+    """Real files and locks; the virtual clock stands still while their I/O runs."""
+    lines: list[str] = []
+    report = simulate(hosts=3, scenarios=3, seed=CI_SEED, backend="file", out=lines.append)
+    assert_clean(report)
+    assert report.faults_injected > 0
+    assert "(file backend)" in lines[0]
+
+
+def test_worker_processes_give_the_same_report() -> None:
+    alone = simulate(hosts=3, scenarios=4, seed=CI_SEED, out=quiet([]))
+    shared = simulate(hosts=3, scenarios=4, seed=CI_SEED, out=quiet([]), jobs=2)
+    assert shared == alone
+
+
+@pytest.mark.slow
+def test_a_random_run_on_a_file_lockspace_in_real_time() -> None:
+    report = simulate(hosts=3, scenarios=3, seed=CI_SEED, backend="file", real_time=True, out=quiet([]))
+    assert_clean(report)
+    assert report.faults_injected > 0
