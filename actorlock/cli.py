@@ -50,6 +50,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     keygen.add_argument("path", type=Path, help="where to write the key file (must not exist)")
 
+    sim = sub.add_parser(
+        "sim",
+        help="run randomized fault-injection scenarios on simulated hosts and check safety",
+        description=(
+            "Run K seeded random scenarios (starts, stops, hotplugs, pauses, host and coordinator "
+            "crashes, host pauses, backend failures and stalls) on N simulated hosts, judge each "
+            "history with the safety checker, print scenarios run, faults injected, operations done "
+            "and a line 'violations: V'; exit 1 on any violation."
+        ),
+    )
+    sim.add_argument("--hosts", type=int, default=3, help="simulated hosts per scenario, 3 to 5 (default 3)")
+    sim.add_argument("--scenarios", type=int, default=100, help="scenarios to run (default 100)")
+    sim.add_argument("--seed", type=int, default=0, help="seed of the first scenario (default 0)")
+    sim.add_argument(
+        "--backend", choices=("memory", "file"), default="memory", help="lease backend (default memory)"
+    )
+    sim.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
+
     leases = sub.add_parser(
         "leases",
         help="show who holds what in a file lockspace",
@@ -79,6 +97,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             backend = "trio" if args.trio else "asyncio"
             anyio.run(run_demo, args.lockspace, args.backend, print, backend=backend)
             return 0
+        if args.command == "sim":
+            from .testing.scenarios import main_sim
+
+            if not 1 <= args.hosts <= 16 or args.scenarios < 1 or args.jobs < 1:
+                print("actorlock sim: --hosts 1..16; --scenarios and --jobs at least 1", file=sys.stderr)
+                return 2
+            return main_sim(args.hosts, args.scenarios, args.seed, print, args.backend, args.jobs)
         if args.command == "keygen":
             from .transport.zmq import KeyPair, generate_keypair, save_keypair
 

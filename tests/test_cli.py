@@ -94,7 +94,17 @@ def test_keygen_writes_a_private_key_file_and_prints_only_the_public_key(
     assert "cannot write" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["leases"], ["keygen"]])
+def test_sim_runs_scenarios_and_reports_zero_violations(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["sim", "--hosts", "3", "--scenarios", "4", "--seed", "11"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "violations: 0" in out
+    assert "scenarios: 4" in out
+    faults = next(line for line in out if line.startswith("faults injected: "))
+    assert int(faults.split(": ")[1]) > 0
+    assert main(["sim", "--scenarios", "0"]) == 2
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["leases"], ["keygen"], ["sim"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "actorlock.cli", *command, "--help"],
