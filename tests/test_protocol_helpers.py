@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from actorlock.errors import InvalidParameterError, StaleLockStateError
+from actorlock.backends.rules import plan_transfer
+from actorlock.errors import InvalidParameterError, LeaseLostError, StaleLockStateError
 from actorlock.model import DomainIdentity, Holder, HostIdentity, Lease, LeaseMode, LeaseRecord, LockState
 from actorlock.protocol import (
     Cancel,
@@ -22,7 +23,6 @@ from actorlock.protocol import (
     answer_unknown,
     judge_ownership,
     lease_owner,
-    plan_transfer,
     verify_lock_state,
 )
 
@@ -67,7 +67,7 @@ def test_verify_accepts_the_true_state_and_names_every_mismatch() -> None:
 
 def test_plan_transfer_swaps_holders_and_bumps_tokens() -> None:
     before = records()
-    updated, moved = plan_transfer(before, SRC, DST, "i2", STATE.leases)
+    updated, moved = plan_transfer(before, SRC, "i1", DST, "i2", STATE.leases)
     assert moved == (Lease("disk:/a", LeaseMode.EXCLUSIVE, 6), Lease("disk:/s", LeaseMode.SHARED, 10))
     assert updated["disk:/a"] == LeaseRecord("disk:/a", 6, (Holder(DST, LeaseMode.EXCLUSIVE, 6, "i2"),))
     assert updated["disk:/s"].holders == (
@@ -81,11 +81,13 @@ def test_plan_transfer_swaps_holders_and_bumps_tokens() -> None:
 def test_plan_transfer_refuses_any_mismatch_and_writes_nothing() -> None:
     stale = LockState.of([Lease("disk:/a", LeaseMode.EXCLUSIVE, 4), Lease("disk:/s", LeaseMode.SHARED, 4)])
     with pytest.raises(StaleLockStateError) as err:
-        plan_transfer(records(), SRC, DST, "i2", stale.leases)
+        plan_transfer(records(), SRC, "i1", DST, "i2", stale.leases)
     assert err.value.resources == ("disk:/a",)
-    done, _ = plan_transfer(records(), SRC, DST, "i2", STATE.leases)
-    with pytest.raises(StaleLockStateError):
-        plan_transfer(done, SRC, DST, "i2", STATE.leases)  # a second transfer finds nothing to move
+    done, moved = plan_transfer(records(), SRC, "i1", DST, "i2", STATE.leases)
+    # A retried transfer finds everything moved already and reports the same leases.
+    assert plan_transfer(done, SRC, "i1", DST, "i2", STATE.leases) == ({}, moved)
+    with pytest.raises(LeaseLostError):
+        plan_transfer(records(), SRC, "another-incarnation", DST, "i2", STATE.leases)
 
 
 def test_judge_ownership() -> None:

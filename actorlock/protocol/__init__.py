@@ -52,7 +52,7 @@ from .messages import (
     Response,
     Status,
 )
-from .ownership import judge_ownership, lease_owner, plan_transfer, verify_lock_state
+from .ownership import judge_ownership, lease_owner, verify_lock_state
 from .unknown import answer_unknown
 
 __all__ = [
@@ -106,6 +106,5 @@ __all__ = [
     "answer_unknown",
     "judge_ownership",
     "lease_owner",
-    "plan_transfer",
     "verify_lock_state",
 ]

@@ -7,10 +7,10 @@ are the same on both sides.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 
 from ..errors import StaleLockStateError
-from ..model import DomainIdentity, Holder, HostIdentity, Lease, LeaseOwner, LeaseRecord, LockState
+from ..model import DomainIdentity, HostIdentity, Lease, LeaseOwner, LeaseRecord, LockState
 from .effects import Ownership, Side
 
 
@@ -73,39 +73,3 @@ def judge_ownership(
         if len(mine[side]) == len(wanted) and not mine[other]:
             return Ownership(side, LockState.of(mine[side]))
     return Ownership(Side.NEITHER)
-
-
-def plan_transfer(
-    records: Mapping[str, LeaseRecord],
-    source: LeaseOwner,
-    destination: LeaseOwner,
-    destination_incarnation: str,
-    leases: Sequence[Lease],
-) -> tuple[dict[str, LeaseRecord], tuple[Lease, ...]]:
-    """The commit of a migration as a pure rule: the records to store and the new leases.
-
-    Compare: ``source`` holds every lease with exactly its mode and token.
-    Swap: each such holder entry is replaced by one for ``destination`` with
-    the next token of its record (tokens only grow). Other holders (shared
-    leases) are kept. A backend stores the result under its own atomicity,
-    as it does for ``plan_acquire``.
-
-    Raises:
-        StaleLockStateError: any lease does not match; nothing is to be written.
-    """
-    wrong = verify_lock_state(records.values(), source, LockState.of(leases))
-    if wrong is not None:
-        raise wrong
-    taken = [lease.key for lease in leases if records[lease.key].held_by(destination) is not None]
-    if taken:
-        raise StaleLockStateError(f"{destination.host} already holds {', '.join(taken)}", taken)
-    updated: dict[str, LeaseRecord] = {}
-    moved: list[Lease] = []
-    for lease in sorted(leases, key=lambda lease: lease.key):
-        record = records[lease.key]
-        token = record.token + 1
-        others = tuple(h for h in record.holders if h.owner != source)
-        holder = Holder(destination, lease.mode, token, destination_incarnation)
-        updated[lease.key] = LeaseRecord(lease.key, token, (*others, holder))
-        moved.append(Lease(lease.key, lease.mode, token))
-    return updated, tuple(moved)

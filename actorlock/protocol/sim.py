@@ -23,7 +23,8 @@ from collections.abc import Sequence
 
 import attrs
 
-from ..errors import ActorlockError, BackendError, StaleLockStateError
+from ..backends.rules import plan_transfer
+from ..errors import ActorlockError, BackendError, LeaseLostError
 from ..model import DomainIdentity, Holder, HostIdentity, Lease, LeaseMode, LeaseOwner, LeaseRecord, LockState
 from ._errors import MigrationLeasesLostError
 from .effects import (
@@ -45,7 +46,7 @@ from .effects import (
 )
 from .machine import MigrationDestination, MigrationSource, Timing
 from .messages import Message, Outcome, Prepare, Request, Response
-from .ownership import judge_ownership, lease_owner, plan_transfer, verify_lock_state
+from .ownership import judge_ownership, lease_owner, verify_lock_state
 
 SOURCE = "source"
 DESTINATION = "destination"
@@ -62,8 +63,18 @@ class ModelBackend:
         return verify_lock_state(self.records.values(), effect.owner, effect.lock_state)
 
     def transfer(self, effect: TransferLeases) -> LockState:
+        # The real rule, as every backend applies it; the source's incarnation
+        # is whatever its entries carry in this model.
+        incarnation = next(
+            (h.incarnation for r in self.records.values() for h in r.holders if h.owner == effect.source), ""
+        )
         updated, moved = plan_transfer(
-            self.records, effect.source, effect.destination, effect.destination_incarnation, effect.leases
+            self.records,
+            effect.source,
+            incarnation,
+            effect.destination,
+            effect.destination_incarnation,
+            effect.leases,
         )
         self.records.update(updated)
         self.transfers += 1
@@ -240,7 +251,7 @@ class Simulation:
         for op in [op for op in self.pending_ops if op.role == role]:
             self.pending_ops.remove(op)
             if isinstance(op.effect, TransferLeases) and transfer_landed:
-                with contextlib.suppress(StaleLockStateError):
+                with contextlib.suppress(LeaseLostError):
                     self.backend.transfer(op.effect)
         self.trace.append(f"{self.now:7.3f} crash {role}")
 
@@ -452,7 +463,7 @@ class Simulation:
                 if fault is not Fault.BEFORE:
                     try:
                         outcome = self.backend.transfer(effect)
-                    except StaleLockStateError as exc:
+                    except LeaseLostError as exc:  # StaleLockStateError included
                         outcome = exc
                     if fault is Fault.AFTER:
                         outcome = lost
