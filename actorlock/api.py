@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -26,12 +26,15 @@ from .actors.messages import (
     ReleaseResource,
     Shutdown,
 )
+from .actors.migration import CallResult
 from .backends import make_backend
 from .backends.base import LeaseBackend
 from .config import Config, load_config
 from .errors import MigrationError
 from .model import DomainIdentity, HostView, LeaseRecord, LockState, Resource
 from .statestore import FileStateStore, MemoryStateStore, StateStore
+
+T = TypeVar("T")
 
 
 class Domain:
@@ -41,8 +44,11 @@ class Domain:
         self._coordinator = coordinator
         self.identity = identity
 
-    async def _ask(self, message: object) -> Any:
-        return await self._coordinator.domain_ref(self.identity).ask(message)
+    async def _ask(self, message: object, answer: type[T]) -> T:
+        reply = await self._coordinator.domain_ref(self.identity).ask(message)
+        if not isinstance(reply, answer):
+            raise TypeError(f"{message!r} was answered with {reply!r}, expected {answer.__name__}")
+        return reply
 
     async def start(
         self,
@@ -58,33 +64,33 @@ class Domain:
         paused); a later :meth:`start` takes them. With ``state`` (from
         :meth:`pause`) the same leases are re-taken only if nobody held them since.
         """
-        return await self._ask(AcquireObject(tuple(resources), pid, register_only, state))  # type: ignore[no-any-return]
+        return await self._ask(AcquireObject(tuple(resources), pid, register_only, state), DomainStatus)
 
     async def pause(self) -> LockState:
         """Release every lease and return the state to resume with."""
-        return await self._ask(ReleaseAll(save_state=True))  # type: ignore[no-any-return]
+        return await self._ask(ReleaseAll(save_state=True), LockState)
 
     async def hotplug(self, resource: Resource) -> DomainStatus:
-        return await self._ask(AcquireResource(resource))  # type: ignore[no-any-return]
+        return await self._ask(AcquireResource(resource), DomainStatus)
 
     async def unplug(self, resource: Resource) -> DomainStatus:
-        return await self._ask(ReleaseResource(resource))  # type: ignore[no-any-return]
+        return await self._ask(ReleaseResource(resource), DomainStatus)
 
     async def attach(self) -> int:
         """Re-attach after a restart: the guest pid, checked alive, leases checked held."""
-        return await self._ask(Attach())  # type: ignore[no-any-return]
+        return await self._ask(Attach(), int)
 
     async def shutdown(self) -> None:
         """The guest has stopped: release everything and forget the domain."""
-        await self._ask(Shutdown())
+        await self._ask(Shutdown(), type(None))
 
     async def status(self) -> DomainStatus:
-        return await self._ask(Inquire())  # type: ignore[no-any-return]
+        return await self._ask(Inquire(), DomainStatus)
 
     async def prepare_migration(self, dest_uri: str) -> None:
         """Source: offer this guest's leases to the coordinator at ``dest_uri``."""
         peer = self._coordinator.config.peer
-        result = await self._ask(PrepareMigrate(dest_uri))
+        result = await self._ask(PrepareMigrate(dest_uri), CallResult)
         await _bounded(result.wait(), peer.prepare_timeout + peer.request_timeout + 1.0, "prepare_migrate")
 
     async def complete_migration(
@@ -96,7 +102,7 @@ class Domain:
         guest; they must match the leases the source offered.
         """
         peer = self._coordinator.config.peer
-        result = await self._ask(CompleteMigration(commit, tuple(resources), pid))
+        result = await self._ask(CompleteMigration(commit, tuple(resources), pid), CallResult)
         await _bounded(
             result.wait(), peer.migration_timeout + peer.request_timeout + 1.0, "complete_migrate_in"
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import uuid as uuidlib
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -232,7 +232,7 @@ class DomainActor(Actor[Any]):
         return self._outgoing is not None and not self._outgoing.machine.finished
 
     async def _prepare_migrate(self, dest_uri: str) -> CallResult:
-        from ..protocol import Call, MigrationSource
+        from ..protocol import Call, Effect, MigrationDestination, MigrationSource
         from .migration import MigrationDriver
 
         self.host.require_peer_service()
@@ -259,7 +259,12 @@ class DomainActor(Actor[Any]):
         self._outgoing = driver
         deadline = self.host.config.peer.migration_timeout
         self.host.emit("migration_started", domain=self.identity.uuid, destination=peer_name)
-        return await driver.call(Call.PREPARE, lambda m, now: m.start(now=now, deadline_at=now + deadline))  # type: ignore[union-attr]
+
+        def start(m: MigrationSource | MigrationDestination, now: float) -> list[Effect]:
+            assert isinstance(m, MigrationSource)
+            return m.start(now=now, deadline_at=now + deadline)
+
+        return await driver.call(Call.PREPARE, start)
 
     async def _complete_migration(self, msg: CompleteMigration) -> CallResult:
         from ..protocol import Call
@@ -322,7 +327,7 @@ class DomainActor(Actor[Any]):
 
     # -- helpers ------------------------------------------------------------
 
-    def _requests(self, resources: Sequence[Resource] | Any) -> list[LeaseRequest]:
+    def _requests(self, resources: Iterable[Resource]) -> list[LeaseRequest]:
         """Which leases the resources need, by libvirt's rules."""
         locking = self.host.config.locking
         resources = list(resources)
