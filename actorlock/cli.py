@@ -68,6 +68,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     sim.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
 
+    chaos = sub.add_parser(
+        "chaos",
+        help="run host processes on loopback under kill -9, SIGSTOP/SIGCONT and restarts; check safety",
+        description=(
+            "Start host processes sharing a file lockspace on loopback, start, migrate and stop guests "
+            "while sending kill -9, SIGSTOP/SIGCONT and restarts to the hosts, then judge the merged "
+            "history with the safety checker; prints 'violations: V' and exits 1 on any violation."
+        ),
+        add_help=False,
+    )
+    del chaos  # listed for --help; its own options are parsed by main_chaos (see main)
+
     leases = sub.add_parser(
         "leases",
         help="show who holds what in a file lockspace",
@@ -89,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["chaos"]:
+        # Its options belong to the chaos runner, which has its own parser.
+        from .testing.chaos import main_chaos
+
+        return main_chaos(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":

@@ -104,7 +104,7 @@ def test_sim_runs_scenarios_and_reports_zero_violations(capsys: pytest.CaptureFi
     assert main(["sim", "--scenarios", "0"]) == 2
 
 
-@pytest.mark.parametrize("command", [[], ["demo"], ["leases"], ["keygen"], ["sim"]])
+@pytest.mark.parametrize("command", [[], ["demo"], ["leases"], ["keygen"], ["sim"], ["chaos"]])
 def test_every_command_has_help(command: list[str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "actorlock.cli", *command, "--help"],

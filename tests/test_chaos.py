@@ -1,0 +1,153 @@
+"""The multi-process chaos run: host processes under kill -9, SIGSTOP and restarts, judged by the checker.
+
+The CI run is short (a workload of CI_SECONDS, about half a minute in all);
+``--run-slow`` adds a longer one. A scripted run first shows that the
+pipeline (host processes recording, merging on one clock, the checker) does
+see split brain when it is staged: a host frozen past ``host_dead`` while
+another host takes its disk, the one case the design leaves to storage-side
+fencing (docs/timing.md). A chaos run that reports no violation means
+something only because that one reports some.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import anyio
+import pytest
+
+from actorlock.model import Lease, LeaseMode
+from actorlock.testing import chaos
+from actorlock.testing.chaos import (
+    TIMING,
+    ChaosReport,
+    chaos_hosts,
+    event_from_json,
+    event_to_json,
+    main_chaos,
+    read_history_file,
+    run_chaos,
+)
+from actorlock.testing.checker import Rule, Violation
+from actorlock.testing.history import (
+    AcquireRefused,
+    FaultInjected,
+    GuestStopped,
+    GuestWrote,
+    HostEvent,
+    LeaseAcquired,
+    LeasesTransferred,
+    MigrationCancelled,
+    StopReason,
+    TransferredLease,
+)
+
+pytestmark = pytest.mark.anyio
+
+CI_SECONDS = 16.0
+CI_LIMIT = 120.0  # the whole CI run, start-up and final probes included (about 25 s when idle)
+SLOW_SECONDS = 90.0
+FAULT_KINDS = ("kill9", "sigstop", "coordinator_crash", "restart")
+
+
+def test_history_records_survive_json_lines(tmp_path: Path) -> None:
+    lease = Lease("disk:/d/1.img", LeaseMode.EXCLUSIVE, 7)
+    events = [
+        LeaseAcquired(1.5, "h1", "u1", [lease]),
+        GuestWrote(2.0, "h1", "u1", "disk:/d/1.img", 7, LeaseMode.SHARED),
+        GuestStopped(2.5, "h1", "u1", StopReason.FENCED),
+        LeasesTransferred(
+            3.0, "h1", "u1", "h2", "u1", [TransferredLease("disk:/d/1.img", LeaseMode.EXCLUSIVE, 7, 8)]
+        ),
+        MigrationCancelled(3.5, "u1", "h1", [lease], "h2"),
+        AcquireRefused(4.0, "h3", "u2", "disk:/d/1.img", [("h2", "u1")]),
+        FaultInjected(4.5, "sigstop", "h2"),
+        HostEvent(5.0, "h2", "migration_settled", {"role": "source", "outcome": "committed"}),
+    ]
+    path = tmp_path / "history.jsonl"
+    lines = [json.dumps(event_to_json(event)) for event in events]
+    path.write_text("\n".join(lines) + '\n{"type": "GuestWr')  # a torn last line, as a kill leaves it
+    assert [event_from_json(json.loads(line)) for line in lines] == events
+    assert read_history_file(path) == (events, 1)
+
+
+async def test_a_host_frozen_past_host_dead_is_caught_as_split_brain(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """The staged unsafe case: the checker must see it in what the processes recorded.
+
+    h1 runs a guest on a disk and is frozen (SIGSTOP: coordinator and guest
+    writes) far longer than host_dead; h2 keeps probing the disk until it
+    takes it over, as it may; then h1 wakes up. Its guest was still running,
+    unfenced, when h2 was handed the disk.
+    """
+    host_dead = TIMING["host_dead"]
+    with anyio.fail_after(60):
+        async with chaos_hosts(tmp_path / "run", plaintext=True, out=lambda line: None) as hosts:
+            assert await hosts.start_guest("h1", "guest-1", ["/chaos/frozen.img"])
+            await anyio.sleep(0.3)  # a few writes with its token
+            hosts.freeze("h1")
+            taken_at = None
+            started = anyio.current_time()
+            while taken_at is None:
+                if await hosts.probe("h2", "/chaos/frozen.img"):
+                    taken_at = anyio.current_time()
+                else:
+                    await anyio.sleep(0.1)
+            assert taken_at - started >= host_dead - 0.1  # a takeover, not a grant: h1 stayed alive
+            hosts.thaw("h1")
+            await anyio.sleep(1.0)  # h1 wakes, finds its lease expired, fences its guest
+            history, violations = hosts.check()
+    rules = {v.rule for v in violations}
+    assert Rule.UNFENCED_LEASE_LOSS in rules, violations
+    assert Rule.EXCLUSIVE_OVERLAP in rules, violations
+    assert any(isinstance(e, GuestStopped) and e.reason is StopReason.FENCED for e in history.events)
+
+
+async def _chaos(tmp_path: Path, seconds: float, seed: int) -> None:
+    lines: list[str] = []
+    report = await run_chaos(seconds, seed, out=lines.append, workdir=tmp_path / "run")
+    summary = "\n".join(report.summary())
+    assert report.violations == (), summary
+    assert lines[-1] == "violations: 0"
+    assert report.operations > 0, summary
+    for kind in FAULT_KINDS:
+        assert report.faults.get(kind, 0) > 0, f"no {kind} fault\n{summary}"
+    assert report.migrations_committed >= 1, summary
+    assert report.writes > 0, summary
+    assert report.events > report.writes, summary
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])
+async def test_a_short_chaos_run_breaks_no_rule(tmp_path: Path, anyio_backend: str) -> None:
+    with anyio.fail_after(CI_LIMIT):
+        await _chaos(tmp_path, CI_SECONDS, seed=20260601)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("anyio_backend", ["trio"])
+async def test_a_long_chaos_run_breaks_no_rule(tmp_path: Path, anyio_backend: str) -> None:
+    with anyio.fail_after(SLOW_SECONDS + 240):
+        await _chaos(tmp_path, SLOW_SECONDS, seed=7)
+
+
+def test_the_command_line_says_how_many_violations_and_exits_zero(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A very short run from argv; its exit status is 0 with no violation (non-zero otherwise)."""
+    status = main_chaos(["--seconds", "2", "--seed", "3", "--workdir", str(tmp_path / "cli"), "--plaintext"])
+    out = capsys.readouterr().out
+    assert out.rstrip().splitlines()[-1] == "violations: 0", out
+    assert status == 0
+    assert (tmp_path / "cli" / "history-driver.jsonl").exists()
+
+
+def test_the_command_line_exits_non_zero_on_a_violation(monkeypatch: pytest.MonkeyPatch) -> None:
+    violation = Violation(Rule.EXCLUSIVE_OVERLAP, "two guests ran on one disk", ())
+
+    async def found_one(seconds: float, seed: int, hosts: int, out: object, **_: object) -> ChaosReport:
+        return ChaosReport(seed, hosts, seconds, seconds, 1, {"start": 1}, {}, 0, 0, 1, 0, 0, (violation,))
+
+    monkeypatch.setattr(chaos, "run_chaos", found_one)
+    assert main_chaos(["--seconds", "1", "--seed", "1"]) == 1
