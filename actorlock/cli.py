@@ -79,6 +79,11 @@ def _parser() -> argparse.ArgumentParser:
         add_help=False,
     )
     del chaos  # listed for --help; its own options are parsed by main_chaos (see main)
+    sub.add_parser(
+        "explore",
+        help="explore every interleaving of the migration handoff up to a bound; check invariants",
+        add_help=False,
+    )
 
     leases = sub.add_parser(
         "leases",
@@ -107,6 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .testing.chaos import main_chaos
 
         return main_chaos(argv[1:])
+    if argv[:1] == ["explore"]:
+        from .testing.explore import main_explore
+
+        return main_explore(argv[1:])
     args = _parser().parse_args(argv)
     try:
         if args.command == "demo":
