@@ -128,6 +128,14 @@ def test_the_search_is_deterministic() -> None:
     assert first.outcomes == second.outcomes
 
 
+def test_a_cut_search_claims_no_progress() -> None:
+    # Worlds left unexpanded could lead anywhere: "an end is reachable" is not checked.
+    report = explore(Model(bounds=attrs.evolve(QUIET, max_depth=6)))
+    assert report.truncated > 0
+    assert not report.progress_checked
+    assert report.max_depth == 6
+
+
 def test_command_prints_the_figures(capsys: pytest.CaptureFixture[str]) -> None:
     assert main_explore(["--adversity", "0", "--no-third-host"]) == 0
     out = capsys.readouterr().out

@@ -64,7 +64,10 @@ The world
   exclusively: both must always be refused (every holder counts as alive;
   taking over dead hosts is the lockspace's business, not this protocol's).
   It may also take the shared disk in shared mode, a legitimate co-holder
-  that moves that record's token.
+  that moves that record's token. Nothing reads that token but the transfer
+  (the destination's fresh token is the record's next one), so this is
+  offered while a transfer is pending, to land before or after it: the
+  other places give the same worlds up to an event no rule sees.
 * The guests, as :mod:`actorlock.protocol.sim` models them: the source's guest
   runs until its caller commits (libvirt pauses it for the switchover),
   resumes when that caller hears CANCELLED, and stops when it hears
@@ -148,7 +151,8 @@ with the lockspace; the driver's timers cover the machine's
 (``timer-mismatch``); no machine raises (``machine-raised``). Where nothing
 but the third host can act: every live side is final and every live caller
 that spoke was answered (``stuck``). When nothing was cut off: from every
-world some such end is reachable (``no-way-out``).
+world some such end is reachable (``no-way-out``). A crash or forgetting
+is an option of the adversary, not progress: an end may still offer them.
 """
 
 from __future__ import annotations
@@ -272,7 +276,7 @@ DEADLINE = 10.0
 
 @attrs.frozen
 class Bounds:
-    """How much adversity the search may spend on one path.
+    """How much adversity the search may spend on one path, and how far it goes.
 
     Attributes:
         losses: packets the network may lose.
@@ -283,19 +287,19 @@ class Bounds:
             answer, are still on the network (a slow message); a request
             whose message and answer are gone (lost, deferred by the peer,
             dropped at a crash) may always time out.
-        adversity: budgeted events of any kind on one path (None: only the
-            per-kind budgets count).
         forgets: how often a finished side may forget the migration (its
             driver ended after lingering) while its peer may still ask: that
             needs the peer's retransmissions to miss the whole linger, an
             adversarial timing, so it is budgeted like a fault.
+        adversity: budgeted events of any of the kinds above on one path
+            (None: only the per-kind budgets count).
         third_host: whether the third host tries to acquire the disks.
         max_depth: expand no world deeper than this many events (None: no limit).
         max_states: stop once this many worlds were found (a safety net).
-        check_progress: check that an end state is reachable from every world
-            (needs the whole graph in memory; skipped when the search was cut).
-        traces_per_kind: violations kept (with traces) per kind.
         stop_after: stop the search once this many violations were found.
+        check_progress: check that an end is reachable from every world
+            (keeps the graph in memory; skipped when the search was cut).
+        traces_per_kind: violations kept (with traces) per kind.
         settle_epilogue: play a settled world's leftovers out in one order
             (see :meth:`_Step.quiesce`); False explores every order of them.
     """
@@ -304,15 +308,15 @@ class Bounds:
     duplicates: int = 1
     backend_faults: int = 1
     crashes: int = 1
+    early_timeouts: int = 1
     forgets: int = 1
+    adversity: int | None = 1
     third_host: bool = True
     max_depth: int | None = None
     max_states: int = 3_000_000
-    check_progress: bool = True
-    early_timeouts: int = 1
-    adversity: int | None = 1
-    traces_per_kind: int = 2
     stop_after: int | None = None
+    check_progress: bool = True
+    traces_per_kind: int = 2
     settle_epilogue: bool = True
 
 
@@ -351,10 +355,11 @@ class ExploreReport:
     Attributes:
         states: distinct worlds found.
         transitions: events applied (self-loops included).
-        terminal_states: worlds where nothing but the third host can act.
+        terminal_states: ends: worlds where only the third host, a crash or
+            forgetting could still happen.
         max_depth: the longest shortest path to a world.
         truncated: worlds not expanded because of ``max_depth``/``max_states``.
-        outcomes: terminal worlds per "source X, destination Y" label.
+        outcomes: ends per "source X, destination Y" label.
         violations: kept violations (``traces_per_kind`` per kind), shortest first.
         violation_counts: every violation found, per kind.
         progress_checked: whether the end-state reachability check ran.
@@ -493,7 +498,6 @@ class PendingCall:
 
     role: str
     effect: VerifyLeases | TransferLeases | QueryBackend
-    issued_at: float
     orphan: bool = False
 
 
@@ -517,6 +521,7 @@ class Interner(Generic[T]):
         self._objects: list[T] = []
 
     def id(self, value: T) -> int:
+        """The number of ``value`` (a new one if it was never seen)."""
         found = self._ids.get(value)
         if found is None:
             found = self._ids[value] = len(self._objects)
@@ -524,6 +529,7 @@ class Interner(Generic[T]):
         return found
 
     def obj(self, number: int) -> T:
+        """The value numbered ``number``."""
         return self._objects[number]
 
     def __len__(self) -> int:
@@ -698,18 +704,35 @@ class _Step:
 
     def world(self) -> World:
         ex = self.ex
-        settled = ex.bounds.settle_epilogue and self.settled()
-        if settled:
+        if not (ex.bounds.settle_epilogue and self.settled()):
+            return self.finish(settled=False)
+        # Draining is deterministic: one world before it gives one world after
+        # it, with the same findings, however it was reached.
+        before = self.snapshot(settled=False)
+        hit = ex.drained.get(before)
+        if hit is None:
+            mark = len(self.problems)
             self.quiesce()
             # Nothing in a settled world can spend a budget: what is left of
             # them would only tell apart worlds that behave alike.
             self.losses = self.duplicates = self.faults = self.crashes = 0
             self.early_timeouts = self.forgets = self.adversity = 0
+            hit = ex.drained[before] = (self.finish(settled=True), tuple(self.problems[mark:]))
+        else:
+            self.problems.extend(hit[1])
+        return hit[0]
+
+    def finish(self, *, settled: bool) -> World:
+        ex = self.ex
         for role in ROLES:
             if self.down[role] and self.machine[role] >= 0:
                 self.machine[role] = ex.tombstone(self.machine[role])
         self.prune_exchanges()
         self.prune_answers()
+        return self.snapshot(settled=settled)
+
+    def snapshot(self, *, settled: bool) -> World:
+        ex = self.ex
         return World(
             now=self.now,
             src=self.machine[SOURCE],
@@ -763,7 +786,8 @@ class _Step:
         from the outcome, and ignore results of reads they no longer wait
         for; with no transfer pending the lockspace cannot change either. A
         PREPARE still travelling to a destination that has no machine (or
-        forgot its own) would create a new one: not settled.
+        forgot its own, or may still forget it) would create a new one: not
+        settled.
         """
         ex = self.ex
         source = ex.machines.obj(self.machine[SOURCE])
@@ -774,8 +798,13 @@ class _Step:
             return False
         if any(isinstance(p.effect, TransferLeases) for p in self.pending):
             return False  # it may still write
-        revivable = self.down[DESTINATION] != "crashed" and (
-            number < 0 or (self.down[DESTINATION] == "forgotten" and self.generation < 2)
+        # A PREPARE in flight creates a destination machine where there is
+        # none, or where the last one forgot (or still may forget) its own.
+        may_forget = self.forgets > 0 and self.adversity > 0
+        revivable = (
+            self.down[DESTINATION] != "crashed"
+            and self.generation < 2
+            and (number < 0 or self.down[DESTINATION] == "forgotten" or may_forget)
         )
         return not (revivable and any(isinstance(ex.packets.obj(p).message, Prepare) for p in self.net))
 
@@ -909,7 +938,7 @@ class _Step:
                             )
                         )
                     self.pending_dirty = True
-                    self.pending.append(PendingCall(role, effect, self.now))
+                    self.pending.append(PendingCall(role, effect))
                 case CompleteCaller():
                     self.answer(role, effect)
                 case DropPending() | Discard():
@@ -1180,6 +1209,7 @@ class Explorer:
         self._checked: dict[tuple[object, ...], list[_Problem]] = {}
         self.packet_message: list[int] = []  # packet number -> message number
         self._landmarks: dict[tuple[object, ...], float | None] = {}
+        self.drained: dict[World, tuple[World, tuple[_Problem, ...]]] = {}
 
     # --- stepping machines -----------------------------------------------
 
@@ -1208,6 +1238,7 @@ class Explorer:
     # --- interning -----------------------------------------------------
 
     def intern_machine(self, machine: Machine) -> int:
+        """The number of ``machine`` by :func:`machine_key`; it must not be stepped afterwards."""
         return self.machines.intern(machine)
 
     def tombstone(self, number: int) -> int:
@@ -1221,12 +1252,14 @@ class Explorer:
         return self._tombstones.setdefault((type(machine), machine.state), number)
 
     def packet_id(self, packet: Packet) -> int:
+        """The number of ``packet`` (and its message's, remembered alongside)."""
         number = self.packets.id(packet)
         if number == len(self.packet_message):
             self.packet_message.append(self.messages.id(packet.message))
         return number
 
     def exchange_id(self, exchange: Exchange) -> int:
+        """The number of ``exchange``."""
         self.messages.id(exchange.request)
         return self.exchanges_.id(exchange)
 
@@ -1324,7 +1357,17 @@ class Explorer:
             if bad and w.forgets and finished and (role == SOURCE or w.generation == 1) and not busy:
                 ex.append(("forget", role))
         if self.bounds.third_host:
-            ex += [("third", index) for index in range(len(THIRD_ATTEMPTS))]
+            # The refused attempts are self-loops: offered everywhere, free.
+            # The shared co-holder changes only its record's token and holders,
+            # which no rule and no machine reads, except the fresh token a
+            # transfer issues: its place matters only around a transfer, so it
+            # is offered while one is pending (it then lands before or after).
+            transferring = any(isinstance(self.pending.obj(p).effect, TransferLeases) for p in w.pending)
+            ex += [
+                ("third", index)
+                for index, request in enumerate(THIRD_ATTEMPTS)
+                if request.mode is LeaseMode.EXCLUSIVE or transferring
+            ]
         return ex
 
     def stuck(self, w: World, number: int) -> bool:
@@ -1342,6 +1385,7 @@ class Explorer:
         return True
 
     def calls(self, w: World) -> list[EventTuple]:
+        """What the local callers may say in ``w`` (see the module docstring)."""
         ex: list[EventTuple] = []
         if not w.down_src and not w.said_src:
             ex.append(("call", SOURCE, "cancel"))
@@ -1373,6 +1417,7 @@ class Explorer:
         return min(later) if later else None
 
     def next_landmark(self, w: World) -> float | None:
+        """Where a tick may move the clock in ``w`` (None: nowhere, or not yet)."""
         key = (w.now, w.dst, w.down_dst, w.timers, w.pending)
         if key not in self._landmarks:
             self._landmarks[key] = self._next_landmark(w)
@@ -1499,6 +1544,7 @@ class Explorer:
         return " ".join(parts)
 
     def owner(self, w: World) -> Side:
+        """Who the lockspace says holds the domain's leases in ``w``."""
         return judge_ownership(self.records.obj(w.records), SOURCE_OWNER, DEST_OWNER, KEYS).side
 
     # --- the rules -------------------------------------------------------
@@ -1659,6 +1705,7 @@ class Explorer:
         return problems
 
     def outcome_label(self, w: World) -> str:
+        """How an end is counted in :attr:`ExploreReport.outcomes`."""
         source = self.machines.obj(w.src)
         src = source.state.value + (" (crashed)" if w.down_src == "crashed" else "")
         if w.dst < 0:
@@ -1796,8 +1843,8 @@ def explore(model: Model | None = None) -> ExploreReport:
         for event in ex.events(w):
             transitions += 1
             nxt, problems, changed = ex.apply(w, event)
-            if event[0] != "third":
-                moves += 1
+            if event[0] not in ("third", "crash", "forget"):
+                moves += 1  # adversarial options are not progress: an end may still offer them
             elif not changed:
                 continue  # refused: the world is the same
             target = index.get(nxt)
