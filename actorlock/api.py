@@ -29,6 +29,7 @@ from .actors.messages import (
 from .actors.migration import CallResult
 from .backends import make_backend
 from .backends.base import LeaseBackend
+from .clock import host_clock
 from .config import Config, load_config
 from .errors import MigrationError
 from .model import DomainIdentity, HostView, LeaseRecord, LockState, Resource
@@ -181,7 +182,7 @@ async def open_host(
     state_store: StateStore | None = None,
     pause_callback: PauseCallback | None = None,
     event_sink: EventSink | None = None,
-    clock: Callable[[], float] = anyio.current_time,
+    clock: Callable[[], float] = host_clock,
 ) -> AsyncIterator[Host]:
     """Run a host coordinator for the duration of the block.
 

@@ -102,6 +102,13 @@ def _parser() -> argparse.ArgumentParser:
         help="watch host records this long to tell renewing hosts from stale ones (default 1.0; 0 skips)",
     )
     leases.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    leases.add_argument(
+        "--state-dir",
+        type=Path,
+        metavar="DIR",
+        help="a host's [host] state_dir: also show which of its guests have a pid to fence "
+        "(a domain holding leases with no guest pid is marked unfenceable)",
+    )
     return parser
 
 
@@ -151,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.observe < 0:
                 print("actorlock leases: --observe must not be negative", file=sys.stderr)
                 return 2
-            report = anyio.run(lockspace_report, args.lockspace, args.observe)
+            report = anyio.run(lockspace_report, args.lockspace, args.observe, args.state_dir)
             print(json.dumps(report.to_json(), indent=2) if args.json else report.to_text())
             return 0
     except ActorlockError as exc:

@@ -2,10 +2,13 @@
 
 The timing rule that keeps two hosts from ever running one disk:
 a host fences its guests once ``lease_timeout`` has passed since its last
-successful renewal *started*, and gives the failure action ``fence_timeout``
-to finish; another host may take a lease only after it has seen the holder's
-record unchanged for ``host_dead``. So ``host_dead`` must exceed
-``lease_timeout + fence_timeout`` (docs/timing.md has the derivation).
+successful renewal *started* (noticed up to ``scheduling_delay`` late), and
+gives the failure action ``fence_timeout`` to finish; another host may take
+a lease only after it has seen the holder's record unchanged for
+``host_dead``, dated by clock readings taken before its reads. So
+``host_dead`` must exceed ``lease_timeout + fence_timeout +
+scheduling_delay`` (docs/timing.md has the derivation, and why
+``io_timeout`` does not appear in it).
 """
 
 from __future__ import annotations
@@ -33,6 +36,10 @@ class HostConfig:
     state_dir: Path | None = None
 
 
+def _default_scheduling_delay(timing: TimingConfig) -> float:
+    return timing.lease_timeout / 10
+
+
 @attrs.frozen
 class TimingConfig:
     renew_interval: float = 2.0
@@ -40,24 +47,36 @@ class TimingConfig:
     host_dead: float = 20.0
     fence_timeout: float = 5.0
     io_timeout: float = 10.0
+    # How late the event loop may run the expiry timer (load, GC, a busy
+    # thread holding the GIL); default lease_timeout / 10.
+    scheduling_delay: float = attrs.field(
+        default=attrs.Factory(_default_scheduling_delay, takes_self=True)
+    )
 
     def validate(self) -> None:
-        for name in ("renew_interval", "lease_timeout", "host_dead", "fence_timeout", "io_timeout"):
+        names = ("renew_interval", "lease_timeout", "host_dead", "fence_timeout", "io_timeout")
+        for name in names:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"timing.{name}", f"must be a positive number, got {getattr(self, name)}")
+        if not 0 <= self.scheduling_delay < self.lease_timeout:
+            raise ConfigError(
+                "timing.scheduling_delay",
+                f"must be at least 0 and below lease_timeout ({self.lease_timeout}), "
+                f"got {self.scheduling_delay}",
+            )
         if self.lease_timeout < 2 * self.renew_interval:
             raise ConfigError(
                 "timing.lease_timeout",
                 f"must be at least twice renew_interval ({self.renew_interval}) so a host "
                 f"gets two tries to renew before it expires, got {self.lease_timeout}",
             )
-        floor = (self.lease_timeout + self.fence_timeout) * (1 + CLOCK_RATE_MARGIN)
+        floor = (self.lease_timeout + self.fence_timeout + self.scheduling_delay) * (1 + CLOCK_RATE_MARGIN)
         if self.host_dead < floor:
             raise ConfigError(
                 "timing.host_dead",
-                f"must be at least (lease_timeout + fence_timeout) * {1 + CLOCK_RATE_MARGIN} = "
-                f"{floor:.3f} so a host fences its guests before another may take over, "
-                f"got {self.host_dead}",
+                f"must be at least (lease_timeout + fence_timeout + scheduling_delay) * "
+                f"{1 + CLOCK_RATE_MARGIN} = {floor:.3f} so a host fences its guests before another "
+                f"may take over, got {self.host_dead}",
             )
 
 

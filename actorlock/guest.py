@@ -44,15 +44,23 @@ async def process_start_time(pid: int) -> int | None:
     return await anyio.to_thread.run_sync(process_start_time_sync, pid)
 
 
-async def is_running(pid: int, start_time: int | None) -> bool:
-    return await anyio.to_thread.run_sync(is_running_sync, pid, start_time)
+async def is_running(
+    pid: int, start_time: int | None, limiter: anyio.CapacityLimiter | None = None
+) -> bool:
+    """Whether the guest still runs; ``limiter``: whose worker threads read /proc (None: the default)."""
+    return await anyio.to_thread.run_sync(is_running_sync, pid, start_time, limiter=limiter)
 
 
-async def power_off(pid: int, start_time: int | None, grace: float) -> bool:
+async def power_off(
+    pid: int, start_time: int | None, grace: float, limiter: anyio.CapacityLimiter | None = None
+) -> bool:
     """SIGTERM, then SIGKILL after ``grace`` seconds; True once the guest is gone.
 
     Waits on a pidfd (readable when the process exits, child or not) so no
     polling is needed; falls back to polling where pidfds are unavailable.
+    The signals go through the pidfd (direct system calls); the one /proc
+    read that checks the process start time runs in ``limiter``'s threads,
+    which fencing keeps apart from lease traffic.
     """
     try:
         pidfd = os.pidfd_open(pid)
@@ -62,7 +70,7 @@ async def power_off(pid: int, start_time: int | None, grace: float) -> bool:
         pidfd = -1
     try:
         # Checked after opening the pidfd, so the fd cannot refer to a reused pid.
-        if not await is_running(pid, start_time):
+        if not await is_running(pid, start_time, limiter):
             return True
         for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, max(grace, 1.0))):
             if pidfd >= 0:
@@ -70,7 +78,7 @@ async def power_off(pid: int, start_time: int | None, grace: float) -> bool:
             else:
                 _signal(pid, sig)
             with anyio.move_on_after(wait):
-                await _wait_exit(pid, start_time, pidfd)
+                await _wait_exit(pid, start_time, pidfd, limiter)
                 return True
         return False
     finally:
@@ -78,11 +86,13 @@ async def power_off(pid: int, start_time: int | None, grace: float) -> bool:
             os.close(pidfd)
 
 
-async def _wait_exit(pid: int, start_time: int | None, pidfd: int) -> None:
+async def _wait_exit(
+    pid: int, start_time: int | None, pidfd: int, limiter: anyio.CapacityLimiter | None
+) -> None:
     if pidfd >= 0:
         await anyio.wait_readable(pidfd)
         return
-    while await is_running(pid, start_time):  # noqa: ASYNC110 - no event exists without a pidfd
+    while await is_running(pid, start_time, limiter):  # noqa: ASYNC110 - no event exists without a pidfd
         await anyio.sleep(0.01)
 
 

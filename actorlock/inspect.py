@@ -10,7 +10,9 @@ import anyio
 import attrs
 
 from .backends.file import FileLeaseBackend
+from .errors import LockspaceError
 from .model import HostRecord, HostState, LeaseRecord
+from .statestore import FileStateStore
 
 # The report never judges takeover; it only needs "changed or not while watched".
 _NEVER = 1e9
@@ -28,6 +30,15 @@ class LockspaceReport:
     lockspace_id: str
     hosts: tuple[HostLine, ...]
     records: tuple[LeaseRecord, ...]
+    # From a host's state_dir (--state-dir): (host id, domain uuid) -> guest pid or None.
+    guests: tuple[tuple[int, str, int | None], ...] = ()
+
+    def fencing_of(self, host_id: int, domain: str) -> str:
+        """How a loss would stop this holder's guest, as far as the state_dir tells."""
+        for known_host, uuid, pid in self.guests:
+            if (known_host, uuid) == (host_id, domain):
+                return "UNFENCEABLE: no guest pid" if pid is None else f"pid {pid}"
+        return "-"
 
     def liveness_of(self, host_id: int) -> str:
         for line in self.hosts:
@@ -64,6 +75,7 @@ class LockspaceReport:
                             "mode": h.mode.value,
                             "token": h.token,
                             "host_liveness": self.liveness_of(h.owner.host_id),
+                            "fencing": self.fencing_of(h.owner.host_id, h.owner.domain),
                         }
                         for h in r.holders
                     ],
@@ -81,10 +93,10 @@ class LockspaceReport:
         ]
         lines += _table(host_rows) if self.hosts else ["no hosts have joined"]
         lines.append("")
-        lease_rows = [("RESOURCE", "MODE", "HOST", "DOMAIN", "TOKEN", "HOST LIVENESS")]
+        lease_rows = [("RESOURCE", "MODE", "HOST", "DOMAIN", "TOKEN", "HOST LIVENESS", "FENCING")]
         for r in self.records:
             if not r.holders:
-                lease_rows.append((r.key, "-", "-", "(free)", str(r.token), "-"))
+                lease_rows.append((r.key, "-", "-", "(free)", str(r.token), "-", "-"))
             for h in r.holders:
                 domain = h.owner.domain + (f" ({h.owner.domain_name})" if h.owner.domain_name else "")
                 lease_rows.append(
@@ -95,6 +107,7 @@ class LockspaceReport:
                         domain,
                         str(h.token),
                         self.liveness_of(h.owner.host_id),
+                        self.fencing_of(h.owner.host_id, h.owner.domain),
                     )
                 )
         lines += _table(lease_rows) if self.records else ["no lease records"]
@@ -106,8 +119,14 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
-async def lockspace_report(path: Path, observe: float) -> LockspaceReport:
-    """Read every record; watch host records for ``observe`` seconds to judge liveness."""
+async def lockspace_report(path: Path, observe: float, state_dir: Path | None = None) -> LockspaceReport:
+    """Read every record; watch host records for ``observe`` seconds to judge liveness.
+
+    With ``state_dir`` (one host's), its domains' guest pids are shown next to their leases.
+    """
+    guests: tuple[tuple[int, str, int | None], ...] = ()
+    if state_dir is not None:
+        guests = await _guests_of(state_dir)
     backend = FileLeaseBackend(path, host_dead=_NEVER)
     try:
         lockspace_id = await backend.lockspace_id()
@@ -131,4 +150,14 @@ async def lockspace_report(path: Path, observe: float) -> LockspaceReport:
         else:
             liveness = f"not renewing for {observe:g}s+"
         hosts.append(HostLine(record, liveness))
-    return LockspaceReport(str(path), lockspace_id, tuple(hosts), tuple(records))
+    return LockspaceReport(str(path), lockspace_id, tuple(hosts), tuple(records), guests)
+
+
+async def _guests_of(state_dir: Path) -> tuple[tuple[int, str, int | None], ...]:
+    if not await anyio.to_thread.run_sync(state_dir.is_dir):
+        raise LockspaceError(str(state_dir), "is not a state directory (no such directory)")
+    store = FileStateStore(state_dir)
+    host = await store.load_host()
+    if host is None:
+        raise LockspaceError(str(state_dir), "holds no host.json: not a coordinator's state_dir")
+    return tuple((host.id, d.identity.uuid, d.pid) for d in await store.load_domains())

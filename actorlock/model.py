@@ -30,6 +30,19 @@ def _check_host_id(_inst: object, _attr: object, value: int) -> None:
 def _check_nonempty(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
     if not value:
         raise InvalidParameterError(f"{attr.name} must not be empty")
+    _check_text(_inst, attr, value)
+
+
+def _check_text(_inst: object, attr: attrs.Attribute[str], value: str) -> None:
+    # Names travel in lease records, state files and peer frames, all UTF-8:
+    # a lone surrogate (os.fsdecode of bytes that are not UTF-8) cannot.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidParameterError(
+            f"{attr.name} {value!r} is not valid Unicode text "
+            f"({exc.reason} at position {exc.start}; file names must be UTF-8)"
+        ) from None
 
 
 @attrs.frozen
@@ -45,7 +58,7 @@ class DomainIdentity:
     """A guest as libvirt names it: uuid (the key), name and numeric id."""
 
     uuid: str = attrs.field(validator=_check_nonempty)
-    name: str = ""
+    name: str = attrs.field(default="", validator=_check_text)
     id: int = -1
 
 
@@ -59,8 +72,8 @@ class Resource:
     type: ResourceType
     name: str = attrs.field(validator=_check_nonempty)
     flags: ResourceFlags = ResourceFlags.NONE
-    lockspace: str = ""
-    path: str = ""
+    lockspace: str = attrs.field(default="", validator=_check_text)
+    path: str = attrs.field(default="", validator=_check_text)
     offset: int = 0
 
     @property

@@ -45,9 +45,20 @@ class DomainState:
 
 @attrs.frozen
 class HostPersisted:
+    """Who this coordinator was, and when its last successful renewal started.
+
+    ``renewed_at`` is on :data:`actorlock.clock.host_clock`, meaningful only
+    on the same ``boot_id``: a restart reads it before any lockspace I/O, so
+    it knows its old lease's deadline even while the lockspace stalls. It
+    may lag the truth (written after the renewal), which only makes that
+    deadline earlier.
+    """
+
     name: str
     id: int
     incarnation: str
+    boot_id: str = ""
+    renewed_at: float | None = None
 
 
 class StateStore(Protocol):
@@ -102,8 +113,15 @@ class FileStateStore:
         if data is None:
             return None
         try:
-            return HostPersisted(str(data["name"]), int(data["id"]), str(data["incarnation"]))
-        except (KeyError, TypeError, ValueError) as exc:
+            renewed_at = data.get("renewed_at")
+            return HostPersisted(
+                str(data["name"]),
+                int(data["id"]),
+                str(data["incarnation"]),
+                boot_id=str(data.get("boot_id", "")),
+                renewed_at=None if renewed_at is None else float(renewed_at),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise CorruptRecordError(str(self.root / "host.json"), f"bad field: {exc}") from None
 
     async def save_host(self, host: HostPersisted) -> None:

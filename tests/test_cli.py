@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -66,6 +67,44 @@ def test_leases_shows_holder_mode_token_and_host_liveness(
     assert lease["holders"][0]["host"] == "host-a"
     assert lease["holders"][0]["domain"] == "u1"
     assert lease["holders"][0]["token"] == 1
+
+
+def test_leases_with_a_state_dir_marks_a_guest_without_pid_unfenceable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lockspace, state = tmp_path / "ls", tmp_path / "state"
+    lockspace.mkdir()
+    cfg = host_config(
+        "host-a", 1, backend="file", file={"lockspace_dir": str(lockspace)}, host={"state_dir": str(state)}
+    )
+
+    async def hold_and_inspect() -> None:
+        async with actorlock.open_host(cfg) as host:
+            await host.domain("u1", name="vm1").start([actorlock.disk("/d/1.img")])  # no pid
+            await host.domain("u2", name="vm2").start([actorlock.disk("/d/2.img")], pid=os.getpid())
+            status = await host.status()
+            assert [d.unfenceable for d in status.domains] == [True, False]
+            await anyio.to_thread.run_sync(
+                lambda: main(
+                    [
+                        "leases",
+                        "--lockspace",
+                        str(lockspace),
+                        "--observe",
+                        "0",
+                        "--json",
+                        "--state-dir",
+                        str(state),
+                    ]
+                )
+            )
+
+    anyio.run(hold_and_inspect)
+    report = json.loads(capsys.readouterr().out)
+    fencing = {lease["holders"][0]["domain"]: lease["holders"][0]["fencing"] for lease in report["leases"]}
+    assert fencing == {"u1": "UNFENCEABLE: no guest pid", "u2": f"pid {os.getpid()}"}
+    assert main(["leases", "--lockspace", str(lockspace), "--state-dir", str(tmp_path / "none")]) == 1
+    assert "not a state directory" in capsys.readouterr().err
 
 
 def test_leases_on_a_missing_lockspace_is_a_clear_error(

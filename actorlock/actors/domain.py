@@ -4,6 +4,11 @@ It alone decides what its guest holds. Backend calls go through the host
 (which owns the backend and refuses once its lockspace is lost). A lease
 acquisition and the bookkeeping after it run shielded from cancellation, so
 cancelling the caller or the host never leaves a lease taken but unrecorded.
+
+The guest's fence target is published *before* the first lease is
+requested, and an acquisition during which the host lost its lockspace ends
+in LOST, never in RUNNING: however slow the storage or the state store, no
+moment exists in which this domain holds a lease that a loss would not fence.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from ..errors import (
 from ..guest import is_running, process_start_time
 from ..model import DomainIdentity, Lease, LeaseOwner, LeaseRequest, LockState, Resource
 from ..statestore import DomainPhase, DomainState
+from .fencing import FenceTarget
 from .mailbox import Actor
 from .messages import (
     AcquireObject,
@@ -54,16 +60,6 @@ log = logging.getLogger(__name__)
 UNDEFINED = "undefined"  # no persisted state: nothing registered yet
 STOPPED = "stopped"
 MIGRATED = "migrated"  # the leases moved to another host; the guest must not run here
-
-
-@attrs.frozen
-class FenceTarget:
-    """What the host needs to run the failure action without asking the actor."""
-
-    identity: DomainIdentity
-    pid: int | None
-    pid_start: int | None
-    keys: tuple[str, ...]
 
 
 class DomainActor(Actor[Any]):
@@ -140,11 +136,13 @@ class DomainActor(Actor[Any]):
             self.phase = DomainPhase.REGISTERED
             await self._save()
             return self._status()
+        losses = self.host.losses
         leases = await self._take(requests)
         self.leases = {lease.key: lease for lease in leases}
         self.phase = DomainPhase.RUNNING
         await self._save()
         self._publish()
+        await self._check_not_lost_since(losses)
         return self._status()
 
     async def _acquire_resource(self, resource: Resource) -> DomainStatus:
@@ -155,12 +153,15 @@ class DomainActor(Actor[Any]):
         if resource.key in self.resources:
             raise InvalidParameterError(f"{self.name}: {resource.key} is already registered")
         requests = self._requests([resource])
+        losses = self.host.losses
         if self.phase == DomainPhase.RUNNING and requests:
             leases = await self._take(requests)
             self.leases.update({lease.key: lease for lease in leases})
         self.resources[resource.key] = resource
         await self._save()
         self._publish()
+        if self.phase == DomainPhase.RUNNING and requests:
+            await self._check_not_lost_since(losses)
         return self._status()
 
     async def _release_resource(self, resource: Resource) -> DomainStatus:
@@ -351,9 +352,18 @@ class DomainActor(Actor[Any]):
         return requests
 
     async def _take(self, requests: list[LeaseRequest]) -> tuple[Lease, ...]:
-        """Acquire all-or-nothing; an unknown outcome is undone before raising."""
+        """Acquire all-or-nothing; an unknown outcome is undone before raising.
+
+        The fence target covering the requested keys is published first: a
+        loss while the request is in flight (or before the caller records
+        its outcome) fences the guest too.
+        """
         if not requests:
             return ()
+        keys = tuple(sorted(set(self.leases) | {r.key for r in requests}))
+        self.host.publish_fence_target(
+            self.identity.uuid, FenceTarget(self.identity, self.pid, self.pid_start, keys)
+        )
         io_timeout = self.host.config.timing.io_timeout
         with anyio.CancelScope(shield=True):
             try:
@@ -362,11 +372,30 @@ class DomainActor(Actor[Any]):
             except (TimeoutError, BackendTimeoutError):
                 # The backend may have written the leases before we stopped
                 # waiting; release is idempotent, so undo unconditionally.
-                await self._give_back([r.key for r in requests])
+                try:
+                    await self._give_back([r.key for r in requests])
+                finally:
+                    self._publish()
                 raise BackendTimeoutError(
                     f"{self.name}: acquiring leases took longer than io_timeout={io_timeout}s"
                 ) from None
+            except BaseException:
+                self._publish()
+                raise
         return leases
+
+    async def _check_not_lost_since(self, losses: int) -> None:
+        """Fail an acquisition during which the host lost its lockspace (the guest is being fenced)."""
+        if self.host.losses == losses and self.host.live:
+            return
+        self.phase = DomainPhase.LOST
+        self.lost_reason = "the host lost its lockspace while the leases were being acquired"
+        await self._save()
+        # The target stays published: the loss fences it (or already did).
+        self.host.emit(
+            "leases_lost", domain=self.identity.uuid, keys=tuple(sorted(self.leases)), reason=self.lost_reason
+        )
+        raise LeaseLostError(f"{self.name}: {self.lost_reason}", sorted(self.leases))
 
     async def _give_back(self, keys: list[str]) -> None:
         io_timeout = self.host.config.timing.io_timeout
@@ -407,7 +436,7 @@ class DomainActor(Actor[Any]):
 
     def _publish(self) -> None:
         target = None
-        if self.phase == DomainPhase.RUNNING and self.leases:
+        if self.phase in (DomainPhase.RUNNING, DomainPhase.LOST) and self.leases:
             target = FenceTarget(self.identity, self.pid, self.pid_start, tuple(sorted(self.leases)))
         self.host.publish_fence_target(self.identity.uuid, target)
 
@@ -420,6 +449,7 @@ class DomainActor(Actor[Any]):
             resources=tuple(self.resources[k] for k in sorted(self.resources)),
             leases=tuple(self.leases[k] for k in sorted(self.leases)),
             lost_reason=self.lost_reason,
+            unfenceable=self.host.fences.unfenceable(self.identity.uuid),
         )
 
 

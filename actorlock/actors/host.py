@@ -4,7 +4,9 @@ Safety rule (docs/timing.md): this host stops granting leases and runs the
 failure action of every guest holding one once ``lease_timeout`` has passed
 since its last successful renewal *started*; the action gets
 ``fence_timeout``. Other hosts take over only after seeing our record
-unchanged for ``host_dead`` > lease_timeout + fence_timeout.
+unchanged for ``host_dead`` > lease_timeout + fence_timeout + scheduling_delay.
+Deadlines are measured on :data:`actorlock.clock.host_clock` (CLOCK_BOOTTIME:
+it counts a suspend), and always by reading it, never by counting timer ticks.
 
 Lease operations are not queued through a mailbox here: domain actors call
 :meth:`HostCoordinator.acquire` directly from their own tasks, so different
@@ -17,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -27,6 +28,7 @@ import attrs
 from anyio.abc import TaskGroup
 
 from ..backends.base import BackendCapabilities, HostAdvert, LeaseBackend
+from ..clock import host_clock
 from ..config import Config
 from ..constants import FailureAction
 from ..errors import (
@@ -37,7 +39,6 @@ from ..errors import (
     PeerRefusedError,
     ProtocolError,
 )
-from ..guest import power_off
 from ..model import (
     DomainIdentity,
     HostIdentity,
@@ -49,7 +50,8 @@ from ..model import (
     LeaseRequest,
 )
 from ..statestore import DomainPhase, DomainState, HostPersisted, StateStore
-from .domain import DomainActor, FenceTarget
+from .domain import DomainActor
+from .fencing import FenceBoard, FenceTarget
 from .mailbox import ActorRef, open_mailbox, run_actor
 from .messages import DomainStatus, Inquire, LeasesLost, MigrationSettled
 
@@ -78,6 +80,7 @@ class HostStatus:
     renewals: int
     renew_failures: int
     domains: tuple[DomainStatus, ...]
+    unfenced: tuple[tuple[str, str], ...] = ()  # (domain uuid, last attempt's result): fence not confirmed
 
 
 def read_boot_id() -> str:
@@ -100,7 +103,7 @@ class HostCoordinator:
         *,
         pause_callback: PauseCallback | None = None,
         event_sink: EventSink | None = None,
-        clock: Callable[[], float] = anyio.current_time,
+        clock: Callable[[], float] = host_clock,
         peer_endpoint: str = "",
         public_key: str = "",
     ) -> None:
@@ -119,11 +122,22 @@ class HostCoordinator:
         self._boot_id = ""
         self._last_start = 0.0
         self._expires_at = 0.0
+        self._renewed_at: float | None = None
+        self._journal_changed = anyio.Event()
         self._lost = False
         self._renewals = 0
         self._renew_failures = 0
         self._domains: dict[str, tuple[ActorRef[Any], DomainActor]] = {}
-        self._fence_targets: dict[str, FenceTarget] = {}
+        self.fences = FenceBoard(
+            host=config.host.name,
+            action=config.locking.failure_action,
+            fence_timeout=config.timing.fence_timeout,
+            kill_grace=config.locking.kill_grace,
+            task_group=task_group,
+            emit=self.emit,
+            pause_callback=pause_callback,
+            first_result=self._tell_lost,
+        )
         self._started = False
         self._crashed = False
         self._paused: anyio.Event | None = None
@@ -146,6 +160,11 @@ class HostCoordinator:
     def live(self) -> bool:
         """True while this host may hold and grant leases."""
         return self._started and not self._lost and self._clock() < self._expires_at
+
+    @property
+    def losses(self) -> int:
+        """How many times this host lost its lockspace (compare it around an acquisition)."""
+        return self.fences.losses
 
     def owner_for(self, identity: DomainIdentity) -> LeaseOwner:
         return LeaseOwner(self.identity.name, self.identity.id, identity.uuid, identity.name)
@@ -179,6 +198,7 @@ class HostCoordinator:
             renewals=self._renewals,
             renew_failures=self._renew_failures,
             domains=tuple(sorted(domains, key=lambda d: d.uuid)),
+            unfenced=tuple(sorted(self.fences.unfenced.items())),
         )
 
     async def hosts(self) -> list[HostView]:
@@ -205,10 +225,8 @@ class HostCoordinator:
         return await self.backend.records(keys)
 
     def publish_fence_target(self, uuid: str, target: FenceTarget | None) -> None:
-        if target is None:
-            self._fence_targets.pop(uuid, None)
-        else:
-            self._fence_targets[uuid] = target
+        """What a loss fences for domain ``uuid`` (None: nothing held); fenced at once while lost."""
+        self.fences.publish(uuid, target)
 
     def domain_stopped(self, uuid: str, actor: DomainActor) -> None:
         entry = self._domains.get(uuid)
@@ -218,59 +236,170 @@ class HostCoordinator:
     # -- lifetime -------------------------------------------------------------
 
     async def start(self) -> None:
-        """Join the lockspace (resuming if we restarted in time) and start renewing."""
+        """Join the lockspace (resuming if we restarted in time) and start renewing.
+
+        A coordinator that restarts on the same boot reads, before any
+        lockspace I/O, when its last successful renewal started. If that is
+        less than ``lease_timeout`` ago it tries to resume its incarnation,
+        but its old deadline still stands: a join and renewal that do not
+        complete before it (slow or stuck storage) give up, and the guests
+        it left running are fenced at once. After a resume every running
+        domain's leases are read back and compared, tokens included.
+        """
+        timing = self.config.timing
         if self.config.locking.failure_action is FailureAction.PAUSE and self._pause_callback is None:
             raise ConfigError(
                 "locking.failure_action", "'pause' needs a pause_callback passed to open_host/plugin_load"
             )
         self._boot_id = await anyio.to_thread.run_sync(read_boot_id)
-        self.lockspace_id = await self.backend.lockspace_id()
-        if self.config.peer.endpoint:
-            await self._start_peer_service()
         persisted = await self.store.load_host()
-        previous = {v.record.id: v.record for v in await self.backend.hosts()}.get(self.identity.id)
-        ours = (
-            persisted is not None
-            and (persisted.name, persisted.id) == (self.identity.name, self.identity.id)
-            and previous is not None
-            and previous.incarnation == persisted.incarnation
-        )
-        self.resumed = bool(
-            ours
-            and previous is not None
-            and previous.boot_id == self._boot_id
-            and time.monotonic() - previous.renewed_monotonic < self.config.timing.lease_timeout
-        )
-        if self.resumed and persisted is not None:
-            self.incarnation = persisted.incarnation
-        else:
-            self.incarnation = uuidlib.uuid4().hex
         domains = await self.store.load_domains()
+        same_boot = persisted is not None and bool(self._boot_id) and persisted.boot_id == self._boot_id
+        identity = (self.identity.name, self.identity.id)
+        mine = persisted is not None and (persisted.name, persisted.id) == identity
+        deadline = None
+        if same_boot and mine and persisted is not None and persisted.renewed_at is not None:
+            deadline = persisted.renewed_at + timing.lease_timeout
         lost_results: dict[str, str] = {}
-        if not self.resumed and previous is not None and previous.boot_id == self._boot_id:
-            # Back too late on the same boot: our guests may still run although
-            # our leases expired. Fence them before anything else, because
-            # another host may take over as soon as host_dead has passed.
-            lost_results = await self._fence_persisted(domains)
-        await self.backend.join(self.identity, self.incarnation, self._advert())
-        # join may have waited host_dead for the id to free up: the validity
-        # period starts at a renewal whose start we measured ourselves.
-        start = self._clock()
-        await self.backend.renew(self._advert())
-        self._last_start, self._expires_at = start, start + self.config.timing.lease_timeout
-        await self.store.save_host(HostPersisted(self.identity.name, self.identity.id, self.incarnation))
+        if deadline is not None and persisted is not None and self._clock() < deadline:
+            self.resumed = await self._resume(persisted.incarnation, deadline)
+        if not self.resumed:
+            self.incarnation = uuidlib.uuid4().hex
+            if same_boot and domains:
+                # Back too late (or the resume missed its deadline) on the same
+                # boot: our guests may still run although our leases expired.
+                # Fence them before anything else: another host may take over
+                # as soon as host_dead has passed.
+                lost_results = await self._fence_persisted(domains)
+            self.lockspace_id = await self.backend.lockspace_id()
+            if self.config.peer.endpoint and not self._peer_endpoint:
+                await self._start_peer_service()
+            await self.backend.join(self.identity, self.incarnation, self._advert(self._clock()))
+            # join may have waited host_dead for the id to free up: the validity
+            # period starts at a renewal whose start we measured ourselves.
+            start = self._clock()
+            await self.backend.renew(self._advert(start))
+            self._last_start, self._expires_at = start, start + timing.lease_timeout
+        unverified = await self._verify_resumed(domains) if self.resumed else {}
+        self._renewed_at = self._last_start
+        await self.store.save_host(self._persisted())
         self._started = True
         for state in domains:
-            if not self.resumed and state.phase == DomainPhase.RUNNING:
+            uuid = state.identity.uuid
+            if state.phase == DomainPhase.RUNNING and (not self.resumed or uuid in unverified):
                 state = attrs.evolve(state, phase=DomainPhase.LOST)
             actor = DomainActor(self, state.identity, state)
-            if state.phase == DomainPhase.LOST and not self.resumed:
+            if uuid in unverified:
+                actor.lost_reason = unverified[uuid]
+            elif state.phase == DomainPhase.LOST and not self.resumed:
                 actor.lost_reason = "the coordinator was down longer than lease_timeout"
-                if state.identity.uuid in lost_results:
-                    actor.lost_reason += f"; failure action: {lost_results[state.identity.uuid]}"
+                if uuid in lost_results:
+                    actor.lost_reason += f"; failure action: {lost_results[uuid]}"
             self._spawn(actor)
         self._tg.start_soon(self._renew_loop, name=f"renew {self.identity.name}")
+        self._tg.start_soon(self._journal_loop, name=f"renewal journal {self.identity.name}")
         self.emit("joined", incarnation=self.incarnation, resumed=self.resumed)
+
+    async def _resume(self, incarnation: str, deadline: float) -> bool:
+        """Rejoin as ``incarnation`` with a renewal that completes before ``deadline``; False if not."""
+        timing = self.config.timing
+        try:
+            with anyio.fail_after(max(deadline - self._clock(), 1e-6)):
+                self.lockspace_id = await self.backend.lockspace_id()
+                read_at = self._clock()
+                previous = {v.record.id: v.record for v in await self.backend.hosts()}.get(self.identity.id)
+                if previous is None or (previous.incarnation, previous.boot_id) != (
+                    incarnation,
+                    self._boot_id,
+                ):
+                    return False
+                if self.config.peer.endpoint:
+                    await self._start_peer_service()
+                self.incarnation = incarnation
+                await self.backend.join(self.identity, incarnation, self._advert(read_at))
+                start = self._clock()
+                await self.backend.renew(self._advert(start))
+        except (TimeoutError, ActorlockError, OSError) as exc:
+            log.error(
+                "host %s: could not resume incarnation %s before its lease deadline: %r",
+                self.identity.name,
+                incarnation,
+                exc,
+            )
+            self.emit("resume_failed", incarnation=incarnation, reason=repr(exc))
+            return False
+        if self._clock() >= deadline:
+            return False
+        self._last_start, self._expires_at = start, start + timing.lease_timeout
+        return True
+
+    async def _verify_resumed(self, domains: Sequence[DomainState]) -> dict[str, str]:
+        """Read back the leases of every running domain; fence those that do not hold all of them.
+
+        A crash in the middle of a transfer, or a takeover we did not see,
+        leaves records that no longer name this domain with the token it
+        saved. Returns the reason for each domain found lost.
+        """
+        running = [d for d in domains if d.phase == DomainPhase.RUNNING and d.leases]
+        if not running:
+            return {}
+        keys = sorted({lease.key for d in running for lease in d.leases})
+        reasons: dict[str, str] = {}
+        records: dict[str, LeaseRecord] | None = None
+        with anyio.move_on_after(max(self._expires_at - self._clock(), 1e-6)):
+            try:
+                records = {r.key: r for r in await self.backend.records(keys)}
+            except ActorlockError as exc:
+                log.error("host %s: cannot read leases back after resuming: %s", self.identity.name, exc)
+        for state in running:
+            owner = self.owner_for(state.identity)
+            if records is None:
+                reasons[state.identity.uuid] = "its leases could not be read back after a restart"
+                continue
+            missing = []
+            for lease in state.leases:
+                record = records.get(lease.key)
+                held = record.held_by(owner) if record is not None else None
+                if held is None or held.token != lease.token or held.incarnation != self.incarnation:
+                    missing.append(lease.key)
+            if missing:
+                reasons[state.identity.uuid] = (
+                    f"after a restart the lease records no longer name it: {', '.join(missing)}"
+                )
+        lost = [d for d in running if d.identity.uuid in reasons]
+        if lost:
+            results = await self._fence_persisted(lost)
+            for uuid, result in results.items():
+                reasons[uuid] += f"; failure action: {result}"
+                self.emit("leases_lost", domain=uuid, keys=(), reason=reasons[uuid])
+        return reasons
+
+    def _persisted(self) -> HostPersisted:
+        return HostPersisted(
+            self.identity.name,
+            self.identity.id,
+            self.incarnation,
+            boot_id=self._boot_id,
+            renewed_at=self._renewed_at,
+        )
+
+    async def _journal_loop(self) -> None:
+        """Keep the last successful renewal's start in the state store, for a restart.
+
+        Its own task: a slow state_dir delays only the journal (which then
+        lags, making a restart's deadline earlier), never a renewal.
+        """
+        written = self._renewed_at
+        while True:
+            await self._journal_changed.wait()
+            self._journal_changed = anyio.Event()
+            if self._renewed_at == written:
+                continue
+            written = self._renewed_at
+            try:
+                await self.store.save_host(self._persisted())
+            except (ActorlockError, OSError) as exc:
+                log.warning("host %s: saving the renewal journal failed: %r", self.identity.name, exc)
 
     # -- migration ------------------------------------------------------------
 
@@ -474,7 +603,7 @@ class HostCoordinator:
             return
         # No renewal may race with (or follow) leaving the lockspace.
         self._renew_scope.cancel()
-        holding = bool(self._fence_targets) or any(
+        holding = self.fences.holding or any(
             a.phase in (DomainPhase.RUNNING, DomainPhase.LOST) for _, a in self._domains.values()
         )
         self._started = False
@@ -501,10 +630,10 @@ class HostCoordinator:
                 f"host {self.identity.name} has no valid lockspace membership (renewal failing)"
             )
 
-    def _advert(self) -> HostAdvert:
+    def _advert(self, renewal_start: float) -> HostAdvert:
         return HostAdvert(
             boot_id=self._boot_id,
-            renewed_monotonic=time.monotonic(),
+            renewed_monotonic=renewal_start,
             peer_endpoint=self._peer_endpoint,
             public_key=self._public_key,
         )
@@ -522,11 +651,25 @@ class HostCoordinator:
         timing = self.config.timing
         next_at = self._last_start + timing.renew_interval
         while True:
-            await anyio.sleep_until(min(next_at, self._expires_at) if not self._lost else next_at)
+            wake = min(next_at, self._expires_at) if not self._lost else next_at
+            # Sleep on the loop's clock, judge on ours: after a suspend (or a
+            # lagging loop) the first reading tells how much time really passed.
+            await anyio.sleep(max(0.0, wake - self._clock()))
             if self._paused is not None:
                 await self._paused.wait()
-            if not self._lost and self._clock() >= self._expires_at:
-                await self._lockspace_lost(f"no successful renewal for lease_timeout={timing.lease_timeout}s")
+            now = self._clock()
+            if not self._lost and now >= self._expires_at:
+                late = now - self._expires_at
+                if late > timing.scheduling_delay:
+                    log.error(
+                        "host %s: noticed the lease expiry %.3fs late (scheduling_delay=%ss): "
+                        "guests may have run past their lease",
+                        self.identity.name,
+                        late,
+                        timing.scheduling_delay,
+                    )
+                    self.emit("expiry_noticed_late", late=late)
+                self._lockspace_lost(f"no successful renewal for lease_timeout={timing.lease_timeout}s")
             if self._clock() < next_at:
                 continue
             start = self._clock()
@@ -534,75 +677,43 @@ class HostCoordinator:
             next_at = start + timing.renew_interval
             try:
                 with anyio.fail_after(max(bound, 1e-3)):
-                    await self.backend.renew(self._advert())
+                    await self.backend.renew(self._advert(start))
             except (TimeoutError, ActorlockError, OSError) as exc:
                 self._renew_failures += 1
                 log.warning("host %s: renewal failed: %r", self.identity.name, exc)
                 continue
+            if not self._lost and self._clock() >= self._expires_at:
+                continue  # completed, but after the lease it extends had expired: the loop fences
             self._renewals += 1
             self._last_start, self._expires_at = start, start + timing.lease_timeout
+            self._renewed_at = start
+            self._journal_changed.set()
             if self._lost:
                 log.warning("host %s: renewing again after a lockspace loss", self.identity.name)
                 self._lost = False
+                self.fences.lockspace_regained()
                 self.emit("lockspace_regained")
 
-    async def _lockspace_lost(self, reason: str) -> None:
+    def _lockspace_lost(self, reason: str) -> None:
         self._lost = True
         log.error("host %s: lockspace lost: %s", self.identity.name, reason)
         self.emit("lockspace_lost", reason=reason)
-        targets = list(self._fence_targets.values())
-        async with anyio.create_task_group() as tg:
-            for target in targets:
-                tg.start_soon(self._fence, target, reason)
+        self.fences.lockspace_lost(reason)
 
-    async def _fence(self, target: FenceTarget, reason: str) -> None:
-        result = await self._failure_action_bounded(target)
+    async def _tell_lost(self, target: FenceTarget, reason: str, result: str) -> None:
+        """After a fence's first attempt: the domain actor marks itself lost."""
         entry = self._domains.get(target.identity.uuid)
         if entry is not None:
-            with anyio.move_on_after(self.config.timing.fence_timeout), contextlib.suppress(ActorlockError):
+            with contextlib.suppress(ActorlockError):
                 await entry[0].tell(LeasesLost(reason, result))
 
     async def _fence_persisted(self, domains: Sequence[DomainState]) -> dict[str, str]:
         """Run the failure action of every guest a previous run left holding leases."""
-        results: dict[str, str] = {}
-
-        async def fence(state: DomainState) -> None:
-            target = FenceTarget(
+        targets = [
+            FenceTarget(
                 state.identity, state.pid, state.pid_start, tuple(lease.key for lease in state.leases)
             )
-            results[state.identity.uuid] = await self._failure_action_bounded(target)
-
-        async with anyio.create_task_group() as tg:
-            for state in domains:
-                if state.phase == DomainPhase.RUNNING:
-                    tg.start_soon(fence, state)
-        return results
-
-    async def _failure_action_bounded(self, target: FenceTarget) -> str:
-        action = self.config.locking.failure_action
-        result = "failure action timed out"
-        with anyio.move_on_after(self.config.timing.fence_timeout):
-            try:
-                result = await self._run_failure_action(action, target)
-            except Exception as exc:
-                result = f"failure action failed: {exc!r}"
-                log.exception("host %s: failure action for %s failed", self.identity.name, target.identity)
-        self.emit("failure_action", domain=target.identity.uuid, action=action.value, result=result)
-        return result
-
-    async def _run_failure_action(self, action: FailureAction, target: FenceTarget) -> str:
-        if action is FailureAction.POWEROFF:
-            if target.pid is None:
-                return "no guest pid registered: nothing to kill"
-            gone = await power_off(target.pid, target.pid_start, self.config.locking.kill_grace)
-            return f"guest pid {target.pid} " + ("powered off" if gone else "survived SIGKILL")
-        if action is FailureAction.PAUSE:
-            assert self._pause_callback is not None
-            await self._pause_callback(target.identity, target.pid)
-            return "guest paused by callback"
-        log.error(
-            "host %s: %s keeps running without its leases (failure_action=ignore)",
-            self.identity.name,
-            target.identity.uuid,
-        )
-        return "ignored (failure_action=ignore)"
+            for state in domains
+            if state.phase == DomainPhase.RUNNING
+        ]
+        return await self.fences.fence_now(targets, "the coordinator restarted past its lease deadline")

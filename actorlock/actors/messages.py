@@ -71,6 +71,7 @@ class DomainStatus:
     resources: tuple[Resource, ...]
     leases: tuple[Lease, ...]
     lost_reason: str = ""
+    unfenceable: bool = False  # holds leases under poweroff with no guest pid: a loss cannot kill it
 
 
 @attrs.frozen

@@ -141,6 +141,13 @@ class MigrationDriver:
     # -- the task -------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Serve the machine until the migration ends.
+
+        A bug or an unexpected error ends this migration only: its callers
+        get MigrationError, and the host's task group (every other domain,
+        renewal and fencing) never sees the exception.
+        """
+        started = False
         try:
             async with contextlib.AsyncExitStack() as stack:
                 if self._peer_endpoint:
@@ -149,10 +156,20 @@ class MigrationDriver:
                 async with anyio.create_task_group() as tg:
                     self._tg = tg
                     task_status.started()
+                    started = True
                     await self._serve(self._inbox)
                     tg.cancel_scope.cancel()
+        except Exception as exc:
+            if not started:
+                raise
+            log.exception("migration %s (%s) failed", self.migration_id, self.role)
+            self._fail_calls(MigrationError(f"migration {self.migration_id} failed: {exc!r}"))
         finally:
             self._close()
+
+    def _fail_calls(self, error: MigrationError) -> None:
+        for result in self._calls.values():
+            result.settle(error=error)
 
     async def _serve(self, inbox: MemoryObjectReceiveStream[tuple[Input, CallResult | None]]) -> None:
         linger_until: float | None = None

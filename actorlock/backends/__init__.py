@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import anyio
-
+from ..clock import host_clock
 from ..config import Config
 from ..errors import ConfigError
 from .base import BackendCapabilities, HostAdvert, LeaseBackend
@@ -13,7 +12,7 @@ from .base import BackendCapabilities, HostAdvert, LeaseBackend
 __all__ = ["BackendCapabilities", "HostAdvert", "LeaseBackend", "make_backend"]
 
 
-def make_backend(config: Config, *, clock: Callable[[], float] = anyio.current_time) -> LeaseBackend:
+def make_backend(config: Config, *, clock: Callable[[], float] = host_clock) -> LeaseBackend:
     """Build the backend that ``config.locking.backend`` names."""
     kind = config.locking.backend
     poll = config.timing.renew_interval

@@ -60,6 +60,7 @@ import anyio.from_thread
 import anyio.to_thread
 import attrs
 
+from ..clock import host_clock
 from ..errors import (
     BackendError,
     BackendTimeoutError,
@@ -571,7 +572,7 @@ class FileLeaseBackend:
         *,
         host_dead: float,
         poll_interval: float = 0.1,
-        clock: Callable[[], float] = anyio.current_time,
+        clock: Callable[[], float] = host_clock,
         io_timeout: float | None = None,
     ) -> None:
         if not host_dead > 0:
@@ -739,14 +740,17 @@ class FileLeaseBackend:
         owner: LeaseOwner,
         requests: Sequence[LeaseRequest],
         records: Mapping[str, LeaseRecord],
+        read_at: float,
         cancel: threading.Event,
     ) -> dict[Holder, bool]:
-        """Liveness of the holders plan_acquire may ask about, judged now.
+        """Liveness of the holders plan_acquire may ask about.
 
         Runs in the worker thread with the lease locks held. The host records
-        are read here; the observer, which is not thread-safe and reads the
-        loop's clock, is consulted on the event loop at this moment, after
-        the reads, so a record is never judged older than it is.
+        are read here, after the lease records, and judged on the event loop
+        (the observer is not thread-safe) as of ``read_at``: the loop's clock
+        sampled before this operation was dispatched, so before these reads.
+        Waiting for locks, the reads and any stall before the judgement only
+        make the record look younger, never older (liveness module).
         """
         wanted: list[Holder] = []
         for req in requests:
@@ -770,10 +774,12 @@ class FileLeaseBackend:
             pairs.append((holder, host_records[host_id]))
         if cancel.is_set():
             raise _Abandoned
-        return anyio.from_thread.run_sync(self._judge_on_loop, pairs)
+        return anyio.from_thread.run_sync(self._judge_on_loop, pairs, read_at)
 
-    def _judge_on_loop(self, pairs: Sequence[tuple[Holder, HostRecord | None]]) -> dict[Holder, bool]:
-        return {holder: self._observer.holder_alive(holder, record) for holder, record in pairs}
+    def _judge_on_loop(
+        self, pairs: Sequence[tuple[Holder, HostRecord | None]], read_at: float
+    ) -> dict[Holder, bool]:
+        return {holder: self._observer.holder_alive(holder, record, read_at) for holder, record in pairs}
 
     # --- LeaseBackend ---
 
@@ -902,19 +908,21 @@ class FileLeaseBackend:
                     found.append(_decode_host(path, data, int(stem)))
             return sorted(found, key=lambda r: r.id)
 
-        return [self._observer.observe(record) for record in await self._run(read)]
+        read_at = self._observer.now()
+        return [self._observer.observe(record, read_at) for record in await self._run(read)]
 
     async def acquire(self, owner: LeaseOwner, requests: Sequence[LeaseRequest]) -> tuple[Lease, ...]:
         """Take every requested lease or none; see :meth:`LeaseBackend.acquire`."""
         self._require_host()
         incarnation = self._incarnation
         wanted = normalize_requests(requests)
+        read_at = self._observer.now()
 
         def acquire(cancel: threading.Event) -> tuple[Lease, ...]:
             locks = [self._lease_paths(req.key)[1] for req in wanted]
             with _locked(locks):
                 records, raw = self._read_leases_sync([req.key for req in wanted])
-                alive = self._judge(owner, wanted, records, cancel)
+                alive = self._judge(owner, wanted, records, read_at, cancel)
                 updated, leases = plan_acquire(
                     records, owner, incarnation, wanted, lambda h: alive.get(h, True)
                 )

@@ -1,17 +1,21 @@
 """In-process lockspace shared by simulated hosts (tests, simulator).
 
 Operations never await between reading and writing the shared state, so on
-one event loop each one is atomic without a lock.
+one event loop each one is atomic without a lock. The one exception is the
+simulator's ``read_delay`` fault, which stalls an operation between reading
+host records and judging them: an acquisition then re-reads if a lease
+record changed meanwhile, as the file backend's record locks would have
+made it wait.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
-import anyio
 import attrs
 
+from ..clock import host_clock
 from ..errors import InvalidStateError
 from ..model import (
     HostIdentity,
@@ -66,10 +70,13 @@ class MemoryLeaseBackend:
         *,
         host_dead: float,
         poll_interval: float = 0.1,
-        clock: Callable[[], float] = anyio.current_time,
+        clock: Callable[[], float] = host_clock,
+        read_delay: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
+        """``read_delay``, for fault injection, is awaited between reading host records and judging them."""
         self.space = space
         self._observer = LivenessObserver(host_dead, clock)
+        self._read_delay = read_delay
         self._poll = poll_interval
         self._host: HostIdentity | None = None
         self._incarnation = ""
@@ -84,7 +91,10 @@ class MemoryLeaseBackend:
 
     async def join(self, host: HostIdentity, incarnation: str, advert: HostAdvert) -> HostRecord | None:
         async def read() -> HostRecord | None:
-            return self.space.hosts.get(host.id)
+            record = self.space.hosts.get(host.id)
+            if self._read_delay is not None:
+                await self._read_delay()
+            return record
 
         previous = await wait_for_id_free(read, incarnation, self._observer, self._poll)
         counter = previous.counter + 1 if previous is not None else 1
@@ -126,19 +136,34 @@ class MemoryLeaseBackend:
         self._host = None
 
     async def hosts(self) -> list[HostView]:
-        return [self._observer.observe(r) for _, r in sorted(self.space.hosts.items())]
+        read_at = self._observer.now()
+        found = sorted(self.space.hosts.items())
+        if self._read_delay is not None:
+            await self._read_delay()
+        return [self._observer.observe(r, read_at) for _, r in found]
 
     async def acquire(self, owner: LeaseOwner, requests: Sequence[LeaseRequest]) -> tuple[Lease, ...]:
         self._me()
-        updated, leases = plan_acquire(
-            self.space.records,
-            owner,
-            self._incarnation,
-            requests,
-            lambda h: self._observer.holder_alive(h, self.space.hosts.get(h.owner.host_id)),
-        )
-        self.space.records.update(updated)
-        return leases
+        keys = [r.key for r in requests]
+        while True:
+            leases_read = [self.space.records.get(k) for k in keys]
+            read_at = self._observer.now()
+            host_records = dict(self.space.hosts)  # read after the lease records, as the file backend does
+            if self._read_delay is not None:
+                await self._read_delay()
+                if [self.space.records.get(k) for k in keys] != leases_read:
+                    continue
+            judged = {
+                h: self._observer.holder_alive(h, host_records.get(h.owner.host_id), read_at)
+                for k in keys
+                if (record := self.space.records.get(k)) is not None
+                for h in record.holders
+            }
+            alive = judged.__getitem__
+            updated, leases = plan_acquire(self.space.records, owner, self._incarnation, requests, alive)
+            self._me()
+            self.space.records.update(updated)
+            return leases
 
     async def release(self, owner: LeaseOwner, keys: Sequence[str]) -> None:
         self.space.records.update(plan_release(self.space.records, owner, keys))

@@ -212,7 +212,11 @@ def encode(message: Message) -> bytes:
         except ValueError as exc:
             raise ProtocolError(f"cannot encode field {name!r} of {tag}: {exc}") from None
         body[name] = value
-    frame: bytes = msgpack.packb(body, use_bin_type=True)
+    try:
+        frame: bytes = msgpack.packb(body, use_bin_type=True)
+    except (UnicodeEncodeError, ValueError, TypeError, OverflowError) as exc:
+        # A lone surrogate (undecodable file name bytes) is not UTF-8 text.
+        raise ProtocolError(f"cannot encode {tag}: {exc}") from None
     if len(frame) > MAX_FRAME_SIZE:
         raise ProtocolError(f"{tag} message of {len(frame)} bytes exceeds the {MAX_FRAME_SIZE}-byte limit")
     return frame
