@@ -282,7 +282,11 @@ class HostCoordinator:
             self._last_start, self._expires_at = start, start + timing.lease_timeout
         unverified = await self._verify_resumed(domains) if self.resumed else {}
         self._renewed_at = self._last_start
-        await self.store.save_host(self._persisted())
+        # host.json is written by the journal task, not awaited here: a slow
+        # state_dir must not keep the renew loop from watching the deadline
+        # (found by actorlock sim). A journal that lags makes a later
+        # restart's deadline earlier, or its resume fail: both fence sooner.
+        self._journal_changed.set()
         self._started = True
         for state in domains:
             uuid = state.identity.uuid
@@ -389,13 +393,13 @@ class HostCoordinator:
         Its own task: a slow state_dir delays only the journal (which then
         lags, making a restart's deadline earlier), never a renewal.
         """
-        written = self._renewed_at
+        written: tuple[str, float | None] | None = None
         while True:
             await self._journal_changed.wait()
             self._journal_changed = anyio.Event()
-            if self._renewed_at == written:
+            if (self.incarnation, self._renewed_at) == written:
                 continue
-            written = self._renewed_at
+            written = (self.incarnation, self._renewed_at)
             try:
                 await self.store.save_host(self._persisted())
             except (ActorlockError, OSError) as exc:
