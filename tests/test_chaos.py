@@ -1,4 +1,4 @@
-"""The multi-process chaos run: host processes under kill -9, SIGSTOP and restarts, judged by the checker.
+"""The multi-process chaos run: host processes under kill -9, SIGSTOP, stalled storage and restarts.
 
 The CI run is short (a workload of CI_SECONDS, about half a minute in all);
 ``--run-slow`` adds a longer one. A scripted run first shows that the
@@ -6,12 +6,16 @@ pipeline (host processes recording, merging on one clock, the checker) does
 see split brain when it is staged: a host frozen past ``host_dead`` while
 another host takes its disk, the one case the design leaves to storage-side
 fencing (docs/timing.md). A chaos run that reports no violation means
-something only because that one reports some.
+something only because that one reports some. A scripted storage stall
+shows that the stall fault is real (the host's renewals block and it fences)
+and that another host waits on it only as long as it lasts.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import time
 from pathlib import Path
 
 import anyio
@@ -33,11 +37,14 @@ from actorlock.testing.checker import Rule, Violation
 from actorlock.testing.history import (
     AcquireRefused,
     FaultInjected,
+    FaultsHealed,
     GuestStopped,
     GuestWrote,
     HostEvent,
     LeaseAcquired,
     LeasesTransferred,
+    LockspaceLost,
+    LockspaceRegained,
     MigrationCancelled,
     StopReason,
     TransferredLease,
@@ -48,7 +55,7 @@ pytestmark = pytest.mark.anyio
 CI_SECONDS = 16.0
 CI_LIMIT = 120.0  # the whole CI run, start-up and final probes included (about 25 s when idle)
 SLOW_SECONDS = 90.0
-FAULT_KINDS = ("kill9", "sigstop", "coordinator_crash", "restart")
+FAULT_KINDS = ("kill9", "sigstop", "coordinator_crash", "storage-stall", "restart")
 
 
 def test_history_records_survive_json_lines(tmp_path: Path) -> None:
@@ -105,6 +112,56 @@ async def test_a_host_frozen_past_host_dead_is_caught_as_split_brain(
     assert any(isinstance(e, GuestStopped) and e.reason is StopReason.FENCED for e in history.events)
 
 
+async def test_a_storage_stall_fences_the_host_and_holds_others_only_while_it_lasts(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """The stall fault, scripted: a helper process holds h1's liveness lock and its guest's disk lock.
+
+    h1's renewals block, so its lease expires and it powers its guest off
+    within the stall (the fault is real, not a no-op); h2, acquiring the
+    same disk meanwhile, waits on the lock until the stall ends and not much
+    longer (it is then granted the disk or refused, whichever renewal lands
+    first); the checker finds nothing, and h1 renews again once it is over.
+    """
+    stall = 1.6  # past host_dead, within io_timeout: h2's acquisition waits instead of timing out
+    path = "/chaos/stalled.img"
+    probed: list[tuple[bool | None, float]] = []
+    with anyio.fail_after(60):
+        async with chaos_hosts(tmp_path / "run", plaintext=True, out=lambda line: None) as hosts:
+            assert await hosts.start_guest("h1", "guest-1", [path])
+            await anyio.sleep(0.3)  # a few writes with its token
+
+            async def probe() -> None:
+                probed.append((await hosts.probe("h2", path), time.monotonic()))
+
+            async with anyio.create_task_group() as tg:
+                async with hosts.stalled_storage("h1", [path]) as held:
+                    assert held
+                    held_at = time.monotonic()
+                    tg.start_soon(probe)
+                    await anyio.sleep(stall)
+                released_at = time.monotonic()
+            await anyio.sleep(0.5)
+            history, violations = hosts.check()
+    assert violations == [], violations
+    [(taken, answered_at)] = probed
+    assert taken is not None
+    assert held_at + stall - 0.05 <= answered_at <= released_at + 1.0, (held_at, answered_at, released_at)
+    lost = [e.time for e in history.of(LockspaceLost) if e.host == "h1"]
+    assert any(held_at < t < released_at for t in lost), lost
+    fenced = [
+        e.time
+        for e in history.of(GuestStopped)
+        if e.host == "h1" and e.domain == "guest-1" and e.reason is StopReason.FENCED
+    ]
+    assert fenced, "h1 did not power its guest off"
+    assert held_at < fenced[0] < held_at + TIMING["host_dead"], fenced
+    stalls = [e for e in history.of(FaultInjected) if e.fault == "storage-stall"]
+    assert [e.host for e in stalls] == ["h1"]
+    assert any(e.time >= released_at - 0.5 for e in history.of(FaultsHealed))
+    assert any(e.host == "h1" and e.time > held_at for e in history.of(LockspaceRegained))
+
+
 async def _chaos(tmp_path: Path, seconds: float, seed: int) -> None:
     lines: list[str] = []
     report = await run_chaos(seconds, seed, out=lines.append, workdir=tmp_path / "run")
@@ -114,6 +171,11 @@ async def _chaos(tmp_path: Path, seconds: float, seed: int) -> None:
     assert report.operations > 0, summary
     for kind in FAULT_KINDS:
         assert report.faults.get(kind, 0) > 0, f"no {kind} fault\n{summary}"
+    # One line names every kind as KIND=N (the injector's first cycle has a stall second).
+    (faults,) = [line for line in lines if line.startswith("faults: ")]
+    counted = {kind: int(n) for kind, n in re.findall(r"([\w-]+)=(\d+)", faults)}
+    assert counted == {kind.replace(" ", "-"): n for kind, n in report.faults.items()}, faults
+    assert counted["storage-stall"] > 0, faults
     assert report.migrations_committed >= 1, summary
     assert report.writes > 0, summary
     assert report.events > report.writes, summary

@@ -29,6 +29,7 @@ from ..errors import (
     InvalidStateError,
     LeaseLostError,
     LeaseRequiredError,
+    LockspaceLostError,
     NotSupportedError,
 )
 from ..guest import is_running, process_start_time
@@ -222,10 +223,12 @@ class DomainActor(Actor[Any]):
         self.phase = DomainPhase.LOST
         self.lost_reason = f"{reason}; failure action: {action_result}"
         log.error("%s: leases lost (%s)", self.name, self.lost_reason)
-        await self._save()
+        # Reported before the save: a state_dir write may wait behind a
+        # saturated worker pool, and the loss is decided already.
         self.host.emit(
             "leases_lost", domain=self.identity.uuid, keys=tuple(sorted(self.leases)), reason=self.lost_reason
         )
+        await self._save()
 
     # -- migration ------------------------------------------------------------
 
@@ -239,6 +242,9 @@ class DomainActor(Actor[Any]):
         self.host.require_peer_service()
         if self.phase != DomainPhase.RUNNING:
             raise InvalidStateError(f"{self.name} is {self.phase}: only a running guest can migrate")
+        if not self.host.live:
+            # Its guest is being fenced: nothing it holds may be offered to a peer.
+            raise LockspaceLostError(f"{self.name}: host {self.host.identity.name} has lost its lockspace")
         if self._migrating_out():
             raise InvalidStateError(f"{self.name} is already migrating")
         peer_name, peer_key = await self.host.resolve_peer(dest_uri)

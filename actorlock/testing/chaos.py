@@ -45,9 +45,9 @@ What each process records
     the guests' ``GuestStarted`` / ``GuestWrote`` / ``GuestStopped`` and
     ``AcquireRefused`` (stamped where the refusal happened, not where the
     driver heard of it). The driver records what only it sees: crashes,
-    SIGSTOP windows (``FaultInjected``/``FaultsHealed``) and guests it killed
-    itself. A guest stops (``GuestStopped``) *before* its leases are
-    released; a migration's source pauses (``GuestStopped(PAUSED)``) before
+    SIGSTOP windows and storage stalls (``FaultInjected``/``FaultsHealed``)
+    and guests it killed itself. A guest stops (``GuestStopped``) *before*
+    its leases are released; a migration's source pauses (``GuestStopped(PAUSED)``) before
     it is told to commit and runs again (``GuestStarted``) only once the
     migration settled as cancelled; the destination starts only once its
     domain runs (committed).
@@ -89,20 +89,58 @@ Faults (see :class:`ChaosReport` for the counts):
     whose guests then write before it fences, is split brain that only
     storage-side fencing or a watchdog could prevent; the design does not
     claim otherwise (cluster.py's ``pause_host`` has the same bound).
+``storage-stall``
+    Something outside the host blocks its lockspace I/O, as a hung NFS
+    server would: a helper process (a few lines of Python, no import of
+    ours) takes the same OFD write locks the file backend takes, on the
+    host's liveness lock file (``hosts/<id>.lock``) and on the lease lock
+    files of some disks, holds them for ``STALL_MIN`` to ``STALL_MAX``
+    seconds (up to five lease_timeouts: past host_dead and past
+    io_timeout), and is then killed, which releases them (also at the end
+    of the run, whatever happens, and it exits by itself soon after its
+    time should the driver die). The host's renewals block, its lease
+    expires and it must fence its guests; its releases and transfers of a
+    held disk block too. Another host is blocked only when it writes the
+    same disk's record, and only until the stall ends. Locks are taken in
+    the backend's order (liveness, then leases sorted by key), so the
+    helper cannot deadlock with a host. Lock-free reads (listing hosts and
+    records, the liveness reads of an acquisition) are not blocked.
+    Each stall draws (from the seed) whether it holds its guests' disks
+    (otherwise other hosts may take them over during the stall once the
+    host is dead to them), some other guests' disks, whether the host gets
+    a burst of ``BURST`` starts at once, each blocked on a disk the stall
+    holds, which fills its worker threads (the saturated pool a busy host
+    has), and whether its coordinator crashes or the host dies at a random
+    point inside the stall (``crash-in-stall``; the restart then meets the
+    stall; for a coordinator crash the host takes no new operation from the
+    start of the stall, so that the crash need not wait for operations the
+    stall blocks). Past the middle of the stall the other hosts try to take
+    every disk of its guests: refused while it may live, blocked while the
+    stall holds the disk, granted once it is dead to them, by which time it
+    must have fenced. One stall at a time; no other fault on the stalled host,
+    nor for ``SETTLE`` after a stall or a freeze ends, so every fault
+    starts from a host that renewed recently. A coordinator crash inside a
+    stall has its watchdog count from the start of the stall, not from the
+    crash: the last renewal was before the stall.
 ``restart``
     Bringing a killed host back (counted with the faults). A restarted
     process that dies or stalls before it is back counts as ``restart
     failed``: its guests are killed and it is restarted again later.
 
-At the end the driver stops the workload, heals every SIGSTOP, makes sure
-one host is down (a last ``kill9`` if needed, so rule 5 always has a gone
+The injector's first cycle of faults is fixed (sigstop, storage-stall,
+coordinator_crash, kill9), so that a short run sees every kind; each later
+cycle is shuffled and holds every kind once and storage-stall twice.
+
+At the end the driver stops the workload, heals every SIGSTOP and stall,
+makes sure one host is down (a last ``kill9`` if needed, so rule 5 always has a gone
 host to judge), waits ``host_dead + SLACK``, probes every disk from the
 live hosts, waits again and probes again (rule 5: the second probes must
 not be refused because of the dead host), snapshots the lease records
 (``LeaseHeld``), kills every process, merges the histories and checks them.
 
 The seed fixes the guests' disks and the sequence of random choices each
-task draws; the interleaving (and so the run) still depends on timing.
+task draws (a stall draws the same numbers whatever the state); the
+interleaving (and so the run) still depends on timing.
 
 Run it from the command line with ``python -m actorlock.testing.chaos
 --seconds 60 --seed 7 [--workdir DIR]`` (or through :func:`main_chaos`);
@@ -147,6 +185,7 @@ import attrs
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 from ..api import Host, open_host
+from ..backends.file import lease_file_name
 from ..errors import ActorlockError, InvalidParameterError, ResourceBusyError
 from ..guest import is_running_sync, process_start_time_sync
 from ..model import Lease, LeaseMode, LeaseOwner, Resource, disk
@@ -236,6 +275,32 @@ EXCLUSIVE_DISKS = 6
 GUESTS = 8
 WORKERS = 3
 OP_GAP = (0.05, 0.3)  # seconds a worker waits between two operations
+
+# Stalled storage: another process holds the lock files of one host's records (a hung NFS
+# server, as that host sees it) for STALL_MIN to STALL_MAX seconds: up to several
+# lease_timeouts, past host_dead and past io_timeout.
+STALL_MIN = 0.2
+STALL_MAX = 5 * TIMING["lease_timeout"]
+# The chances that the host is sent a burst of BURST starts, each blocked on the stall, which
+# fill its worker threads (anyio's default limiter has 40) as a busy host's would; that a stall
+# without a burst holds the disks of the host's own guests too (otherwise, and always with a
+# burst, other hosts may take them over during the stall once the host is dead to them); that
+# it holds those of each other guest (disks the host may be about to start, or take over by
+# migration); and that a crash falls inside it.
+STALL_BURST = 0.4
+STALL_OWN_DISKS = 0.5
+STALL_OTHER_DISKS = 0.25
+STALL_CRASH = 0.5
+BURST = 48
+BURST_DISK = "/chaos/burst.img"  # no guest's: the burst's starts wait on it, and only they
+# After a stall or a freeze ends the host renews again at once; no other fault on it until this
+# has passed, so that every fault starts from a host whose last renewal is recent.
+SETTLE = TIMING["lease_timeout"]
+HELPER_TIMEOUT = 5.0  # the stall's lock holder must hold everything within this
+# The injector's first cycle (fixed, so that a short run sees every kind) and the later ones
+# (shuffled): a stall is the longest fault but one, and the one most worth meeting often.
+FIRST_FAULTS = ("sigstop", "storage-stall", "coordinator_crash", "kill9")
+FAULT_CYCLE = ("kill9", "sigstop", "coordinator_crash", "storage-stall", "storage-stall")
 
 
 # --- history records as JSON lines ------------------------------------------------------
@@ -783,6 +848,38 @@ def host_process_main() -> int:
     return anyio.run(_run_host, spec, backend=spec["backend"])
 
 
+# --- the stall helper: holds lock files from outside ----------------------------------------
+
+# Run with ``python -I -c``: it imports nothing of ours, so it starts in tens of milliseconds.
+# argv: the seconds after which it exits whatever happens, then the lock files in the order to
+# take them (the host's liveness lock, then the lease locks sorted by key: the backend's own
+# order, so that it cannot deadlock with a host's operation). It takes the same locks the file
+# backend takes (OFD write locks on the whole file, or flock where the kernel lacks them),
+# says "held", and keeps them until its stdin closes or it is killed: the locks die with it.
+_STALL_HELPER = r"""
+import errno, fcntl, os, signal, struct, sys
+signal.alarm(int(float(sys.argv[1])) + 1)
+setlkw = getattr(fcntl, "F_OFD_SETLKW", 38 if sys.platform.startswith("linux") else None)
+whole = struct.pack("hhqqi0q", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
+fds = []
+for path in sys.argv[2:]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fds.append(fd)
+    try:
+        if setlkw is None:
+            raise OSError(errno.EINVAL, "no OFD locks")
+        fcntl.fcntl(fd, setlkw, whole)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+        setlkw = None
+        fcntl.flock(fd, fcntl.LOCK_EX)
+sys.stdout.write("held\n")
+sys.stdout.flush()
+sys.stdin.buffer.read()
+"""
+
+
 # --- the driver: host processes under control -------------------------------------------
 
 
@@ -963,6 +1060,18 @@ class _Slot:
     state: _HostState = _HostState.DOWN
     frozen: bool = False  # SIGSTOPped now
     draining: bool = False  # no new op may start on it (a coordinator crash is waiting its turn)
+    stall: _Stall | None = None  # its storage is stalled now
+    settled_at: float = 0.0  # no fault begins on it before this (a stall or freeze just ended)
+
+
+@attrs.define(eq=False)
+class _Stall:
+    """One stalled-storage fault: the lock files held, and since when."""
+
+    host: str
+    since: float  # when the fault was recorded: before the helper took anything
+    paths: tuple[str, ...]
+    held: anyio.Event = attrs.Factory(anyio.Event)
 
 
 class _Placement(enum.Enum):
@@ -992,7 +1101,9 @@ class ChaosReport:
         elapsed: the whole run, start-up and the final probes included.
         operations: guest operations the driver started (``operations_by_kind`` splits them).
         operations_by_kind: e.g. ``start``, ``start refused``, ``stop``, ``migrate``, ``probe``.
-        faults: injected faults by kind: ``kill9``, ``sigstop``, ``coordinator_crash``, ``restart``.
+        faults: injected faults by kind: ``kill9``, ``sigstop``, ``coordinator_crash``,
+            ``storage-stall``, ``restart``, and ``crash-in-stall`` (crashes, of either
+            kind, that fell inside a storage stall: counted under their kind too).
         migrations_committed: migrations whose leases moved.
         migrations_cancelled: migrations that settled with the source keeping its leases.
         events: records in the merged history.
@@ -1020,7 +1131,7 @@ class ChaosReport:
     def summary(self) -> list[str]:
         """The report as lines of text; the last one is ``violations: N``."""
         ops = ", ".join(f"{k} {v}" for k, v in sorted(self.operations_by_kind.items()))
-        faults = ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items()))
+        faults = " ".join(f"{k.replace(' ', '-')}={v}" for k, v in sorted(self.faults.items()))
         lines = [
             f"chaos: seed {self.seed}, {self.hosts} hosts, workload {self.seconds:.1f} s, "
             f"whole run {self.elapsed:.1f} s",
@@ -1076,6 +1187,7 @@ class _Driver:
         self._locks: dict[tuple[str, str], anyio.Lock] = {}
         self._procs: list[_HostProc] = []
         self._sleeps: list[anyio.abc.Process] = []
+        self._helpers: list[anyio.abc.Process] = []  # storage stalls' lock holders
         self._standbys: list[_HostProc] = []
         self._spawning = 0  # processes being spawned right now (close() waits for them)
         self._spawned = anyio.Event()  # set whenever _spawning drops to 0
@@ -1231,6 +1343,8 @@ class _Driver:
             self._closing = True
             if self._spawning:
                 await self._spawned.wait()
+            for helper in self._helpers:
+                await self._end_helper(helper)
             for proc in self._procs:
                 await proc.aclose()
             for sleep in self._sleeps:
@@ -1530,18 +1644,19 @@ class _Driver:
     async def injector(self, gap: tuple[float, float]) -> None:
         """Inject a fault every ``gap`` seconds; every kind comes round in each shuffled cycle.
 
-        The first cycle has a fixed order, the long one (kill9: down for
-        seconds) last, so that even a short run sees every kind and a restart.
+        The first cycle has a fixed order, a storage stall second and the long
+        one (kill9: down for seconds) last, so that even a short run sees every
+        kind and a restart. Later cycles hold two stalls (:data:`FAULT_CYCLE`).
         """
         rng = random.Random(f"{self.seed}:faults")
-        queue = ["sigstop", "coordinator_crash", "kill9"]
+        queue = list(FIRST_FAULTS)
         while True:
             with anyio.move_on_after(rng.uniform(*gap)):
                 await self._stop.wait()
             if self.stopping:
                 return
             if not queue:
-                queue = ["kill9", "sigstop", "coordinator_crash"]
+                queue = list(FAULT_CYCLE)
                 rng.shuffle(queue)
             for kind in list(queue):
                 if await self._inject(kind, rng):
@@ -1553,14 +1668,23 @@ class _Driver:
 
     async def _inject(self, kind: str, rng: random.Random) -> bool:
         """Start one fault of ``kind`` if some host allows it now; False if none does."""
-        # One host down at a time: migrations keep two live hosts, and rule 5 keeps a clear culprit.
-        calm = [s for s in self._up() if not s.frozen]
+        # A host in a fault, or just out of a stall or a freeze, is left alone: every fault starts
+        # from a host that renewed recently (SIGSTOP_MAX and WATCHDOG are derived from that).
+        now = self.now()
+        calm = [s for s in self._up() if not s.frozen and s.stall is None and s.settled_at <= now]
         if kind == "sigstop":
             if not calm:
                 return False
             slot = rng.choice(calm)
             self._fault_task(self._sigstop, slot, rng.uniform(0.1, SIGSTOP_MAX), name="sigstop")
             return True
+        if kind == "storage-stall":
+            # One stall at a time; the host may be the only one up besides a dead one.
+            if not calm or any(s.stall is not None for s in self.slots.values()):
+                return False
+            self._inject_stall(rng.choice(calm), rng)
+            return True
+        # One host down at a time: migrations keep two live hosts, and rule 5 keeps a clear culprit.
         calm = [s for s in calm if not self._others_down(s)]
         if not calm:
             return False
@@ -1570,6 +1694,229 @@ class _Driver:
             self._fault_task(self._restart_later, slot, rng.uniform(0.2, 2.0), name="restart")
             return True
         return await self._coordinator_crash(slot)
+
+    def _inject_stall(self, slot: _Slot, rng: random.Random) -> None:
+        """Stall ``slot``'s storage, perhaps with a crash inside; the draws do not depend on the state."""
+        seconds = rng.uniform(STALL_MIN, STALL_MAX)
+        uuids = sorted(self.catalog)
+        burst = rng.random() < STALL_BURST
+        own = rng.random() < STALL_OWN_DISKS and not burst
+        extra = {uuid for uuid in uuids if rng.random() < STALL_OTHER_DISKS}
+        crash = rng.random() < STALL_CRASH
+        crash_kind = rng.choice(("coordinator_crash", "kill9"))
+        crash_at = rng.uniform(0.0, seconds)
+        downtime = 0.05 + rng.random() * (seconds - crash_at)  # a kill9's restart: inside the stall too
+        probe_at = rng.uniform(seconds / 2, seconds)  # more often than not past host_dead
+        # The disks of its guests (also those it is cleaning up) and of some others.
+        disks = {
+            d
+            for uuid in uuids
+            if uuid in extra or (own and (slot.name, uuid) in self.guests)
+            for d in self.catalog[uuid]
+        }
+        if burst:
+            disks.add((BURST_DISK, False))
+        stall = self.begin_stall(slot, sorted(disks))
+        self.out(
+            f"storage stall of {slot.name}: {seconds:.2f} s, {len(stall.paths)} lock files"
+            + (", its guests' disks" if own else "")
+            + (f", a burst of {BURST} starts" if burst else "")
+            + (f", {crash_kind} {crash_at:.2f} s in" if crash else "")
+        )
+        self._fault_task(
+            self._storage_stall, slot, stall, seconds, burst, probe_at, name=f"storage stall {slot.name}"
+        )
+        if crash:
+            if crash_kind == "coordinator_crash":
+                slot.draining = True  # see _crash_in_stall
+            self._fault_task(
+                self._crash_in_stall, slot, stall, crash_at, crash_kind, downtime, name="crash in stall"
+            )
+
+    def begin_stall(self, slot: _Slot, disks: Iterable[tuple[str, bool]]) -> _Stall:
+        """Open a stall of ``slot``'s storage (recorded first: the fault is open before any lock is taken).
+
+        It covers the host's liveness lock and the lease locks of ``disks``
+        (path, shared): whoever writes those records blocks, that host for
+        everything it renews, releases or transfers, another host only when
+        it acquires the same disk, as on a hung NFS server.
+        """
+        keys = sorted({disk(path, shared=shared).key for path, shared in disks})
+        leases = [str(self.lockspace / "leases" / f"{lease_file_name(key)}.lock") for key in keys]
+        paths = (str(self.lockspace / "hosts" / f"{slot.id}.lock"), *leases)
+        stall = _Stall(slot.name, self.now(), paths)
+        slot.stall = stall
+        self._fault_begins("storage-stall", slot.name)
+        return stall
+
+    async def _storage_stall(
+        self, slot: _Slot, stall: _Stall, seconds: float, burst: bool, probe_at: float
+    ) -> None:
+        """Hold the stall's lock files for ``seconds`` (less if the run stops), then release them.
+
+        Meanwhile perhaps a burst of starts on the host, and ``probe_at``
+        seconds in, other hosts try to take the disks of its guests.
+        """
+        async with self.stalled(slot, stall, seconds) as held:
+            if held:
+                self.faults["storage-stall"] += 1
+                if burst:
+                    self._fault_task(self._burst, slot, stall, name=f"burst on {slot.name}")
+                self._fault_task(self._probe_stalled, slot, stall, probe_at, name="probes in a stall")
+                with anyio.move_on_after(seconds):
+                    await self._stop.wait()
+
+    async def _burst(self, slot: _Slot, stall: _Stall) -> None:
+        """BURST starts at once on the stalled host, of a disk the stall holds: all of them wait on it."""
+        proc = slot.proc  # also while it drains for a crash: the burst is not the driver's guests
+        if proc is None or slot.state is not _HostState.UP or slot.stall is not stall:
+            return
+        self.ops["stall burst"] += 1
+
+        async def start(uuid: str) -> None:
+            with suppress(_HostGone, TimeoutError, _HostOpError):
+                await proc.call("start", uuid=uuid, disks=[[BURST_DISK, False]], pid=None, probe=True)
+                self.ops["burst start taken"] += 1
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(BURST):
+                tg.start_soon(start, f"burst-{next(self._probes)}")
+
+    async def _probe_stalled(self, slot: _Slot, stall: _Stall, at: float) -> None:
+        """``at`` seconds into the stall, the other hosts try to take every disk of the stalled host's guests.
+
+        Refused while the stalled host may still be alive, blocked while the
+        stall holds the disk, taken once it is dead to them: it must have
+        fenced its guests by then.
+        """
+        with anyio.move_on_after(at):
+            await self._stop.wait()
+        others = [s for s in self._up() if s is not slot]
+        if self.stopping or slot.stall is not stall or not others:
+            return
+        paths = sorted(
+            {path for (host, uuid) in self.guests if host == slot.name for path, _ in self.catalog[uuid]}
+        )
+        self.ops["stall probes"] += 1
+
+        async def probe(other: _Slot, path: str) -> None:
+            with suppress(_HostGone, TimeoutError):
+                await self._probe(other, path)
+
+        async with anyio.create_task_group() as tg:
+            for index, path in enumerate(paths):
+                tg.start_soon(probe, others[index % len(others)], path)
+
+    @asynccontextmanager
+    async def stalled(self, slot: _Slot, stall: _Stall, seconds: float) -> AsyncIterator[bool]:
+        """A helper process holds the stall's lock files within the block; yields whether it does.
+
+        The helper is killed on the way out, and so every lock released,
+        whatever happens; then the fault is over. ``seconds`` is the planned
+        length: the helper dies by itself a while after it, should the driver.
+        """
+        helper: anyio.abc.Process | None = None
+        held_at = 0.0
+        try:
+            with suppress(_HostGone):  # the run is closing
+                helper = await self._spawn_helper(stall.paths, seconds)
+            if helper is not None and await self._helper_holds(helper):
+                held_at = self.now()
+                stall.held.set()
+            else:
+                self.ops["storage-stall not held"] += 1
+                self.out(f"warning: the storage stall of {slot.name} took no hold")
+            yield stall.held.is_set()
+        finally:
+            with anyio.CancelScope(shield=True):
+                if helper is not None:
+                    await self._end_helper(helper)
+                ended = self.now()
+                slot.stall = None
+                slot.settled_at = max(slot.settled_at, ended + SETTLE)
+                self._fault_ends()
+            if held_at and ended - held_at > seconds + 0.25:
+                # The driver was starved: other hosts waited on those locks longer than meant.
+                self.ops["storage-stall overran"] += 1
+                self.out(
+                    f"warning: {slot.name}'s storage stalled {ended - held_at:.2f} s (asked {seconds:.2f})"
+                )
+
+    async def _spawn_helper(self, paths: Sequence[str], seconds: float) -> anyio.abc.Process:
+        log_fd = os.open(self.workdir / "stall.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._spawn_begins()
+        try:
+            with anyio.CancelScope(shield=True):
+                helper = await anyio.open_process(
+                    [sys.executable, "-I", "-c", _STALL_HELPER, f"{seconds + HELPER_TIMEOUT:.3f}", *paths],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=log_fd,
+                )
+                self._helpers.append(helper)
+        finally:
+            os.close(log_fd)
+            self._spawn_ends()
+        if self._closing:
+            await self._end_helper(helper)
+            raise _HostGone("the run is over")
+        return helper
+
+    async def _helper_holds(self, helper: anyio.abc.Process) -> bool:
+        """Wait until the helper holds every lock (False if it died or took too long)."""
+        assert helper.stdout is not None
+        stream = BufferedByteReceiveStream(helper.stdout)
+        with anyio.move_on_after(HELPER_TIMEOUT):
+            try:
+                return await stream.receive_until(b"\n", 64) == b"held"
+            except (anyio.IncompleteRead, anyio.EndOfStream, anyio.DelimiterNotFound, OSError):
+                return False
+        return False
+
+    async def _end_helper(self, helper: anyio.abc.Process) -> None:
+        """Kill and reap a stall helper: its locks go with it."""
+        with anyio.CancelScope(shield=True):
+            if helper.returncode is None:
+                with suppress(ProcessLookupError):
+                    helper.kill()
+            await helper.aclose()
+
+    async def _crash_in_stall(
+        self, slot: _Slot, stall: _Stall, at: float, kind: str, downtime: float
+    ) -> None:
+        """``at`` seconds into the stall, if it still holds: the coordinator crashes, or the host dies.
+
+        Either way the restart meets the stall: the restarted coordinator
+        cannot write its liveness record until the stall ends. A coordinator
+        crash waits for the host's operations under way to end, so the host
+        takes no new one from the start of the stall (it drains): ops blocked
+        on the stall would otherwise push the crash past its end.
+        """
+        try:
+            with anyio.move_on_after(HELPER_TIMEOUT):
+                await stall.held.wait()
+            if not stall.held.is_set():
+                return
+            with anyio.move_on_after(at):
+                await self._stop.wait()
+            if (
+                self.stopping
+                or slot.stall is not stall
+                or slot.state is not _HostState.UP
+                or slot.proc is None
+                or slot.frozen
+                or self._others_down(slot)
+            ):
+                return
+            if kind == "kill9":
+                self.faults["crash-in-stall"] += 1
+                await self._kill9(slot)
+                self._fault_task(self._restart_later, slot, downtime, name="restart")
+            else:
+                await self._coordinator_crash(slot, stall)
+        finally:
+            if kind == "coordinator_crash":
+                slot.draining = False
 
     async def _sigstop(self, slot: _Slot, seconds: float) -> None:
         proc = self.freeze(slot)
@@ -1586,25 +1933,33 @@ class _Driver:
             self.ops["sigstop overran"] += 1
             self.out(f"warning: {slot.name} stayed frozen {took:.2f} s (asked {seconds:.2f} s)")
 
+    def _fault_begins(self, kind: str, host: str) -> None:
+        self._open_faults += 1
+        self.record(FaultInjected(self.now(), kind, host))
+
+    def _fault_ends(self) -> None:
+        """One fault is over; ``FaultsHealed`` once none is left."""
+        self._open_faults -= 1
+        if not self._open_faults:
+            self.record(FaultsHealed(self.now()))
+
     def freeze(self, slot: _Slot) -> _HostProc | None:
         """SIGSTOP the host's process (recorded first: the fault is open from before the stop)."""
         proc = slot.proc
         if proc is None or slot.frozen:
             return None
         slot.frozen = True
-        self._open_faults += 1
         self.faults["sigstop"] += 1
-        self.record(FaultInjected(self.now(), "sigstop", slot.name))
+        self._fault_begins("sigstop", slot.name)
         proc.signal(signal.SIGSTOP)
         return proc
 
     def thaw(self, slot: _Slot, proc: _HostProc) -> None:
-        """SIGCONT what :meth:`freeze` stopped; ``FaultsHealed`` once no freeze is left."""
+        """SIGCONT what :meth:`freeze` stopped; ``FaultsHealed`` once no fault is left."""
         proc.signal(signal.SIGCONT)
         slot.frozen = False
-        self._open_faults -= 1
-        if not self._open_faults:
-            self.record(FaultsHealed(self.now()))
+        slot.settled_at = max(slot.settled_at, self.now() + SETTLE)
+        self._fault_ends()
 
     async def _kill9(self, slot: _Slot, proc: _HostProc | None = None, why: str = "kill9") -> None:
         """The machine dies: its process and every guest on it; nothing is released.
@@ -1659,12 +2014,13 @@ class _Driver:
             return
         slot.state = _HostState.DOWN
 
-    async def _coordinator_crash(self, slot: _Slot) -> bool:
+    async def _coordinator_crash(self, slot: _Slot, stall: _Stall | None = None) -> bool:
         """Only the coordinator dies; its guests live on. Taken only while no op touches the host.
 
         New ops keep off the host (draining) while the ones under way finish;
         then this task holds every guest lock of the host until the restarted
-        coordinator has re-attached them.
+        coordinator has re-attached them. With ``stall`` the crash happens
+        only while that storage stall still holds.
         """
         slot.draining = True
         try:
@@ -1674,10 +2030,17 @@ class _Driver:
                     if held is not None:
                         break
                     await anyio.sleep(0.02)
-            if held is None or slot.proc is None or slot.state is not _HostState.UP:
+            if (
+                held is None
+                or slot.proc is None
+                or slot.state is not _HostState.UP
+                or (stall is not None and slot.stall is not stall)
+            ):
                 for lock in held or ():
                     lock.release()
                 return False
+            if stall is not None:
+                self.faults["crash-in-stall"] += 1
             try:
                 await self._crash_and_recover(slot)
             finally:
@@ -1712,9 +2075,11 @@ class _Driver:
         self.record(CoordinatorCrashed(crashed_at, slot.name))
         mine = [g for g in self.guests.values() if g.host == slot.name]
         started: list[_HostProc] = []
+        # In a storage stall the last renewal was not just before the crash but before the stall.
+        since = crashed_at if slot.stall is None else min(crashed_at, slot.stall.since)
         async with anyio.create_task_group() as tg:
             # The supervisor stand-in runs on its own timer, however slow the restart is.
-            tg.start_soon(self._watch, slot.name, mine, crashed_at, started, name="watchdog")
+            tg.start_soon(self._watch, slot.name, mine, since, started, name="watchdog")
             try:
                 new = await self._take_standby()
                 started.append(new)
@@ -1745,10 +2110,13 @@ class _Driver:
         slot.proc, slot.state = new, _HostState.UP
 
     async def _watch(
-        self, host: str, guests: Sequence[_Placed], crashed_at: float, started: Sequence[_HostProc]
+        self, host: str, guests: Sequence[_Placed], since: float, started: Sequence[_HostProc]
     ) -> None:
-        """At ``crashed_at + WATCHDOG``: unless the new coordinator is up and resumed, kill the guests."""
-        await anyio.sleep(max(0.0, crashed_at + WATCHDOG - self.now()))
+        """At ``since + WATCHDOG``: unless the new coordinator is up and resumed, kill the guests.
+
+        ``since`` is the crash, or the start of the storage stall the crash fell in.
+        """
+        await anyio.sleep(max(0.0, since + WATCHDOG - self.now()))
         if not (started and started[0].ready and started[0].resumed):
             await self._watchdog(host, guests)
 
@@ -1805,7 +2173,7 @@ class _Driver:
     async def finish(self) -> None:
         """Heal, leave one host down, probe every disk twice host_dead apart, snapshot."""
         host_dead = TIMING["host_dead"]
-        self.record(FaultsHealed(self.now()))  # every SIGSTOP has ended by now
+        self.record(FaultsHealed(self.now()))  # every SIGSTOP and storage stall has ended by now
         if not any(s.state is not _HostState.UP for s in self.slots.values()):
             up = self._up()
             victim = max(up, key=lambda s: sum(1 for g in self.guests.values() if g.host == s.name))
@@ -1872,6 +2240,22 @@ class ChaosHosts:
     async def kill9(self, host: str) -> None:
         """SIGKILL the host process and every guest on it."""
         await self._driver._kill9(self._slot(host))
+
+    @asynccontextmanager
+    async def stalled_storage(
+        self, host: str, disks: Sequence[str] = (), *, limit: float = 30.0
+    ) -> AsyncIterator[bool]:
+        """Stall ``host``'s storage within the block; yields True once a helper process holds it.
+
+        The helper holds the host's liveness lock and the lease locks of the
+        exclusive ``disks`` (against other hosts acquiring them too); it is
+        killed, releasing everything, when the block ends, and exits by
+        itself should the block last much longer than ``limit`` seconds.
+        """
+        slot = self._slot(host)
+        stall = self._driver.begin_stall(slot, [(path, False) for path in disks])
+        async with self._driver.stalled(slot, stall, limit) as held:
+            yield held
 
     def check(self, *, slack: float = SLACK) -> tuple[History, list[Violation]]:
         """The merged history so far and what the checker finds in it."""
