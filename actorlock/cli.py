@@ -55,9 +55,12 @@ def _parser() -> argparse.ArgumentParser:
         help="run randomized fault-injection scenarios on simulated hosts and check safety",
         description=(
             "Run K seeded random scenarios (starts, stops, hotplugs, pauses, host and coordinator "
-            "crashes, host pauses, backend failures and stalls) on N simulated hosts, judge each "
-            "history with the safety checker, print scenarios run, faults injected, operations done "
-            "and a line 'violations: V'; exit 1 on any violation."
+            "crashes, host pauses, backend failures and stalls, and storage faults with a duration: "
+            "stalled storage, slow operations, a saturated worker pool, slow state writes, delays "
+            "between a read and its judgement, with coordinator restarts inside them) on N simulated "
+            "hosts, judge each history with the safety checker, print scenarios run, faults injected, "
+            "a line 'faults: KIND=N ...', operations done and a line 'violations: V'; exit 1 on any "
+            "violation."
         ),
     )
     sim.add_argument("--hosts", type=int, default=3, help="simulated hosts per scenario, 3 to 5 (default 3)")

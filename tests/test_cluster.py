@@ -16,7 +16,9 @@ import anyio
 import pytest
 
 from actorlock.errors import (
+    ActorlockError,
     InvalidParameterError,
+    InvalidStateError,
     LockspaceLostError,
     NotSupportedError,
     ResourceBusyError,
@@ -393,3 +395,234 @@ async def test_a_file_lockspace_cluster_in_real_time(tmp_path: Path) -> None:
         taken_at = await take_over(cluster, "h2", D1)
         assert taken_at - crashed_at >= HOST_DEAD - RENEW
         assert cluster.check() == []
+
+
+# -- storage faults with a duration (issue 7) ----------------------------------------------
+
+IO_TIMEOUT = SIM_TIMING["io_timeout"]
+FENCE_TIMEOUT = SIM_TIMING["fence_timeout"]
+
+
+async def probe_until_taken(cluster: Cluster, host: str, path: str, *, within: float) -> float | None:
+    """Probe every half renewal for ``within`` simulated seconds; when ``path`` was taken, or None."""
+    with anyio.move_on_after(within):
+        while True:
+            if await cluster.probe(host, path):
+                return cluster.now()
+            await anyio.sleep(RENEW / 2)
+    return None
+
+
+async def test_a_storage_stall_fences_the_guest_before_a_takeover_and_heals_by_itself() -> None:
+    async with open_cluster(3) as cluster:
+        await cluster.start_guest("h1", "vm1", [D1])
+        assert not await cluster.probe("h2", D1), "h2 watches h1's record from now on"
+        duration = 4 * LEASE_TIMEOUT
+        await cluster.stall_storage("h1", duration)
+        stalled_at = cluster.now()
+        assert cluster.storage_faults("h1") == ["storage-stall"]
+        assert cluster.host("h1").faults.held
+        (injected,) = cluster.history.of(FaultInjected, host="h1")
+        assert injected.fault.startswith("storage stalled")
+        with anyio.fail_after(WAIT):
+            fenced = await cluster.wait_for(GuestStopped, host="h1", domain="vm1", reason=StopReason.FENCED)
+        assert fenced.time - stalled_at <= LEASE_TIMEOUT + FENCE_TIMEOUT
+        taken_at = await take_over(cluster, "h2", D1)
+        assert taken_at >= fenced.time
+        with anyio.fail_after(WAIT):
+            healed = await cluster.wait_for(FaultsHealed)
+        assert healed.time == pytest.approx(stalled_at + duration)
+        assert cluster.storage_faults() == []
+        assert not cluster.host("h1").faults.held
+        assert cluster.fault_counts["storage-stall"] == 1
+        await anyio.sleep(2 * RENEW)
+        assert cluster.api("h1").live, "h1 renews again once its storage answers"
+        assert cluster.check() == []
+
+
+async def test_a_slow_write_lands_late_and_a_slow_answer_comes_back_late() -> None:
+    async with open_cluster(3) as cluster:
+        delay = IO_TIMEOUT / 2
+        for shape, landed_early in (("before", False), ("after", True)):
+            await cluster.slow_io("h1", WAIT, "acquire", longest=delay, least=delay, shape=shape)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(cluster.start_guest, "h1", f"vm-{shape}", [D1])
+                await anyio.sleep(delay / 2)
+                records = {r.key: r for r in await cluster.api("h2").leases()}
+                held = K1 in records and bool(records[K1].holders)
+                assert held is landed_early, shape
+            assert cluster.guest("h1", f"vm-{shape}").running
+            await cluster.stop_guest("h1", f"vm-{shape}")
+            await cluster.end_storage_fault("h1", "slow-io")
+        assert cluster.fault_counts["slow-io"] == 2
+        assert cluster.check() == []
+
+
+async def test_a_saturated_pool_starves_threads_not_fencing() -> None:
+    """Issue 7 path 1 in the simulator: the pool is full and the storage stuck; the guest is fenced."""
+    async with open_cluster(3) as cluster:
+        await cluster.start_guest("h1", "vm1", [D1])
+        assert not await cluster.probe("h2", D1)
+        duration = 3 * LEASE_TIMEOUT
+        await cluster.saturate_pool("h1", duration)
+        await cluster.stall_storage("h1", duration)
+        saturated_at = cluster.now()
+        async with anyio.create_task_group() as tg:
+            # A guest start reads its process's start time in a worker thread: it waits.
+            tg.start_soon(cluster.start_guest, "h3", "vm3", [D2])
+            with anyio.fail_after(WAIT):
+                fenced = await cluster.wait_for(
+                    GuestStopped, host="h1", domain="vm1", reason=StopReason.FENCED
+                )
+            assert fenced.time - saturated_at <= LEASE_TIMEOUT + FENCE_TIMEOUT, (
+                "fencing has threads of its own"
+            )
+            assert not cluster.history.of(GuestStarted, host="h3")
+            # Probes need no worker thread: h2 takes the disk over while the pool is still full.
+            taken_at = await probe_until_taken(cluster, "h2", D1, within=duration)
+            assert taken_at is not None
+            assert fenced.time <= taken_at < saturated_at + duration
+        started = cluster.history.of(GuestStarted, host="h3")[0]
+        assert started.time >= saturated_at + duration
+        assert cluster.fault_counts["pool-saturated"] == 1
+        assert cluster.check() == []
+
+
+async def test_a_coordinator_crash_ends_the_pool_saturation() -> None:
+    async with open_cluster(3) as cluster:
+        await cluster.saturate_pool("h1", WAIT)
+        await cluster.crash_coordinator("h1")
+        assert cluster.storage_faults() == [], "a restarted coordinator has a pool of its own"
+        with anyio.fail_after(2 * IO_TIMEOUT):
+            api = await cluster.restart_coordinator("h1")
+        assert api.resumed
+        assert cluster.fault_counts["restart-in-storage"] == 1
+        assert cluster.fault_counts["restart"] == 0
+
+
+async def test_slow_state_writes_slow_the_guest_operations_that_save() -> None:
+    async with open_cluster(3) as cluster:
+        delay = IO_TIMEOUT
+        await cluster.slow_state("h1", 3 * delay, longest=delay, least=delay, shape="before")
+        started = cluster.now()
+        await cluster.start_guest("h1", "vm1", [D1])
+        assert cluster.now() - started >= delay, "the domain state is saved before start returns"
+        assert cluster.host("h1").state_faults.writes >= 1
+        await cluster.end_storage_fault("h1", "slow-state")
+        started = cluster.now()
+        await cluster.stop_guest("h1", "vm1")
+        assert cluster.now() - started < delay
+        assert cluster.fault_counts["slow-state"] == 1
+        assert cluster.check() == []
+
+
+async def test_a_read_delay_does_not_make_a_renewing_host_look_dead() -> None:
+    """Issue 7 path 4 in the simulator: a judgement long after the read, of a healthy holder."""
+    async with open_cluster(3) as cluster:
+        await cluster.start_guest("h1", "vm1", [D1])
+        assert not await cluster.probe("h2", D1)
+        delay = 0.95 * HOST_DEAD
+        await cluster.delay_reads("h2", 4 * HOST_DEAD, longest=delay, least=delay)
+        for _ in range(4):
+            started = cluster.now()
+            assert not await cluster.probe("h2", D1), "h1 renews all along"
+            assert cluster.now() - started == pytest.approx(delay)
+            await anyio.sleep(RENEW / 3)
+        assert cluster.guest("h1", "vm1").running
+        assert cluster.fault_counts["read-delay"] == 1
+        assert cluster.check() == []
+
+
+async def test_a_restart_inside_a_storage_stall_fences_at_its_old_deadline() -> None:
+    """Issue 7 path 2: the restarted coordinator cannot reach storage, its old deadline still counts."""
+    async with open_cluster(3) as cluster:
+        await cluster.start_guest("h1", "vm1", [D1])
+        assert not await cluster.probe("h2", D1)
+        await cluster.stall_storage("h1", 4 * LEASE_TIMEOUT)
+        await cluster.crash_coordinator("h1")
+        assert cluster.fault_counts["restart-in-storage"] == 1
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cluster.restart_coordinator, "h1")
+            taken_at = await take_over(cluster, "h2", D1)
+        (fenced,) = cluster.history.of(GuestStopped, host="h1", domain="vm1")
+        assert fenced.reason is StopReason.FENCED
+        assert fenced.time <= taken_at
+        assert cluster.check() == []
+
+
+async def test_a_restart_with_slow_joins_and_renewals_keeps_its_old_deadline() -> None:
+    """Issue 7 path 2: a resume whose storage calls each take io_timeout does not re-anchor its lease."""
+    async with open_cluster(3) as cluster:
+        await cluster.start_guest("h1", "vm1", [D1])
+        assert not await cluster.probe("h2", D1)
+        await cluster.slow_io(
+            "h1", WAIT, "hosts", "join", "renew", longest=IO_TIMEOUT, least=IO_TIMEOUT, shape="before"
+        )
+        await cluster.crash_coordinator("h1")
+        await anyio.sleep(LEASE_TIMEOUT / 2)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cluster.restart_coordinator, "h1")
+            await take_over(cluster, "h2", D1)
+        assert cluster.guest("h1", "vm1").state is not GuestState.RUNNING
+        assert cluster.check() == []
+
+
+async def test_a_resumed_restart_with_a_slow_state_save_still_fences_at_its_deadline() -> None:
+    # Found by actorlock sim: the resume awaited host.json before the renew loop watched the deadline.
+    async with open_cluster(3) as cluster:
+        await cluster.start_guest("h1", "vm1", [D1])
+        assert not await cluster.probe("h2", D1)
+        delay = 1.5 * IO_TIMEOUT  # a slow state_dir: longer than host_dead
+        await cluster.slow_state("h1", WAIT, longest=delay, least=delay, shape="before")
+        await cluster.crash_coordinator("h1")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(cluster.restart_coordinator, "h1")
+            # h2 keeps trying while h1 restarts (it had a lease_timeout left at the crash).
+            taken_at = await probe_until_taken(cluster, "h2", D1, within=2 * delay)
+        # The resume renewed in time and kept renewing while host.json was written:
+        # the guest keeps its disk, and nobody else got it meanwhile.
+        assert cluster.api("h1").resumed
+        assert cluster.guest("h1", "vm1").running
+        assert taken_at is None
+        assert cluster.check() == []
+
+
+async def test_a_crash_inside_a_storage_stall_is_instant() -> None:
+    async with open_cluster(3) as cluster:
+        await cluster.stall_storage("h1", WAIT)
+        failed: list[Exception] = []
+
+        async def start() -> None:
+            try:
+                await cluster.start_guest("h1", "vm1", [D1])
+            except ActorlockError as exc:
+                failed.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(start)  # held in its acquisition
+            await anyio.sleep(RENEW)
+            crashed_at = cluster.now()
+            await cluster.crash_coordinator("h1")
+        assert cluster.now() == crashed_at, "a dead process waits for nothing"
+        assert len(failed) == 1, "the start died with its coordinator"
+        assert cluster.host("h1").state is HostState.COORDINATOR_DOWN
+        await cluster.heal_all()
+        assert cluster.storage_faults() == []
+        assert isinstance(cluster.history.events[-1], FaultsHealed)
+
+
+async def test_storage_faults_are_refused_twice_and_checked() -> None:
+    async with open_cluster(2) as cluster:
+        await cluster.slow_io("h1", WAIT, "renew")
+        with pytest.raises(InvalidStateError):
+            await cluster.slow_io("h1", WAIT, "acquire")
+        with pytest.raises(InvalidParameterError):
+            await cluster.slow_io("h2", WAIT, "fsync")
+        with pytest.raises(InvalidParameterError):
+            await cluster.stall_storage("h2", -1.0)
+        await cluster.saturate_pool("h1", WAIT)
+        with pytest.raises(InvalidStateError):
+            await cluster.saturate_pool("h2", WAIT)
+        await cluster.heal_all()
+        assert cluster.storage_faults() == []
+        assert cluster.faults_injected == sum(cluster.fault_counts.values()) == 2

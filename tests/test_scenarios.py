@@ -15,7 +15,7 @@ import pytest
 from actorlock.backends import liveness
 from actorlock.errors import InvalidParameterError
 from actorlock.testing.checker import Rule
-from actorlock.testing.cluster import virtual_clock
+from actorlock.testing.cluster import FAULT_KINDS, STORAGE_FAULTS, virtual_clock
 from actorlock.testing.history import (
     CoordinatorCrashed,
     FaultInjected,
@@ -36,6 +36,8 @@ from actorlock.testing.scenarios import (
     run_sim,
     simulate,
 )
+from actorlock.testing.sensitivity import BASELINE, run_sensitivity, undone_scenario
+from actorlock.testing.sensitivity import main as sensitivity_main
 
 CI_SEED = 20_240_601
 
@@ -87,6 +89,8 @@ def test_a_scenario_exercises_what_it_claims() -> None:
     assert history.of(CoordinatorCrashed)
     faults = {e.fault.split()[0] for e in history.of(FaultInjected)}
     assert {"host", "fail", "stall"} <= faults
+    # Storage faults with a duration, each healed by itself.
+    assert {"storage", "slow", "thread", "read"} <= faults
     assert history.of(LeaseHeld)
     # Takeovers: a disk written with a higher token by another host than before.
     writers: dict[str, set[str]] = {}
@@ -115,11 +119,27 @@ def test_main_sim_prints_a_summary_and_exits_zero() -> None:
     lines: list[str] = []
     assert main_sim(3, 5, CI_SEED, lines.append) == 0
     assert lines[0].startswith("simulating 5 scenarios on 3 hosts")
-    summary = lines[-6:]
+    summary = lines[-7:]
     assert summary[0] == "scenarios: 5"
     assert summary[1].startswith("faults injected: ")
-    assert summary[2].startswith("operations: ")
+    assert summary[2].startswith("faults: ")
+    assert summary[3].startswith("operations: ")
     assert lines[-1] == "violations: 0"
+
+
+def test_the_summary_counts_every_fault_kind_on_one_line() -> None:
+    lines: list[str] = []
+    report = simulate(hosts=4, scenarios=20, seed=CI_SEED, out=lines.append)
+    assert_clean(report)
+    (line,) = [line for line in lines if line.startswith("faults: ")]
+    counts = dict(item.split("=") for item in line.removeprefix("faults: ").split())
+    assert list(counts) == list(FAULT_KINDS)
+    assert {kind: int(n) for kind, n in counts.items()} == dict(report.fault_counts)
+    assert sum(int(n) for n in counts.values()) == report.faults_injected
+    injected = f"faults injected: {report.faults_injected}"
+    assert lines[lines.index(line) - 1] == injected, "the old line stays, just before"
+    for kind in (*STORAGE_FAULTS, "restart-in-storage"):
+        assert int(counts[kind]) > 0, f"{kind} was never injected"
 
 
 def test_bad_arguments_are_refused() -> None:
@@ -184,6 +204,48 @@ def test_worker_processes_give_the_same_report() -> None:
     alone = simulate(hosts=3, scenarios=4, seed=CI_SEED, out=quiet([]))
     shared = simulate(hosts=3, scenarios=4, seed=CI_SEED, out=quiet([]), jobs=2)
     assert shared == alone
+
+
+# One scenario per fix of issue 7 that flags it once the fix is undone, and is
+# clean with the fix; found with `python -m actorlock.testing.sensitivity`
+# (pick others there if the scenario generator changes).
+FLAGGED_WHEN_UNDONE = {
+    "fence-starvation": 20261208,
+    "resume-reanchor": 20261220,
+    "acquire-expiry-race": 20261254,
+    "clock-after-read": 20261230,
+}
+
+
+@pytest.mark.parametrize(("fix", "seed"), sorted(FLAGGED_WHEN_UNDONE.items()))
+def test_a_scenario_flags_each_fix_of_issue_7_once_undone(fix: str, seed: int) -> None:
+    undone = undone_scenario(fix, seed)
+    assert undone.violations, f"{fix} undone: seed {seed} no longer flags it"
+    assert {v.violation.rule for v in undone.violations} & {Rule.EXCLUSIVE_OVERLAP, Rule.UNFENCED_LEASE_LOSS}
+    fixed = undone_scenario(BASELINE, seed)
+    assert not fixed.violations
+    assert not fixed.anomalies
+
+
+def test_the_sensitivity_runner_counts_flagged_scenarios() -> None:
+    lines: list[str] = []
+    seed = FLAGGED_WHEN_UNDONE["resume-reanchor"]
+    found = run_sensitivity(["resume-reanchor"], scenarios=1, seed=seed, out=lines.append)
+    assert [f.fix for f in found] == [BASELINE, "resume-reanchor"]
+    assert not found[0].flagged
+    assert found[1].flagged == found[1].beyond == (seed,)
+    assert found[1].caught
+    assert lines[1].startswith("no fix undone: 0/1 scenarios flagged")
+    assert lines[2].startswith(f"resume-reanchor undone: 1/1 scenarios flagged (first: seed {seed}; rules ")
+    assert sensitivity_main(["--fix", "clock-after-read", "--scenarios", "1", "--seed", str(seed)]) == 1
+    assert sensitivity_main(["--scenarios", "0"]) == 2
+
+
+@pytest.mark.slow
+def test_every_fix_of_issue_7_is_flagged_within_300_scenarios_once_undone() -> None:
+    found = run_sensitivity(scenarios=300, seed=20261206, jobs=2, out=quiet([]))
+    assert not found[0].flagged, "the baseline is clean"
+    assert all(f.caught for f in found[1:]), [f.line() for f in found]
 
 
 @pytest.mark.slow

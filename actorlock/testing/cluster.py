@@ -36,7 +36,9 @@ Faults, each one call with one effect:
   coordinator process with an empty state store joins as a new incarnation,
   after its old record has been unchanged for ``host_dead``.
 - :meth:`~Cluster.crash_coordinator`: only the coordinator process dies
-  (``CoordinatorCrashed``); guests keep running and writing, unfenced.
+  (``CoordinatorCrashed``); guests keep running and writing, unfenced. The
+  death is instant: storage calls it had in flight fail at once, and a
+  guest pause it had started never happens.
 - :meth:`~Cluster.restart_coordinator`: a new coordinator process with the
   same config and state store; in time it resumes its incarnation and every
   running guest is re-attached (``Domain.attach``).
@@ -47,10 +49,34 @@ Faults, each one call with one effect:
 - :meth:`~Cluster.fail_backend` / :meth:`~Cluster.stall_backend`: the host's
   named backend operations raise ``BackendError`` / hang, until
   :meth:`~Cluster.heal_backend` (per operation, or all).
-- :meth:`~Cluster.heal_all`: every paused host resumes, every backend heals.
+- :meth:`~Cluster.heal_all`: every paused host resumes, every backend heals,
+  every storage fault below ends.
 
-Backend faults and host pauses are recorded as ``FaultInjected``;
-``FaultsHealed`` is recorded once none is left.
+Storage faults with a duration (issue 7: slow and stuck storage), each one
+call that heals by itself ``duration`` later (or at :meth:`~Cluster.heal_all`):
+
+- :meth:`~Cluster.stall_storage` (``storage-stall``): every backend
+  operation of the host, renewals included, hangs before it reaches storage;
+- :meth:`~Cluster.slow_io` (``slow-io``): each call of one backend operation
+  takes up to ``io_timeout`` longer, before storage (the write lands late)
+  or after it (the answer comes back late);
+- :meth:`~Cluster.saturate_pool` (``pool-saturated``): every token of
+  anyio's default worker-thread limiter is borrowed, as if the host's lease
+  I/O had filled its pool. The pool belongs to the process, so every
+  simulated host waits for threads meanwhile (coordinator start-up, guest
+  pid checks); probes need none;
+- :meth:`~Cluster.slow_state` (``slow-state``): the host's state store
+  takes up to ``io_timeout`` longer for each ``save_host``/``save_domain``/
+  ``delete_domain``;
+- :meth:`~Cluster.delay_reads` (``read-delay``, memory backend only): the
+  host's backend sleeps up to ``io_timeout`` between reading host records and
+  judging their liveness (the memory backend's ``read_delay`` hook).
+
+Every fault is recorded as ``FaultInjected``; ``FaultsHealed`` is recorded
+once none is left (crashes are recorded as ``HostCrashed`` and
+``CoordinatorCrashed``). :attr:`Cluster.fault_counts` counts the faults by
+kind (:data:`FAULT_KINDS`); a coordinator crash while a storage fault is
+active on its host counts as ``restart-in-storage``, otherwise ``restart``.
 
 Clock: run on trio with :func:`virtual_clock` for fast simulated time
 (repeatable on the memory backend), or in real time. (trio's ``MockClock`` works too, but it
@@ -82,14 +108,16 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..api import Host, open_host
-from ..backends.base import LeaseBackend
+from ..backends.base import BackendCapabilities, HostAdvert, LeaseBackend
 from ..config import Config, TimingConfig, load_config
 from ..constants import FailureAction
 from ..errors import (
     ActorlockError,
+    BackendError,
     InvalidParameterError,
     InvalidStateError,
     LeaseLostError,
@@ -97,10 +125,23 @@ from ..errors import (
     ResourceBusyError,
     StaleLockStateError,
 )
-from ..model import DomainIdentity, Lease, LeaseMode, LockState, Resource, disk
-from ..statestore import MemoryStateStore
+from ..model import (
+    DomainIdentity,
+    HostIdentity,
+    HostRecord,
+    HostView,
+    Lease,
+    LeaseMode,
+    LeaseOwner,
+    LeaseRecord,
+    LeaseRequest,
+    LockState,
+    Resource,
+    disk,
+)
+from ..statestore import DomainState, HostPersisted, MemoryStateStore, StateStore
 from .checker import Violation, check
-from .faults import OPERATIONS, FaultyBackend
+from .faults import OPERATIONS, FaultyBackend, FaultyStateStore, Shape, saturate_thread_pool
 from .history import (
     AcquireRefused,
     CoordinatorCrashed,
@@ -122,7 +163,9 @@ if TYPE_CHECKING:
     from trio.abc import Clock
 
 __all__ = [
+    "FAULT_KINDS",
     "SIM_TIMING",
+    "STORAGE_FAULTS",
     "Cluster",
     "GuestState",
     "HostGoneError",
@@ -138,17 +181,36 @@ E = TypeVar("E", bound=HistoryEvent)
 T = TypeVar("T")
 
 # Scaled-down timings that keep the safety inequalities of docs/timing.md:
-# host_dead >= (lease_timeout + fence_timeout) * 1.01, kill_grace < fence_timeout.
+# host_dead >= (lease_timeout + fence_timeout + scheduling_delay) * 1.01 (scheduling_delay
+# defaults to lease_timeout / 10), kill_grace < fence_timeout. io_timeout is not in that
+# rule, and here it exceeds host_dead (as in issue 7's reproductions: 3 s against 2 s), so
+# that one slow storage operation, or one delay between a read and its judgement, of up to
+# io_timeout can outlast host_dead.
 SIM_TIMING: Mapping[str, float] = MappingProxyType(
     {
         "renew_interval": 0.05,
         "lease_timeout": 0.25,
         "fence_timeout": 0.2,
         "host_dead": 0.6,
-        "io_timeout": 0.5,
+        "io_timeout": 0.8,
     }
 )
 SIM_KILL_GRACE = 0.05
+
+# Faults with a duration on a host's storage path (issue 7), as Cluster.fault_counts names them.
+STORAGE_FAULTS = ("storage-stall", "slow-io", "pool-saturated", "slow-state", "read-delay")
+# Every kind Cluster.fault_counts counts, in the order `actorlock sim` prints them.
+FAULT_KINDS = (
+    *STORAGE_FAULTS,
+    "restart-in-storage",
+    "crash-host",
+    "restart",
+    "pause-host",
+    "backend-fail",
+    "backend-stall",
+)
+
+ReadDelay = Callable[[], Awaitable[None]]
 
 
 class HostGoneError(RuntimeError):
@@ -230,16 +292,19 @@ class SimHost:
             a fresh one when the whole host crashes: its memory is gone).
         faults: the fault-injection wrapper every coordinator process of this
             host uses; its ``inner`` backend is replaced per process.
+        state_faults: the fault-injection wrapper around ``store`` that the
+            coordinators use (its ``inner`` follows ``store``).
         state: see :class:`HostState`.
         api: the running :class:`~actorlock.Host`, or None while down.
         boots: incremented by every host crash.
         processes: incremented by every coordinator crash (host crashes included).
     """
 
-    def __init__(self, name: str, config: Config, faults: FaultyBackend) -> None:
+    def __init__(self, name: str, config: Config, faults: FaultyBackend, *, seed: int | str = 0) -> None:
         self.name = name
         self.config = config
         self.store = MemoryStateStore()
+        self.state_faults = FaultyStateStore(self.store, seed=f"{seed}:{name}")
         self.faults = faults
         self.state = HostState.CRASHED
         self.api: Host | None = None
@@ -247,6 +312,7 @@ class SimHost:
         self.processes = 0
         self._stop: anyio.Event | None = None
         self._done: anyio.Event | None = None
+        self._lifeline: _Lifeline | None = None
 
     @property
     def frozen(self) -> bool:
@@ -275,6 +341,125 @@ class SimStorage:
         self.highest[lease.key] = max(self.highest.get(lease.key, 0), lease.token)
         guest.writes += 1
         self._record(GuestWrote(now, guest.host, guest.uuid, lease.key, lease.token, lease.mode))
+
+
+@attrs.frozen(eq=False)
+class _TimedFault:
+    """A storage fault with a duration: how to end its effects, and how to wait for the last one."""
+
+    heal: Callable[[], None]
+    settle: Callable[[], Awaitable[None]]
+
+
+async def _nothing_in_flight() -> None:
+    return None
+
+
+class _Lifeline:
+    """One coordinator process's line to its storage, cut when the process dies.
+
+    A crashed process does nothing more: the storage calls it still had in
+    flight (some run shielded from cancellation, bounded by io_timeout) end
+    at once with an error, and it makes no new ones. Without this, a crash
+    in the middle of a storage stall would wait for the stall to end.
+    """
+
+    def __init__(self) -> None:
+        self.cut = False
+        # Insertion-ordered (not a set): the order of cancellation must repeat.
+        self._calls: dict[anyio.CancelScope, None] = {}
+
+    def sever(self) -> None:
+        self.cut = True
+        for scope in list(self._calls):
+            scope.cancel()
+
+    async def call(self, operation: Callable[[], Awaitable[T]]) -> T:
+        if not self.cut:
+            with anyio.CancelScope() as scope:
+                self._calls[scope] = None
+                try:
+                    return await operation()
+                finally:
+                    self._calls.pop(scope, None)
+        raise BackendError("the coordinator process is dead")
+
+
+class _ProcessBackend:
+    """The lease backend as one coordinator process sees it (through its :class:`_Lifeline`)."""
+
+    def __init__(self, backend: LeaseBackend, line: _Lifeline) -> None:
+        self._backend = backend
+        self._line = line
+
+    @property
+    def kind(self) -> str:
+        return self._backend.kind
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        return self._backend.capabilities
+
+    async def lockspace_id(self) -> str:
+        return await self._line.call(self._backend.lockspace_id)
+
+    async def join(self, host: HostIdentity, incarnation: str, advert: HostAdvert) -> HostRecord | None:
+        return await self._line.call(lambda: self._backend.join(host, incarnation, advert))
+
+    async def renew(self, advert: HostAdvert) -> HostRecord:
+        return await self._line.call(lambda: self._backend.renew(advert))
+
+    async def leave(self, *, clean: bool) -> None:
+        await self._line.call(lambda: self._backend.leave(clean=clean))
+
+    async def hosts(self) -> list[HostView]:
+        return await self._line.call(self._backend.hosts)
+
+    async def acquire(self, owner: LeaseOwner, requests: Sequence[LeaseRequest]) -> tuple[Lease, ...]:
+        return await self._line.call(lambda: self._backend.acquire(owner, requests))
+
+    async def release(self, owner: LeaseOwner, keys: Sequence[str]) -> None:
+        await self._line.call(lambda: self._backend.release(owner, keys))
+
+    async def transfer(
+        self,
+        source: LeaseOwner,
+        destination: LeaseOwner,
+        destination_incarnation: str,
+        leases: Sequence[Lease],
+    ) -> tuple[Lease, ...]:
+        return await self._line.call(
+            lambda: self._backend.transfer(source, destination, destination_incarnation, leases)
+        )
+
+    async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
+        return await self._line.call(lambda: self._backend.records(keys))
+
+    async def aclose(self) -> None:
+        await self._backend.aclose()  # local: a dead process's descriptors are closed too
+
+
+class _ProcessStore:
+    """The state store as one coordinator process sees it: a dead process writes nothing more."""
+
+    def __init__(self, store: StateStore, line: _Lifeline) -> None:
+        self._store = store
+        self._line = line
+
+    async def load_host(self) -> HostPersisted | None:
+        return await self._line.call(self._store.load_host)
+
+    async def save_host(self, host: HostPersisted) -> None:
+        await self._line.call(lambda: self._store.save_host(host))
+
+    async def load_domains(self) -> list[DomainState]:
+        return await self._line.call(self._store.load_domains)
+
+    async def save_domain(self, state: DomainState) -> None:
+        await self._line.call(lambda: self._store.save_domain(state))
+
+    async def delete_domain(self, uuid: str) -> None:
+        await self._line.call(lambda: self._store.delete_domain(uuid))
 
 
 def guest_pid() -> int:
@@ -325,9 +510,15 @@ class Cluster:
         self._host_sink = history.sink(clock)
         self.operations = 0
         self.faults_injected = 0
+        self.fault_counts: dict[str, int] = dict.fromkeys(FAULT_KINDS, 0)
+        self.backend_kind = hosts[0].config.locking.backend
         self._rng = random.Random(f"cluster:{seed}")
+        self._seed = seed
+        self._fences = 0
         self._guests: dict[tuple[str, str], SimGuest] = {}
         self._active_faults: dict[tuple[str, str], str] = {}
+        # Storage faults with a duration, by (host, kind).
+        self._timed: dict[tuple[str, str], _TimedFault] = {}
         self._probes = 0
         self._changed = anyio.Event()
 
@@ -626,7 +817,7 @@ class Cluster:
 
         Its lease records stay in the lockspace naming it; other hosts may take
         them over once they saw its record unchanged for ``host_dead``. Backend
-        faults set on the host stay (they are about its storage path).
+        and storage faults set on the host stay (they are about its storage path).
         """
         host = self.host(name)
         if host.state is HostState.CRASHED:
@@ -641,12 +832,14 @@ class Cluster:
             guest.saved = None
             guest.needs_cleanup = False
         self.record(HostCrashed(self.now(), name))
-        self.faults_injected += 1
+        self._count("crash-host")
         host.boots += 1
         host.processes += 1
+        host.state = HostState.CRASHED  # at once: nothing may use it while its tasks wind down
+        self._free_pool()
         await self._kill(host)
         host.store = MemoryStateStore()  # the host's memory is gone
-        host.state = HostState.CRASHED
+        host.state_faults.inner = host.store
         self._fault_over(name, "pause")
 
     async def rejoin_host(self, name: str) -> Host:
@@ -673,10 +866,14 @@ class Cluster:
         if host.state is not HostState.UP:
             raise InvalidStateError(f"host {name} is {host.state.value}")
         self.record(CoordinatorCrashed(self.now(), name))
-        self.faults_injected += 1
+        inside = any(h == name and kind in STORAGE_FAULTS for h, kind in self._timed)
+        self._count("restart-in-storage" if inside else "restart")
         host.processes += 1
-        await self._kill(host)
+        # At once: calls made while its tasks wind down (shielded storage calls
+        # may take up to io_timeout) find it down, and nobody crashes it twice.
         host.state = HostState.COORDINATOR_DOWN
+        self._free_pool()
+        await self._kill(host)
 
     async def restart_coordinator(self, name: str) -> Host:
         """Start a new coordinator process with the same config and state store.
@@ -719,7 +916,7 @@ class Cluster:
             raise InvalidStateError(f"host {name} is {host.state.value}")
         host.api.coordinator.pause()
         host.state = HostState.PAUSED
-        self._fault_began(name, "pause", "host paused")
+        self._fault_began(name, "pause", "host paused", "pause-host")
 
     async def resume_host(self, name: str) -> None:
         """Thaw a paused host: guests write again, and an expired lease is fenced at once."""
@@ -754,33 +951,239 @@ class Cluster:
         what = f"{how} {','.join(operations)}"
         for op in operations:
             self._active_faults[(name, op)] = what
-        self.faults_injected += 1
+        self._count(f"backend-{how}")
         self.record(FaultInjected(self.now(), what, name))
 
-    async def heal_all(self) -> None:
-        """Resume every paused host and heal every backend; records ``FaultsHealed``.
+    # -- storage faults with a duration ----------------------------------------------
 
-        Crashed hosts and coordinators stay down.
+    async def stall_storage(self, name: str, duration: float) -> None:
+        """All of the host's storage I/O hangs for ``duration`` seconds, then goes on by itself.
+
+        Every backend operation (renewals, joins, reads, acquisitions...)
+        waits before reaching storage, as behind a hung NFS server; calls
+        already past storage are not affected. Kind ``storage-stall``.
         """
+        host = self._timed_check(name, "storage-stall", duration)
+        host.faults.hold_all()
+        what = f"storage stalled for {duration:.3f}s"
+        self._timed_fault(name, "storage-stall", what, duration, host.faults.release_all)
+
+    async def slow_io(
+        self,
+        name: str,
+        duration: float,
+        *operations: str,
+        longest: float | None = None,
+        shape: Shape = "either",
+        least: float = 0.0,
+    ) -> None:
+        """For ``duration`` seconds each call of the backend ``operations`` takes up to ``longest`` longer.
+
+        Usually one operation; a coordinator's start-up path is
+        ``"hosts", "join", "renew"``. Each call's delay is random in
+        ``[least, longest]``; ``longest`` defaults to ``io_timeout``.
+        ``shape`` (see :class:`~actorlock.testing.faults.Slowness`):
+        ``"before"`` delays the call before it reaches storage (its write
+        lands late), ``"after"`` lets it reach storage at once and delays the
+        answer, ``"either"`` tosses a coin per call. One slow-io fault per
+        host at a time; kind ``slow-io``.
+        """
+        host = self._timed_check(name, "slow-io", duration)
+        if not operations or any(op not in OPERATIONS for op in operations):
+            raise InvalidParameterError(f"name backend operations among {', '.join(OPERATIONS)}")
+        top = self.timing.io_timeout if longest is None else longest
+        for op in operations:
+            host.faults.slow(op, top, shape, least=least)
+        ops = ",".join(operations)
+        what = f"slow {ops} ({least:.3f}s to {top:.3f}s, {shape}) for {duration:.3f}s"
+        self._timed_fault(
+            name, "slow-io", what, duration, lambda: host.faults.unslow(*operations), host.faults.slow_settled
+        )
+
+    async def saturate_pool(self, name: str, duration: float) -> None:
+        """Borrow every token of anyio's default thread limiter for ``duration`` seconds.
+
+        Models ``name``'s lease traffic filling its worker pool. The pool is
+        this process's, so every simulated host is starved of worker threads
+        meanwhile (boot id reads at start-up, guest pid checks; probes need
+        none), and it ends early when any coordinator process dies: a
+        restarted one has a pool of its own. One at a time in the cluster;
+        kind ``pool-saturated``. Returns once every token is held.
+        """
+        self._timed_check(name, "pool-saturated", duration)
+        if any(kind == "pool-saturated" for _, kind in self._timed):
+            raise InvalidStateError("the worker pool is saturated already")
+        release = anyio.Event()
+        await self._tg.start(saturate_thread_pool, release, name=f"pool saturated by {name}")
+        what = f"thread pool saturated for {duration:.3f}s"
+        self._timed_fault(name, "pool-saturated", what, duration, release.set)
+
+    async def slow_state(
+        self,
+        name: str,
+        duration: float,
+        *,
+        longest: float | None = None,
+        shape: Shape = "either",
+        least: float = 0.0,
+    ) -> None:
+        """For ``duration`` seconds each state-store write of the host takes up to ``longest`` longer.
+
+        ``save_host``, ``save_domain`` and ``delete_domain`` (its state_dir);
+        ``least``, ``longest`` (default ``io_timeout``) and ``shape`` as in
+        :meth:`slow_io`. Kind ``slow-state``.
+        """
+        host = self._timed_check(name, "slow-state", duration)
+        top = self.timing.io_timeout if longest is None else longest
+        host.state_faults.slow(top, shape, least=least)
+        what = f"slow state store ({least:.3f}s to {top:.3f}s, {shape}) for {duration:.3f}s"
+        self._timed_fault(
+            name, "slow-state", what, duration, host.state_faults.heal, host.state_faults.settled
+        )
+
+    async def delay_reads(
+        self,
+        name: str,
+        duration: float,
+        *,
+        longest: float | None = None,
+        least: float = 0.0,
+        share: float = 1.0,
+    ) -> None:
+        """For ``duration`` seconds the host judges liveness up to ``longest`` after reading the records.
+
+        The memory backend awaits its ``read_delay`` hook between reading the
+        host records it judges (in ``acquire``, ``hosts`` and a join's wait
+        for its host id) and the judgement; this fault makes that hook sleep
+        a random time in ``[least, longest]`` (``longest`` defaults to
+        ``io_timeout``); with ``share`` below 1 only that fraction of the
+        reads is delayed (a stall hits some reads, and a quick read may be
+        judged just before a slow one of the same record). Memory backend
+        only (NotSupportedError otherwise); kind ``read-delay``.
+        """
+        if self.backend_kind != "memory":
+            raise NotSupportedError("read delays need the memory backend's read_delay hook")
+        host = self._timed_check(name, "read-delay", duration)
+        top = self.timing.io_timeout if longest is None else longest
+        host.faults.delay_judgements(top, least=least, share=share)
+        what = f"read delay ({least:.3f}s to {top:.3f}s, {share:.0%} of reads) for {duration:.3f}s"
+        self._timed_fault(
+            name,
+            "read-delay",
+            what,
+            duration,
+            lambda: host.faults.delay_judgements(None),
+            host.faults.judgements_settled,
+        )
+
+    def storage_faults(self, name: str | None = None) -> list[str]:
+        """The storage faults (kinds of :data:`STORAGE_FAULTS`) active now, on one host or anywhere."""
+        return sorted(kind for host, kind in self._timed if name is None or host == name)
+
+    async def end_storage_fault(self, name: str, kind: str) -> None:
+        """End a storage fault of ``name`` before its time (nothing if none of that kind is active).
+
+        Returns once its last effect is over (delays already drawn run out).
+        """
+        await self._end_timed(name, kind)
+
+    async def heal_all(self) -> None:
+        """Resume every paused host, heal every backend, end every storage fault; records ``FaultsHealed``.
+
+        Crashed hosts and coordinators stay down. Returns, and records, once
+        the last delay a storage fault had already drawn is over.
+        """
+        ending = dict(self._timed)
+        for fault in ending.values():
+            fault.heal()
         for host in self.hosts.values():
             host.faults.heal()
             if host.state is HostState.PAUSED:
                 host.state = HostState.UP
                 if host.api is not None:
                     host.api.coordinator.resume()
+        for fault in ending.values():
+            await fault.settle()
+        for key, fault in ending.items():
+            if self._timed.get(key) is fault:
+                del self._timed[key]
         self._active_faults.clear()
         self.record(FaultsHealed(self.now()))
 
     def active_faults(self) -> dict[tuple[str, str], str]:
-        """Faults not healed yet, by (host, "pause" or a backend operation name)."""
+        """Faults not healed yet, by (host, "pause", a backend operation name or a storage fault kind)."""
         return dict(self._active_faults)
 
     # -- internals ------------------------------------------------------------------
 
-    def _fault_began(self, host: str, kind: str, what: str) -> None:
-        self._active_faults[(host, kind)] = what
+    def _now_key(self) -> str:
+        return f"{self.now():.9f}"
+
+    def _count(self, kind: str) -> None:
         self.faults_injected += 1
+        self.fault_counts[kind] += 1
+
+    def _fault_began(self, host: str, kind: str, what: str, label: str) -> None:
+        self._active_faults[(host, kind)] = what
+        self._count(label)
         self.record(FaultInjected(self.now(), what, host))
+
+    def _timed_check(self, name: str, kind: str, duration: float) -> SimHost:
+        host = self.host(name)
+        if not duration >= 0:
+            raise InvalidParameterError(f"a fault's duration must not be negative, got {duration}")
+        if (name, kind) in self._timed:
+            raise InvalidStateError(f"host {name} has a {kind} fault already")
+        return host
+
+    def _timed_fault(
+        self,
+        name: str,
+        kind: str,
+        what: str,
+        duration: float,
+        heal: Callable[[], None],
+        settle: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        fault = _TimedFault(heal, settle or _nothing_in_flight)
+        self._timed[(name, kind)] = fault
+        self._fault_began(name, kind, what, kind)
+        self._tg.start_soon(self._heal_later, name, kind, fault, duration, name=f"{kind} of {name}")
+
+    async def _heal_later(self, name: str, kind: str, fault: _TimedFault, duration: float) -> None:
+        await anyio.sleep(duration)
+        if self._timed.get((name, kind)) is fault:  # not ended early
+            await self._end_timed(name, kind)
+
+    async def _end_timed(self, name: str, kind: str) -> None:
+        """Stop the fault's effects, wait until the delays it drew are over, then record it healed."""
+        fault = self._timed.get((name, kind))
+        if fault is None:
+            return
+        fault.heal()
+        await fault.settle()
+        if self._timed.get((name, kind)) is fault:  # heal_all may have ended it meanwhile
+            del self._timed[(name, kind)]
+            self._fault_over(name, kind)
+
+    def _free_pool(self) -> None:
+        """A coordinator process died: end the pool saturation, if any.
+
+        The pool stands for one process's, but all simulated hosts share this
+        one. If the saturated one died, its pool went with it; if another
+        died, its restart (or a rejoin) would be starved of threads as a new
+        process never is, so the saturation ends too.
+        """
+        for host, kind in list(self._timed):
+            if kind == "pool-saturated":  # nothing in flight to wait for
+                self._timed.pop((host, kind)).heal()
+                self._fault_over(host, kind)
+
+    def _end_all_timed(self) -> None:
+        """End every storage fault now, without recording (the cluster is closing)."""
+        for key in list(self._timed):
+            self._timed.pop(key).heal()
+            self._active_faults.pop(key, None)
 
     def _fault_over(self, host: str, kind: str) -> None:
         if self._active_faults.pop((host, kind), None) is not None and not self._active_faults:
@@ -875,24 +1278,31 @@ class Cluster:
                         self.storage.write(now, guest, lease)
                 await anyio.sleep(self.write_interval)
 
-    def _pause_callback(self, host: str) -> Callable[[DomainIdentity, int | None], Awaitable[None]]:
+    def _pause_callback(self, host: SimHost) -> Callable[[DomainIdentity, int | None], Awaitable[None]]:
+        process = host.processes
+
         async def fence(identity: DomainIdentity, pid: int | None) -> None:
             if self.fence_delay > 0:
-                # A real guest takes a while to stop; it may write meanwhile.
-                await anyio.sleep(self._rng.uniform(0.0, self.fence_delay))
-            guest = self._guests.get((host, identity.uuid))
-            if guest is not None:
+                # A real guest takes a while to stop; it may write meanwhile. Drawn per
+                # guest and fence, not in call order: fences that start at one instant
+                # (each after a check in a worker thread) may start in any order.
+                self._fences += 1
+                draw = random.Random(f"{self._seed}:fence:{host.name}:{identity.uuid}:{self._now_key()}")
+                await anyio.sleep(draw.uniform(0.0, self.fence_delay))
+            guest = self._guests.get((host.name, identity.uuid))
+            if guest is not None and host.processes == process:  # a dead process pauses nothing
                 self._halt(guest, StopReason.FENCED)
 
         return fence
 
     async def _launch(self, host: SimHost) -> Host:
-        host.state = HostState.JOINING
+        before, host.state = host.state, HostState.JOINING
         host.faults.inner = self._backend_factory(host)
+        host.state_faults.inner = host.store
         try:
             await self._tg.start(self._host_process, host, name=f"host {host.name}")
         except BaseException:
-            host.state = HostState.CRASHED if host.boots else HostState.COORDINATOR_DOWN
+            host.state = before  # crashed, or coordinator-down with its guests still running
             raise
         host.state = HostState.UP
         assert host.api is not None
@@ -901,30 +1311,38 @@ class Cluster:
     async def _host_process(self, host: SimHost, *, task_status: TaskStatus[None]) -> None:
         stop = host._stop = anyio.Event()
         done = host._done = anyio.Event()
+        line = host._lifeline = _Lifeline()
         try:
             async with open_host(
                 host.config,
-                backend=host.faults,
-                state_store=host.store,
-                pause_callback=self._pause_callback(host.name),
+                backend=_ProcessBackend(host.faults, line),
+                state_store=_ProcessStore(host.state_faults, line),
+                pause_callback=self._pause_callback(host),
                 event_sink=self._sink,
                 clock=self.clock,
             ) as api:
                 host.api = api
                 task_status.started()
                 await stop.wait()
+        except Exception:
+            if not line.cut:
+                raise
+            # What a killed process was still doing failed when its storage went: moot.
         finally:
             host.api = None
             done.set()
 
     async def _kill(self, host: SimHost) -> None:
         api, done = host.api, host._done
+        if host._lifeline is not None:
+            host._lifeline.sever()
         if api is not None:
             api.coordinator.crash()
         if done is not None:
             await done.wait()
 
     async def _stop_all(self) -> None:
+        self._end_all_timed()  # stuck storage or a saturated pool must not hold up leaving
         for guest in self._guests.values():
             self._cancel_writer(guest)
         for host in self.hosts.values():
@@ -1008,7 +1426,10 @@ async def open_cluster(
             )
         )
     backend_factory = _backend_factory(backend, space_name, lockspace_dir, clock)
-    sim_hosts = [SimHost(c.host.name, c, FaultyBackend(backend_factory(None))) for c in configs]
+    sim_hosts = []
+    for c in configs:
+        faults = FaultyBackend(backend_factory(None, None), seed=f"{seed}:{c.host.name}")
+        sim_hosts.append(SimHost(c.host.name, c, faults, seed=seed))
     record = History() if history is None else history
     # Errors from start-up or from the caller's block are re-raised as they
     # are, not wrapped in the task group's ExceptionGroup (as open_host does).
@@ -1017,7 +1438,7 @@ async def open_cluster(
         cluster = Cluster(
             tg,
             sim_hosts,
-            lambda h: backend_factory(h.config),
+            lambda h: backend_factory(h.config, h.faults.read_delay),
             history=record,
             write_interval=write_interval or timings["renew_interval"],
             fence_delay=fence_delay,
@@ -1044,18 +1465,26 @@ async def open_cluster(
 
 def _backend_factory(
     kind: str, space_name: str, lockspace_dir: str | os.PathLike[str] | None, clock: Callable[[], float]
-) -> Callable[[Config | None], LeaseBackend]:
-    """Backends per coordinator process: each one has its own liveness observer."""
+) -> Callable[[Config | None, ReadDelay | None], LeaseBackend]:
+    """Backends per coordinator process: each one has its own liveness observer.
+
+    The second argument is the hook awaited between reading host records and
+    judging them (memory backend only; the file backend has no such hook).
+    """
     if kind == "memory":
         from ..backends.memory import MemoryLeaseBackend, MemoryLockspace
 
         # A private lockspace (not the process-wide registry): clusters never share state.
         space = MemoryLockspace(space_name)
 
-        def memory(config: Config | None) -> LeaseBackend:
+        def memory(config: Config | None, read_delay: ReadDelay | None) -> LeaseBackend:
             timing = config.timing if config is not None else TimingConfig(**SIM_TIMING)
             return MemoryLeaseBackend(
-                space, host_dead=timing.host_dead, poll_interval=timing.renew_interval, clock=clock
+                space,
+                host_dead=timing.host_dead,
+                poll_interval=timing.renew_interval,
+                clock=clock,
+                read_delay=read_delay,
             )
 
         return memory
@@ -1064,7 +1493,7 @@ def _backend_factory(
 
     assert lockspace_dir is not None
 
-    def file(config: Config | None) -> LeaseBackend:
+    def file(config: Config | None, read_delay: ReadDelay | None) -> LeaseBackend:
         timing = config.timing if config is not None else TimingConfig(**SIM_TIMING)
         return FileLeaseBackend(
             lockspace_dir,

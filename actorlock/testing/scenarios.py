@@ -24,9 +24,27 @@ is real) and runs, concurrently:
   - backend faults (:data:`BACKEND_FAULTS`): renewals, acquisitions or
     releases failing or stalling, alone or together; each operation heals
     at its own time;
+  - storage faults with a duration (issue 7), which may overlap each other
+    and backend faults on one host: all of the host's storage I/O stalled
+    for up to ``storage_stall`` lease_timeouts; one backend operation
+    (:data:`SLOW_OPERATIONS`) slowed by up to ``io_timeout`` per call, before
+    or after reaching storage; the process's worker-thread pool saturated;
+    the host's state-store writes slowed by up to ``slow_state`` io_timeouts;
+    a delay of up to ``read_delay`` io_timeouts between reading host records
+    and judging their liveness (memory backend). Within some of them
+    (``restart_inside``, and always for a slow join) the coordinator crashes
+    at a random point and is restarted, as ``crash_coordinator`` does.
+    Storage trouble comes together (``stall_inside``): a saturated pool
+    comes with a stall of the same host's storage (issue 7, path 1), and a
+    slow state store meets a stall or renewals that time out just after the
+    host was asked to start a guest (path 3); a host whose judgements are
+    delayed keeps trying to take a disk a healthy host's guest uses (path 4);
 - for every fault, "HA" workers on other hosts that try to restart each
   disk of the faulty host's running guests until they get it: they are what
-  brings takeovers right to the edge of ``host_dead``.
+  brings takeovers right to the edge of ``host_dead``. During a storage
+  fault, disks the host's guests take meanwhile are hunted too, and while
+  the worker pool is saturated the hunters try with probes (which need no
+  worker thread) instead of guest starts.
 
 Then everything is healed (``FaultsHealed``), fenced and half-done guests
 are tidied away, and every up host probes every disk three times,
@@ -45,6 +63,9 @@ Not generated, on purpose (known gaps, not bugs):
   its failure action takes up to ``fence_timeout``, and another host may
   take their disks ``host_dead`` after the last renewal; only a watchdog
   that resets a host that stopped renewing (sanlock's wdmd) closes that.
+
+The summary counts the faults by kind (``faults: storage-stall=N slow-io=N
+...``, :data:`~actorlock.testing.cluster.FAULT_KINDS`).
 
 Every scenario is a function of its seed: scenario ``i`` of a run with seed
 ``S`` has seed ``S + i`` and is re-run alone with ``actorlock sim --hosts N
@@ -80,6 +101,7 @@ from ..errors import ActorlockError, InvalidParameterError
 from ..model import Resource, disk
 from .checker import Violation
 from .cluster import (
+    FAULT_KINDS,
     SIM_TIMING,
     Cluster,
     GuestState,
@@ -89,12 +111,14 @@ from .cluster import (
     open_cluster,
     virtual_clock,
 )
-from .history import History, HistoryEvent, HostJoined
+from .faults import Shape
+from .history import History, HistoryEvent, HostEvent, HostJoined
 
 __all__ = [
     "BACKEND_FAULTS",
     "FAULT_WEIGHTS",
     "OPERATION_WEIGHTS",
+    "SLOW_OPERATIONS",
     "ScenarioAnomaly",
     "ScenarioResult",
     "ScenarioSettings",
@@ -128,6 +152,30 @@ FAULT_WEIGHTS: Mapping[str, float] = MappingProxyType(
         "crash_coordinator": 2.0,
         "pause_host": 2.0,
         "backend": 3.0,
+        # Storage faults with a duration (issue 7); Cluster.fault_counts spells them with dashes.
+        "storage_stall": 2.5,
+        "slow_io": 3.0,
+        "pool_saturated": 1.5,
+        "slow_state": 2.0,
+        "read_delay": 3.0,
+    }
+)
+
+# The faults that last a while on a host's storage path and may overlap each other.
+_STORAGE_KINDS = ("storage_stall", "slow_io", "pool_saturated", "slow_state", "read_delay")
+
+# Backend operations -> weight, for the "slow_io" fault: one operation, or a
+# coordinator's start-up path (each of its calls slowed). A slow join only matters
+# to a coordinator that restarts meanwhile, so one is always restarted inside it.
+SLOW_OPERATIONS: Mapping[tuple[str, ...], float] = MappingProxyType(
+    {
+        ("renew",): 3.0,
+        ("join",): 1.5,
+        ("hosts", "join", "renew"): 2.0,
+        ("acquire",): 2.0,
+        ("hosts",): 1.0,
+        ("records",): 1.0,
+        ("release",): 1.0,
     }
 )
 
@@ -164,6 +212,16 @@ class ScenarioSettings:
         fence_delay: how long, at most, a fenced guest takes to stop, as a
             fraction of ``fence_timeout`` (it writes until it does).
         budget: a scenario that runs longer is reported as an anomaly.
+        storage_stall: longest storage stall, in lease_timeouts.
+        storage_fault: longest slow-io, pool-saturated, slow-state and
+            read-delay fault, in lease_timeouts.
+        slow_state: longest extra time of one state-store write, in io_timeouts.
+        read_delay: longest delay between a read and its judgement, in io_timeouts.
+        restart_inside: chance that the coordinator crashes and restarts
+            inside a storage fault (always inside a slow join).
+        stall_inside: chance that a saturated pool comes with a storage stall
+            of the same host (its lease I/O is what filled the pool), and that
+            a slow state store meets one.
     """
 
     guests_per_host: int = 3
@@ -176,6 +234,12 @@ class ScenarioSettings:
     rejoin_ratio: float = 0.75
     fence_delay: float = 0.9
     budget: float = 120.0
+    storage_stall: float = 4.0
+    storage_fault: float = 4.0
+    slow_state: float = 1.5
+    read_delay: float = 1.0
+    restart_inside: float = 0.35
+    stall_inside: float = 0.6
 
 
 @attrs.frozen
@@ -227,6 +291,7 @@ class ScenarioResult:
     violations: tuple[ScenarioViolation, ...]
     anomalies: tuple[ScenarioAnomaly, ...]
     digest: str
+    fault_counts: tuple[tuple[str, int], ...] = ()
 
 
 @attrs.frozen
@@ -235,7 +300,7 @@ class SimReport:
 
     Attributes:
         scenarios_run: scenarios completed.
-        faults_injected: crashes, pauses and backend faults injected.
+        faults_injected: crashes, pauses, backend and storage faults injected.
         operations_done: calls made into the coordinators (guest operations,
             probes, re-attachments).
         violations: every checker violation, with the seed of its scenario.
@@ -243,6 +308,8 @@ class SimReport:
         events: history events recorded, all scenarios together.
         sim_seconds: simulated time, all scenarios together.
         digest: a hash of every scenario's history, in order.
+        fault_counts: faults injected by kind (every kind of
+            :data:`~actorlock.testing.cluster.FAULT_KINDS`, in that order).
         wall_seconds: real time taken (not compared).
     """
 
@@ -254,12 +321,18 @@ class SimReport:
     events: int = 0
     sim_seconds: float = 0.0
     digest: str = ""
+    fault_counts: tuple[tuple[str, int], ...] = ()
     wall_seconds: float = attrs.field(default=0.0, eq=False)
 
     @property
     def ok(self) -> bool:
         """No violation and no anomaly."""
         return not self.violations and not self.anomalies
+
+    @property
+    def faults_line(self) -> str:
+        """``faults: storage-stall=N slow-io=N ...``: every fault kind with its count."""
+        return "faults: " + " ".join(f"{kind}={count}" for kind, count in self.fault_counts)
 
 
 def _rerun(seed: int, hosts: int, backend: str) -> str:
@@ -347,7 +420,7 @@ class _Scenario:
 
     async def chaos_worker(self) -> None:
         rng = random.Random(f"{self.seed}:faults")
-        kinds = list(FAULT_WEIGHTS)
+        kinds = [k for k in FAULT_WEIGHTS if k != "read_delay" or self.cluster.backend_kind == "memory"]
         weights = [FAULT_WEIGHTS[k] for k in kinds]
         async with anyio.create_task_group() as tg:
             for _ in range(rng.randint(*self.settings.faults)):
@@ -356,13 +429,31 @@ class _Scenario:
                 candidates = [h for h in self.cluster.hosts if self._may_fault(h, kind)]
                 if candidates:
                     # Faults hit hosts that run guests more often: that is where they matter.
-                    busy = [1 + 3 * sum(g.running for g in self.cluster.guests(h)) for h in candidates]
+                    # Storage faults pile up on a host that has some already: the
+                    # dangerous cases combine them (a slow state save while renewals stall).
+                    busy = [
+                        (1 + 3 * sum(g.running for g in self.cluster.guests(h)))
+                        * (3 if kind in _STORAGE_KINDS and self.cluster.storage_faults(h) else 1)
+                        for h in candidates
+                    ]
                     await self._inject(rng, tg, kind, rng.choices(candidates, busy)[0])
 
     def _may_fault(self, name: str, kind: str) -> bool:
         cluster = self.cluster
         if cluster.host(name).state is not HostState.UP:
             return False
+        if kind in _STORAGE_KINDS:
+            # Storage faults overlap each other and backend faults, never the same kind twice.
+            label = kind.replace("_", "-")
+            if kind == "pool_saturated" and (
+                "pool-saturated" in cluster.storage_faults()
+                # A restarting coordinator is a new process with a pool of its own.
+                or any(
+                    h.state in (HostState.COORDINATOR_DOWN, HostState.JOINING) for h in cluster.hosts.values()
+                )
+            ):
+                return False
+            return label not in cluster.storage_faults(name)
         if any(h == name for h, _ in cluster.active_faults()):
             return False
         if kind == "crash_host":
@@ -371,11 +462,18 @@ class _Scenario:
             return len(alive) > 2
         return True
 
+    def _victims(self, name: str) -> list[str]:
+        """What the host's guests use now: an HA manager would restart them elsewhere."""
+        cluster = self.cluster
+        return sorted({g.resources[k].name for g in cluster.guests(name) if g.running for k in g.leases})
+
     async def _inject(self, rng: random.Random, tg: Any, kind: str, name: str) -> None:
         cluster, timing = self.cluster, self.timing
-        # What the host's guests use now: an HA manager would restart them elsewhere.
-        victims = sorted({g.resources[k].name for g in cluster.guests(name) if g.running for k in g.leases})
+        victims = self._victims(name)
         duration = 0.0
+        if kind in _STORAGE_KINDS:
+            await self._inject_storage(rng, tg, kind, name, victims)
+            return
         if kind == "crash_host":
             await cluster.crash_host(name)
             if rng.random() < self.settings.rejoin_ratio:
@@ -413,21 +511,234 @@ class _Scenario:
                 heal_at = rng.uniform(0.05, 1.0) * 2 * timing.host_dead
                 duration = max(duration, heal_at)
                 tg.start_soon(self._later, heal_at, cluster.heal_backend, name, op)
-        until = cluster.now() + duration + timing.host_dead + 4 * timing.renew_interval
-        for path in victims:
-            tg.start_soon(self._hunt, self.hunts, name, path, until)
+        self._start_hunts(tg, name, victims, cluster.now() + duration)
+
+    async def _inject_storage(
+        self, rng: random.Random, tg: Any, kind: str, name: str, victims: list[str]
+    ) -> None:
+        """One storage fault with a duration, maybe a coordinator restart inside it, and its hunters."""
+        cluster, timing, knobs = self.cluster, self.timing, self.settings
+        restart = rng.random() < knobs.restart_inside
+        if kind == "storage_stall":
+            duration = rng.uniform(0.2, knobs.storage_stall) * timing.lease_timeout
+            await cluster.stall_storage(name, duration)
+        else:
+            duration = rng.uniform(0.5, knobs.storage_fault) * timing.lease_timeout
+            # Degraded storage is consistently slow: each fault has its own floor.
+            floor = rng.uniform(0.0, 1.0)
+            shape: Shape = rng.choice(("before", "after", "either"))
+            if kind == "slow_io":
+                choices = list(SLOW_OPERATIONS)
+                ops = rng.choices(choices, [SLOW_OPERATIONS[o] for o in choices])[0]
+                restart = restart or "join" in ops
+                top = timing.io_timeout
+                await cluster.slow_io(name, duration, *ops, longest=top, least=floor * top, shape=shape)
+            elif kind == "pool_saturated":
+                restart = False  # a crash ends it at once: the pool is the process's
+                duration = rng.uniform(1.0, knobs.storage_fault) * timing.lease_timeout
+                await cluster.saturate_pool(name, duration)
+            elif kind == "slow_state":
+                longest = knobs.slow_state * timing.io_timeout
+                await cluster.slow_state(name, duration, longest=longest, least=floor * longest, shape=shape)
+            else:
+                # A stall between read and judgement hits some of the reads (a quick
+                # read may be judged just before a slow one of the same record).
+                longest = knobs.read_delay * timing.io_timeout
+                least = (0.5 + floor / 2) * longest
+                share = rng.uniform(0.3, 0.7)
+                await cluster.delay_reads(name, duration, longest=longest, least=least, share=share)
+        label = kind.replace("_", "-")
+        ends = cluster.now() + duration
+        at, back = rng.uniform(0.0, 1.0) * duration, rng.uniform(0.0, 0.9)
+        if restart:
+            tg.start_soon(self._restart_inside, at, back, name, label, ends)
+        # Storage trouble comes together (issue 7): a pool fills up because the
+        # host's lease I/O is stuck (path 1), and a slow state_dir save meets
+        # renewals that stall or time out (path 3).
+        if rng.random() < knobs.stall_inside:
+            lease = timing.lease_timeout
+            at = rng.uniform(0.0, 1.0) * duration  # not where the restart falls
+            if kind == "pool_saturated":
+                stall = functools.partial(cluster.stall_storage, name, rng.uniform(1.0, 2.0) * duration)
+                tg.start_soon(self._inside, 0.0, name, label, "storage-stall", stall)
+            elif kind == "slow_state" and rng.random() < 0.5:
+                stall = functools.partial(
+                    cluster.stall_storage, name, rng.uniform(0.2, knobs.storage_stall) * lease
+                )
+                tg.start_soon(self._inside, at, name, label, "storage-stall", stall)
+            elif kind == "slow_state":
+                # Every renewal waits past its lease before reaching storage: it is
+                # cancelled, while acquisitions still go through.
+                renewals = functools.partial(
+                    cluster.slow_io,
+                    name,
+                    rng.uniform(2.0, knobs.storage_stall) * lease,
+                    "renew",
+                    longest=timing.io_timeout,
+                    least=lease,
+                    shape="before",
+                )
+                tg.start_soon(self._inside, at, name, label, "slow-io", renewals)
+            if kind == "slow_state":
+                # The host is asked to start a guest just before: its acquisition
+                # completes, and its state save is still running when the lease goes.
+                before = max(0.0, at - rng.uniform(0.0, 2.0) * timing.renew_interval)
+                until = ends + timing.host_dead + 4 * timing.renew_interval
+                tg.start_soon(self._start_during, tg, before, name, rng, ends, until)
+        until = ends + timing.host_dead + 4 * timing.renew_interval
+        hunted = set(victims)
+        self._start_hunts(tg, name, victims, until)
+        tg.start_soon(self._watch, tg, name, hunted, until)
+        if kind == "read_delay":
+            # The delayed host judges others' liveness: let it try, again and again,
+            # to take a disk a healthy host's guest uses (it must never get it). One
+            # such grabber, so that a quick read and a slow one of the same record
+            # follow each other with no other judgement of it in between.
+            held = [
+                (holder, path) for holder in cluster.hosts if holder != name for path in self._victims(holder)
+            ]
+            if held:
+                holder, path = rng.choice(held)
+                self._start_hunts(tg, holder, [path], ends, hunter=name, pace=(0.0, 0.5))
+
+    def _start_hunts(
+        self,
+        tg: Any,
+        name: str,
+        paths: list[str],
+        until: float,
+        *,
+        hunter: str | None = None,
+        pace: tuple[float, float] = (1.0, 3.0),
+    ) -> None:
+        for path in paths:
+            tg.start_soon(self._hunt, self.hunts, name, path, until, hunter, pace)
             self.hunts += 1
 
-    async def _hunt(self, index: int, victim: str, path: str, until: float) -> None:
+    async def _inside(
+        self, delay: float, name: str, label: str, kind: str, inject: Callable[[], Awaitable[None]]
+    ) -> None:
+        """Inject a ``kind`` storage fault ``delay`` into the host's ``label`` fault (if still on)."""
+        cluster = self.cluster
+        await anyio.sleep(delay)
+        faults = cluster.storage_faults(name)
+        if cluster.host(name).state is HostState.UP and label in faults and kind not in faults:
+            await inject()
+
+    async def _watch(self, tg: Any, name: str, hunted: set[str], until: float) -> None:
+        """Until the hunt is over, hunt the disks the host's guests take meanwhile too."""
+        cluster = self.cluster
+        while cluster.now() < until - self.timing.host_dead:
+            await anyio.sleep(self.timing.renew_interval)
+            fresh = [path for path in self._victims(name) if path not in hunted]
+            hunted.update(fresh)
+            self._start_hunts(tg, name, fresh, until)
+
+    async def _start_during(
+        self, tg: Any, delay: float, name: str, rng: random.Random, ends: float, until: float
+    ) -> None:
+        """Start a guest on a free disk from ``name`` after ``delay``; stop it once the fault is over.
+
+        Other hosts contend for the disk from the moment the start is asked
+        for (and so watch ``name``'s record from then on).
+        """
+        cluster, timing = self.cluster, self.timing
+        seed = rng.random()  # drawn now: the chaos worker's sequence does not depend on timing
+        await anyio.sleep(delay)
+        used = {
+            g.resources[k].name
+            for g in cluster.guests()
+            if g.state is not GuestState.STOPPED
+            for k in g.leases
+        }
+        free = [path for path in self.disks if path not in used]
+        if cluster.host(name).state is not HostState.UP or not free:
+            return
+        path = free[int(seed * len(free))]
+        uuid = f"burst-{name}-{self.hunts}"
+        self.hunts += 1
+        bound = 3 * timing.io_timeout + timing.host_dead
+        tg.start_soon(self._hunt, self.hunts, name, path, until)
+        self.hunts += 1
+        try:
+            with anyio.fail_after(bound):
+                guest = await cluster.start_guest(name, uuid, [path])
+        except (ActorlockError, HostGoneError):
+            return
+        except TimeoutError:
+            self.anomalies.append(f"start of {name}/{uuid} did not finish within {bound}s")
+            return
+        await anyio.sleep(max(0.0, ends - cluster.now()) + timing.host_dead)
+        if guest.running and cluster.host(name).state is HostState.UP:
+            try:
+                with anyio.fail_after(bound):
+                    await cluster.stop_guest(name, uuid)
+            except (ActorlockError, HostGoneError):
+                pass
+            except TimeoutError:
+                self.anomalies.append(f"stop of {name}/{uuid} did not finish within {bound}s")
+
+    async def _restart_inside(self, delay: float, back: float, name: str, label: str, ends: float) -> None:
+        """Crash the coordinator ``delay`` into a storage fault and restart it, as crash_coordinator does.
+
+        The restart comes ``back`` (a fraction) of the lease time left at the
+        crash later: while the lease is still valid, as a service manager
+        must restart it. When the domain actors are too busy in stuck storage
+        calls to tell the time left, it comes within a renew_interval.
+        """
+        cluster, timing = self.cluster, self.timing
+        await anyio.sleep(delay)
+        host = cluster.host(name)
+        if host.state is not HostState.UP or host.api is None or label not in cluster.storage_faults(name):
+            return
+        left = timing.renew_interval / 0.9
+        with anyio.move_on_after(timing.renew_interval):
+            left = (await host.api.status()).seconds_to_expiry
+        if cluster.host(name).state is not HostState.UP:
+            return  # crashed meanwhile (by another fault)
+        await cluster.crash_coordinator(name)
+        await anyio.sleep(back * left)
+        # Start-up waits for the storage fault (and a join may wait host_dead for its
+        # id); one that fails (storage errors) is restarted again, as a service manager would.
+        bound = max(0.0, ends - cluster.now()) + timing.host_dead + 3 * timing.io_timeout
+        failure: Exception | None = None
+        with anyio.move_on_after(bound):
+            while True:
+                try:
+                    await cluster.restart_coordinator(name)
+                    return
+                except (ActorlockError, HostGoneError) as exc:
+                    failure = exc
+                if cluster.host(name).state is not HostState.COORDINATOR_DOWN:
+                    return  # crashed meanwhile: nothing left to restart
+                await anyio.sleep(timing.renew_interval)
+        self.anomalies.append(f"coordinator of {name} could not restart inside {label}: {failure!r}")
+
+    async def _hunt(
+        self,
+        index: int,
+        victim: str,
+        path: str,
+        until: float,
+        hunter: str | None = None,
+        pace: tuple[float, float] = (1.0, 3.0),
+    ) -> None:
         """Restart a faulty host's guest (one disk of it) elsewhere, as HA would: retry until it starts.
 
         This is what puts takeovers right at the edge of ``host_dead``: a
         host that took over too early, or fenced too late, shows up as two
-        guests on one disk.
+        guests on one disk. While the worker pool is saturated a guest start
+        would wait for a thread (to read the guest's process start time), so
+        the hunter probes instead: a probe that gets the disk is a takeover
+        the checker judges like a start. The hunting host is a random other
+        one that is up, or ``hunter``; it tries every ``pace`` (a range, in
+        renew_intervals).
         """
         cluster, timing = self.cluster, self.timing
         rng = random.Random(f"{self.seed}:hunt:{index}")
         others = [h for h, host in cluster.hosts.items() if h != victim and host.state is HostState.UP]
+        if hunter is not None:
+            others = [hunter] if hunter in others else []
         if not others:
             return
         host = rng.choice(others)
@@ -435,12 +746,15 @@ class _Scenario:
         guest = cluster.guest(host, uuid)
         bound = 3 * timing.io_timeout + timing.host_dead
         while cluster.now() < until and not guest.running:
-            await anyio.sleep(rng.uniform(1.0, 3.0) * timing.renew_interval)
+            await anyio.sleep(rng.uniform(*pace) * timing.renew_interval)
             if cluster.host(host).state is not HostState.UP or guest.state is not GuestState.STOPPED:
                 continue
             try:
                 with anyio.fail_after(bound):
-                    await cluster.start_guest(host, uuid, [path])
+                    if "pool-saturated" in cluster.storage_faults():
+                        await cluster.probe(host, path)
+                    else:
+                        await cluster.start_guest(host, uuid, [path])
             except (ActorlockError, HostGoneError):
                 continue
             except TimeoutError:
@@ -579,6 +893,7 @@ async def run_scenario(
         violations=tuple(ScenarioViolation(seed, hosts, backend, v) for v in found),
         anomalies=tuple(ScenarioAnomaly(seed, hosts, backend, a) for a in anomalies),
         digest=_digest(cluster.history.events) if cluster is not None else "",
+        fault_counts=tuple(cluster.fault_counts.items()) if cluster is not None else (),
     )
 
 
@@ -593,6 +908,8 @@ def _digest(events: Sequence[HistoryEvent]) -> str:
     for event in events:
         if isinstance(event, HostJoined):
             event = attrs.evolve(event, incarnation="")  # random by design
+        elif isinstance(event, HostEvent) and "incarnation" in event.fields:
+            event = attrs.evolve(event, fields={**event.fields, "incarnation": ""})
         h.update(repr(event).encode())
         h.update(b"\n")
     return h.hexdigest()[:16]
@@ -636,6 +953,10 @@ class _Tally:
     def report(self) -> SimReport:
         rs = self.results
         digest = hashlib.sha256("".join(r.digest for r in rs).encode()).hexdigest()[:16]
+        counts = dict.fromkeys(FAULT_KINDS, 0)
+        for r in rs:
+            for kind, count in r.fault_counts:
+                counts[kind] = counts.get(kind, 0) + count
         return SimReport(
             scenarios_run=len(rs),
             faults_injected=sum(r.faults for r in rs),
@@ -645,6 +966,7 @@ class _Tally:
             events=sum(r.events for r in rs),
             sim_seconds=sum(r.sim_seconds for r in rs),
             digest=digest,
+            fault_counts=tuple(counts.items()),
             wall_seconds=time.perf_counter() - self.started,
         )
 
@@ -652,6 +974,7 @@ class _Tally:
         report = self.report()
         self.out(f"scenarios: {report.scenarios_run}")
         self.out(f"faults injected: {report.faults_injected}")
+        self.out(report.faults_line)
         self.out(f"operations: {report.operations_done}")
         self.out(f"simulated {report.sim_seconds:.1f}s in {report.wall_seconds:.1f}s")
         self.out(f"anomalies: {len(report.anomalies)}")
