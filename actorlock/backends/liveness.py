@@ -54,6 +54,13 @@ class LivenessObserver:
         """Judge ``record``, read by a read that began at ``read_at`` (this observer's clock)."""
         now = self._clock()
         seen = self._seen.get(record.id)
+        if seen is not None and seen.incarnation == record.incarnation and record.counter < seen.counter:
+            # A slow read overtaken by a faster one: it says nothing new. (It
+            # began before the newer value was written, so it cannot stretch
+            # that value's age either: read_at < since, unchanged_for is 0.)
+            unchanged = max(0.0, min(read_at, now) - seen.since)
+            alive = record.state is HostState.LIVE and unchanged < self.host_dead
+            return HostView(record=record, alive=alive, unchanged_for=unchanged)
         if seen is None or (seen.incarnation, seen.counter) != (record.incarnation, record.counter):
             seen = _Seen(record.incarnation, record.counter, now)
             self._seen[record.id] = seen
