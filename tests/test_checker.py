@@ -581,10 +581,36 @@ def test_rule4_source_holds_the_lease_in_a_weaker_mode() -> None:
             ],
             id="lost-to-a-lockspace-expiry",
         ),
+        pytest.param(
+            [
+                LeaseAcquired(1.0, "a", "u1", [excl(D1)]),
+                LockspaceLost(2.0, "a", "no renewal"),
+                LeaseAcquired(4.0, "b", "u2", [excl(D1, 2)]),
+                LeaseLost(5.0, "a", "u1"),  # reported late: its actor was busy
+                MigrationCancelled(6.0, "u1", "a", [excl(D1)]),
+            ],
+            id="taken-over-while-the-source-lockspace-was-lost",
+        ),
     ],
 )
 def test_rule4_near_misses(events: list[HistoryEvent]) -> None:
     assert run(*events) == []
+
+
+def test_rule4_a_takeover_after_the_lockspace_was_regained_is_flagged() -> None:
+    takeover = LeaseAcquired(4.0, "b", "u2", [excl(D1, 2)])
+    cancelled = MigrationCancelled(5.0, "u1", "a", [excl(D1)])
+    v = only(
+        run(
+            LeaseAcquired(1.0, "a", "u1", [excl(D1)]),
+            LockspaceLost(2.0, "a", "no renewal"),
+            LockspaceRegained(3.0, "a"),
+            takeover,
+            cancelled,
+        ),
+        Rule.CANCELLED_MIGRATION_LOST_LEASE,
+    )
+    assert v.evidence == (takeover, cancelled)
 
 
 # --- rule 5: a gone host's lease must be taken over after host_dead ------------------------

@@ -248,6 +248,9 @@ class DomainActor(Actor[Any]):
         if self._migrating_out():
             raise InvalidStateError(f"{self.name} is already migrating")
         peer_name, peer_key = await self.host.resolve_peer(dest_uri)
+        if not self.host.live or self.phase != DomainPhase.RUNNING:
+            # The lookup read the lockspace, which may have stalled past the expiry.
+            raise LockspaceLostError(f"{self.name}: host {self.host.identity.name} lost its lockspace")
         timing = self.host.protocol_timing()
         machine = MigrationSource(
             migration_id=uuidlib.uuid4().hex,

@@ -34,6 +34,7 @@ from ..constants import FailureAction
 from ..errors import (
     ActorlockError,
     ConfigError,
+    LeaseLostError,
     LockspaceLostError,
     NotSupportedError,
     PeerRefusedError,
@@ -423,6 +424,10 @@ class HostCoordinator:
         if not self.capabilities.migration:
             raise NotSupportedError(f"the {self.backend.kind} backend does not support migration")
         self._check_live()
+        entry = self._domains.get(source.domain)
+        if entry is not None and entry[1].phase == DomainPhase.LOST:
+            # Fenced already: what it held was forfeited, not ours to hand on.
+            raise LeaseLostError(f"domain {source.domain} lost its leases; nothing to transfer", [])
         moved = await self.backend.transfer(source, destination, destination_incarnation, leases)
         self.emit("transfer", source=source, destination=destination, before=tuple(leases), after=moved)
         return moved

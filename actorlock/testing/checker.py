@@ -57,7 +57,10 @@ domain)`` must hold each lease it listed, in the same mode with the same or
 a newer token (a transfer back issues a new one). One violation per missing
 lease; the evidence includes the event that took it away. A lease the
 source lost through :class:`LeaseLost` (its lockspace expired) is left to
-rule 3: that loss is not the migration's doing.
+rule 3: that loss is not the migration's doing; so is one taken over while
+the source host's lockspace was lost (between :class:`LockspaceLost` and
+:class:`LockspaceRegained`): its host forfeited every lease at that moment,
+whatever its domain actors reported later.
 
 Rule 5, a gone host keeps a lease. Takeover is lazy (on demand), so a
 record naming a dead host proves nothing until someone asks for the key. A
@@ -109,6 +112,8 @@ from .history import (
     LeaseLost,
     LeaseReleased,
     LeasesTransferred,
+    LockspaceLost,
+    LockspaceRegained,
     MigrationCancelled,
 )
 
@@ -232,6 +237,8 @@ class _Sweep:
         self.ended: dict[tuple[Owner, str], HistoryEvent] = {}
         self.pending: dict[str, dict[Owner, _Pending]] = {}
         self.pending_keys: dict[Owner, set[str]] = {}
+        self.lockspace_lost: dict[str, LockspaceLost] = {}  # hosts whose lockspace is lost now
+        self.forfeited: set[tuple[Owner, str]] = set()  # leases taken while their host's lockspace was lost
         # liveness (rule 5)
         self.gone: dict[str, HistoryEvent] = {}
         self.first_look: dict[str, dict[str, AcquireRefused]] = {}  # observer -> gone host -> refusal
@@ -250,6 +257,8 @@ class _Sweep:
             LeaseLost: self.lease_lost,
             FailureActionRan: self.failure_action_ran,
             MigrationCancelled: self.migration_cancelled,
+            LockspaceLost: self.host_lockspace_lost,
+            LockspaceRegained: self.host_lockspace_regained,
             HostCrashed: self.host_crashed,
             CoordinatorCrashed: self.coordinator_crashed,
             HostRecovered: self.host_recovered,
@@ -433,6 +442,10 @@ class _Sweep:
         if held is not None:
             self.owned[owner].discard(key)
             self.ended[(owner, key)] = e
+            if owner[0] in self.lockspace_lost and e is not None and getattr(e, "host", None) != owner[0]:
+                self.forfeited.add((owner, key))
+            else:
+                self.forfeited.discard((owner, key))
         return held
 
     def taken_over(self, loser: Owner, key: str, held: _Held, e: HistoryEvent) -> None:
@@ -468,7 +481,7 @@ class _Sweep:
                 continue
             if held is None:
                 ended = self.ended.get((source, lease.key))
-                if isinstance(ended, LeaseLost):
+                if isinstance(ended, LeaseLost) or (source, lease.key) in self.forfeited:
                     continue
                 problem = "no longer holds it" + (
                     f" (it ended at {_t(ended.time)} by {type(ended).__name__})" if ended else ""
@@ -487,6 +500,12 @@ class _Sweep:
             )
 
     # -- hosts and faults ----------------------------------------------------------
+
+    def host_lockspace_lost(self, e: LockspaceLost) -> None:
+        self.lockspace_lost.setdefault(e.host, e)
+
+    def host_lockspace_regained(self, e: LockspaceRegained) -> None:
+        self.lockspace_lost.pop(e.host, None)
 
     def host_crashed(self, e: HostCrashed) -> None:
         for owner in [o for o in self.runs if o[0] == e.host]:
