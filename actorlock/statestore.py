@@ -4,12 +4,22 @@ Files are replaced atomically (temp + rename) but not fsynced: they only
 have to survive a crash of the coordinator process, which keeps the page
 cache. A crash of the whole host kills the guests too, and a new boot id
 then tells the restarted coordinator that every lease is gone anyway.
+
+Callers bound every write by ``io_timeout`` and may abandon it (a hung
+state_dir must not make the coordinator impossible to cancel). An abandoned
+write may still finish later in its worker thread, so each write carries a
+generation number per file and renames its temporary file only if no newer
+write or delete of that file was issued meanwhile: a late write never
+replaces a newer state.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import secrets
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -98,6 +108,30 @@ class FileStateStore:
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.root = Path(state_dir)
         self._domains = self.root / "domains"
+        self._generations = itertools.count(1)
+        self._issued: dict[Path, int] = {}  # newest write or delete issued per file (event loop only)
+        self._renames = threading.Lock()  # worker threads: check the generation and rename as one step
+
+    def _issue(self, path: Path) -> int:
+        generation = self._issued[path] = next(self._generations)
+        return generation
+
+    def _replace(self, path: Path, data: Any, generation: int) -> None:
+        tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        with self._renames:
+            if self._issued.get(path) != generation:
+                tmp.unlink(missing_ok=True)  # overtaken by a newer write: this one is stale
+                return
+            os.replace(tmp, path)
+
+    def _delete(self, path: Path, generation: int) -> None:
+        with self._renames:
+            if self._issued.get(path) == generation:
+                path.unlink(missing_ok=True)
+
+    async def _run(self, fn: Any, *args: Any) -> None:
+        await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
 
     def _prepare(self) -> None:
         try:
@@ -125,7 +159,8 @@ class FileStateStore:
             raise CorruptRecordError(str(self.root / "host.json"), f"bad field: {exc}") from None
 
     async def save_host(self, host: HostPersisted) -> None:
-        await anyio.to_thread.run_sync(_write_json, self.root / "host.json", attrs.asdict(host))
+        path = self.root / "host.json"
+        await self._run(self._replace, path, attrs.asdict(host), self._issue(path))
 
     async def load_domains(self) -> list[DomainState]:
         def load() -> list[DomainState]:
@@ -140,11 +175,11 @@ class FileStateStore:
 
     async def save_domain(self, state: DomainState) -> None:
         path = self._domains / f"{_safe_name(state.identity.uuid)}.json"
-        await anyio.to_thread.run_sync(_write_json, path, _encode_domain(state))
+        await self._run(self._replace, path, _encode_domain(state), self._issue(path))
 
     async def delete_domain(self, uuid: str) -> None:
         path = self._domains / f"{_safe_name(uuid)}.json"
-        await anyio.to_thread.run_sync(lambda: path.unlink(missing_ok=True))
+        await self._run(self._delete, path, self._issue(path))
 
 
 def _safe_name(uuid: str) -> str:
@@ -160,12 +195,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise CorruptRecordError(str(path), f"not JSON: {exc}") from None
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-    os.replace(tmp, path)
 
 
 def encode_resource(r: Resource) -> dict[str, Any]:

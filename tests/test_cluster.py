@@ -502,7 +502,7 @@ async def test_a_coordinator_crash_ends_the_pool_saturation() -> None:
 
 async def test_slow_state_writes_slow_the_guest_operations_that_save() -> None:
     async with open_cluster(3) as cluster:
-        delay = IO_TIMEOUT
+        delay = IO_TIMEOUT / 2  # a save slower than io_timeout fails the start instead
         await cluster.slow_state("h1", 3 * delay, longest=delay, least=delay, shape="before")
         started = cluster.now()
         await cluster.start_guest("h1", "vm1", [D1])

@@ -212,7 +212,7 @@ def test_worker_processes_give_the_same_report() -> None:
 FLAGGED_WHEN_UNDONE = {
     "fence-starvation": 20261208,
     "resume-reanchor": 20261220,
-    "acquire-expiry-race": 20261254,
+    "acquire-expiry-race": 20261263,
     "clock-after-read": 20261230,
 }
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import uuid as uuidlib
-from collections.abc import Iterable
+from collections.abc import Awaitable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -138,10 +138,21 @@ class DomainActor(Actor[Any]):
             await self._save()
             return self._status()
         losses = self.host.losses
+        before = self.phase
         leases = await self._take(requests)
         self.leases = {lease.key: lease for lease in leases}
         self.phase = DomainPhase.RUNNING
-        await self._save()
+        try:
+            await self._save()
+        except BackendTimeoutError:
+            # Not persisted: a restarted coordinator could not fence what it
+            # does not know it held. Give the leases back and fail the start.
+            self.phase, held, self.leases = before, list(self.leases), {}
+            try:
+                await self._give_back(held)
+            finally:
+                self._publish()
+            raise
         self._publish()
         await self._check_not_lost_since(losses)
         return self._status()
@@ -213,8 +224,8 @@ class DomainActor(Actor[Any]):
         self.leases = {}
         self.phase = STOPPED
         self._publish()
-        with anyio.CancelScope(shield=True):
-            await self.host.store.delete_domain(self.identity.uuid)
+        deleting = self.host.store.delete_domain(self.identity.uuid)
+        await self._bounded_store_write("deleting its state", deleting)
         self._stopping = True
 
     async def _leases_lost(self, reason: str, action_result: str) -> None:
@@ -440,8 +451,19 @@ class DomainActor(Actor[Any]):
             resources=tuple(self.resources[k] for k in sorted(self.resources)),
             leases=tuple(self.leases[k] for k in sorted(self.leases)),
         )
+        await self._bounded_store_write("saving its state", self.host.store.save_domain(state))
+
+    async def _bounded_store_write(self, what: str, write: Awaitable[None]) -> None:
+        """Shielded from cancellation (the write records what the guest holds), but bounded by io_timeout."""
+        io_timeout = self.host.config.timing.io_timeout
         with anyio.CancelScope(shield=True):
-            await self.host.store.save_domain(state)
+            try:
+                with anyio.fail_after(io_timeout):
+                    await write
+            except TimeoutError:
+                raise BackendTimeoutError(
+                    f"{self.name}: the state store took longer than io_timeout={io_timeout}s {what}"
+                ) from None
 
     def _publish(self) -> None:
         target = None

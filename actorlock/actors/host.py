@@ -402,8 +402,9 @@ class HostCoordinator:
                 continue
             written = (self.incarnation, self._renewed_at)
             try:
-                await self.store.save_host(self._persisted())
-            except (ActorlockError, OSError) as exc:
+                with anyio.fail_after(self.config.timing.io_timeout):
+                    await self.store.save_host(self._persisted())
+            except (TimeoutError, ActorlockError, OSError) as exc:
                 log.warning("host %s: saving the renewal journal failed: %r", self.identity.name, exc)
 
     # -- migration ------------------------------------------------------------
