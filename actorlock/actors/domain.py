@@ -294,9 +294,16 @@ class DomainActor(Actor[Any]):
         def step(m: Any, now: float) -> Any:
             return m.commit_requested(now=now) if msg.commit else m.cancel_requested(now=now)
 
-        if self._outgoing is not None:
-            return await self._outgoing.call(Call.COMPLETE, step)
+        request = "commit" if msg.commit else "cancel"
         incoming = self.host.incoming_for(self.identity.uuid, finished=not msg.commit)
+        outgoing = self._outgoing
+        superseded = incoming is not None and outgoing is not None and incoming.serial > outgoing.serial
+        if outgoing is not None and outgoing.machine.finished and superseded:
+            # It migrated out and is coming back: the call is the new migration's.
+            self._outgoing = outgoing = None
+        if outgoing is not None:
+            # Running, or finished and answering late calls from its outcome.
+            return await outgoing.call(Call.COMPLETE, step, request=request)
         if incoming is None:
             if msg.commit:
                 raise InvalidStateError(f"{self.name}: no migration in progress")
@@ -308,7 +315,7 @@ class DomainActor(Actor[Any]):
             return done
         if msg.commit:
             await self._register_incoming(incoming, msg)
-        return await incoming.call(Call.COMPLETE, step)
+        return await incoming.call(Call.COMPLETE, step, request=request)
 
     async def _register_incoming(self, incoming: MigrationDriver, msg: CompleteMigration) -> None:
         """The destination's guest must register exactly the leases the source offered."""
@@ -321,7 +328,8 @@ class DomainActor(Actor[Any]):
                     f"{self.name}: registered resources need leases {sorted(wanted)}, "
                     f"the source offers {sorted(keys)}"
                 )
-        if self.phase in (UNDEFINED, STOPPED):
+        if self.phase in (UNDEFINED, STOPPED, MIGRATED):
+            # MIGRATED: it migrated away and comes back as a new guest process.
             await self._acquire_object(AcquireObject(msg.resources, msg.pid, register_only=True))
 
     async def _migration_settled(self, msg: MigrationSettled) -> None:
@@ -340,6 +348,9 @@ class DomainActor(Actor[Any]):
                 await self._save()
                 self._publish()
             return
+        # A settled incoming migration is newer than any outgoing one: that is history.
+        if self._outgoing is not None and self._outgoing.machine.finished:
+            self._outgoing = None
         if committed and msg.lock_state is not None:
             self.leases = {lease.key: lease for lease in msg.lock_state.leases}
             self.phase = DomainPhase.RUNNING

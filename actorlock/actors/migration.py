@@ -11,6 +11,7 @@ outcome (and waits until it is recorded) before it wakes the local caller.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -54,6 +55,8 @@ log = logging.getLogger(__name__)
 Machine = MigrationSource | MigrationDestination
 Input = Callable[[Machine, float], list[Effect]]
 
+_serials = itertools.count(1)
+
 
 class CallResult:
     """Where a local call (prepare, complete) learns its answer."""
@@ -76,6 +79,15 @@ class CallResult:
         if self.answer.error is not None:
             raise self.answer.error
         return self.answer
+
+
+@attrs.frozen
+class _Caller:
+    """A local call on its way to the machine: which kind, which request, where to answer."""
+
+    call: Call
+    request: str
+    result: CallResult
 
 
 @attrs.define
@@ -101,24 +113,32 @@ class MigrationDriver:
         self.migration_id = machine.migration_id
         self.domain_uuid = domain_uuid
         self.role = "source" if isinstance(machine, MigrationSource) else "destination"
+        self.serial = next(_serials)  # a later migration of this host has a larger one
         self._peer_endpoint = peer_endpoint
         self._peer_key = peer_key
-        self._send, self._inbox = anyio.create_memory_object_stream[tuple[Input, CallResult | None]](256)
+        self._send, self._inbox = anyio.create_memory_object_stream[tuple[Input, _Caller | None]](256)
         self._timers: dict[Timer, anyio.CancelScope] = {}
         self._replies: dict[int, list[_ReplySlot]] = {}
-        self._calls: dict[Call, CallResult] = {}
+        # Every caller waiting for the machine's answer to a call kind: the
+        # machine answers a kind once (CompleteCaller), and all of them hear it.
+        self._calls: dict[Call, list[_Caller]] = {}
         self._client: PeerClient | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._settled = False
 
     # -- inputs -------------------------------------------------------------
 
-    async def call(self, call: Call, step: Input) -> CallResult:
-        """Feed a local call; the result is answered by the machine's CompleteCaller."""
-        result = CallResult()
-        self._calls[call] = result
-        await self._put(step, result)
-        return result
+    async def call(self, call: Call, step: Input, *, request: str = "") -> CallResult:
+        """Feed a local call; the result is answered by the machine's CompleteCaller.
+
+        A repeat of a ``request`` (say ``"commit"``) already waiting for its
+        answer joins the waiting callers instead of reaching the machine a
+        second time (which would refuse it): libvirt may call
+        complete_migrate_in from two threads, and both hear the one outcome.
+        """
+        caller = _Caller(call, request, CallResult())
+        await self._put(step, caller)
+        return caller.result
 
     async def request(self, message: Request) -> Response | None:
         """A request from the peer; waits (bounded by the caller) for the machine's reply."""
@@ -128,13 +148,13 @@ class MigrationDriver:
         await slot.done.wait()
         return slot.response
 
-    async def _put(self, step: Input, result: CallResult | None) -> None:
+    async def _put(self, step: Input, caller: _Caller | None) -> None:
         try:
-            await self._send.send((step, result))
+            await self._send.send((step, caller))
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             error = MigrationError(f"migration {self.migration_id} has ended")
-            if result is not None:
-                result.settle(error=error)
+            if caller is not None:
+                caller.result.settle(error=error)
             else:
                 raise error from None
 
@@ -168,22 +188,37 @@ class MigrationDriver:
             self._close()
 
     def _fail_calls(self, error: MigrationError) -> None:
-        for result in self._calls.values():
-            result.settle(error=error)
+        for callers in self._calls.values():
+            for caller in callers:
+                caller.result.settle(error=error)
 
-    async def _serve(self, inbox: MemoryObjectReceiveStream[tuple[Input, CallResult | None]]) -> None:
+    def _joined(self, caller: _Caller) -> bool:
+        """Add ``caller`` to a caller of the same request still waiting for its answer."""
+        waiting = self._calls.get(caller.call, [])
+        if caller.request and any(other.request == caller.request for other in waiting):
+            waiting.append(caller)
+            return True
+        return False
+
+    async def _serve(self, inbox: MemoryObjectReceiveStream[tuple[Input, _Caller | None]]) -> None:
         linger_until: float | None = None
         while True:
             timeout = None if linger_until is None else max(0.0, linger_until - anyio.current_time())
             with anyio.move_on_after(timeout):
-                step, result = await inbox.receive()
+                step, caller = await inbox.receive()
+                if caller is not None and self._joined(caller):
+                    continue
                 try:
                     effects = step(self.machine, anyio.current_time())
                 except ActorlockError as exc:
-                    if result is None:
+                    if caller is None:
                         raise
-                    result.settle(error=exc)
+                    caller.result.settle(error=exc)
                     continue
+                if caller is not None:
+                    # Waiting from now on: an answer to an earlier call of this
+                    # kind, given before this step ran, is not this caller's.
+                    self._calls.setdefault(caller.call, []).append(caller)
                 await self._execute(effects)
                 await self._settle()
             if self.machine.finished and self._settled:
@@ -198,8 +233,7 @@ class MigrationDriver:
         self._inbox.close()
         for scope in self._timers.values():
             scope.cancel()
-        for result in self._calls.values():
-            result.settle(error=MigrationError(f"migration {self.migration_id} stopped"))
+        self._fail_calls(MigrationError(f"migration {self.migration_id} stopped"))
         for slots in self._replies.values():
             for slot in slots:
                 slot.done.set()
@@ -256,9 +290,8 @@ class MigrationDriver:
                 return machine.query_done(ownership, now=now())
             case CompleteCaller(call=call):
                 await self._settle()
-                result = self._calls.pop(call, None)
-                if result is not None:
-                    result.settle(effect)
+                for caller in self._calls.pop(call, []):
+                    caller.result.settle(effect)
             case DropPending(reason=reason):
                 log.info("migration %s (%s): dropped: %s", self.migration_id, self.role, reason)
             case Discard(message=message, reason=reason):
