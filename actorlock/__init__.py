@@ -22,6 +22,7 @@ from .errors import ActorlockError as ActorlockError
 from .lockmanager import LockManager as LockManager
 from .lockmanager import LockManagerPlugin as LockManagerPlugin
 from .lockmanager import plugin_load as plugin_load
+from .lockmanager import run_plugin as run_plugin
 from .model import DomainIdentity as DomainIdentity
 from .model import Lease as Lease
 from .model import LeaseMode as LeaseMode
@@ -54,6 +55,7 @@ __all__ = [
     "load_config",
     "open_host",
     "plugin_load",
+    "run_plugin",
 ]
 
 __version__ = "0.1.0"

@@ -131,19 +131,13 @@ async def run_demo(lockspace: Path | None, backend: str, out: Callable[[str], An
         await anyio.to_thread.run_sync(prepare)
         out(f"actorlock demo: {backend} lockspace at {root / 'lockspace'}")
         async with _guest() as qemu_a, _guest() as qemu_b:
-            plugin_b = await plugin_load(backend, demo.config("host-b", 2, peer="host-a"))
-            demo.say("host-b", "plugin loaded (joined the lockspace, peer service up)")
-            try:
-                plugin_c = await plugin_load(backend, demo.config("host-c", 3))
-                demo.say("host-c", "plugin loaded (joined the lockspace)")
-                try:
+            async with plugin_load(backend, demo.config("host-b", 2, peer="host-a")) as plugin_b:
+                demo.say("host-b", "plugin loaded (joined the lockspace, peer service up)")
+                async with plugin_load(backend, demo.config("host-c", 3)) as plugin_c:
+                    demo.say("host-c", "plugin loaded (joined the lockspace)")
                     await _single_host(demo, plugin_b, plugin_c, qemu_a, qemu_b)
-                finally:
-                    await plugin_c.unload()
-                    demo.say("host-c", "plugin unloaded")
-            finally:
-                await plugin_b.unload()
-                demo.say("host-b", "plugin unloaded")
+                demo.say("host-c", "plugin unloaded")
+            demo.say("host-b", "plugin unloaded")
         await demo.show_leases()
 
 
@@ -152,45 +146,41 @@ async def _single_host(
 ) -> None:
     say = demo.say
     a_cfg = demo.config("host-a", 1, peer="host-b")
-    plugin_a = await plugin_load(demo.backend, a_cfg)
-    say("host-a", "plugin loaded (joined the lockspace, peer service up)")
+    async with plugin_load(demo.backend, a_cfg) as plugin_a:
+        say("host-a", "plugin loaded (joined the lockspace, peer service up)")
 
-    vm1 = await demo.manager(plugin_a, VM1, "vm1")
-    vm1.set_parameter("pid", qemu_a.pid)
-    vm1.register_resource(ResourceType.DISK, VM1_DISK)
-    vm1.register_resource(ResourceType.DISK, VM1_ISO, ResourceFlags.READONLY)
-    await vm1.acquire_object(AcquireFlags.REGISTER_ONLY)
-    say("host-a", f"vm1 registered, guest pid {qemu_a.pid} started paused (no leases yet)")
-    status = await vm1.acquire_object()
-    say("host-a", f"vm1 CPUs started: leases {_leases(status)}; readonly ISO not locked")
-    await demo.show_leases()
-    await demo.refused(plugin_c, "while host-a runs vm1")
+        vm1 = await demo.manager(plugin_a, VM1, "vm1")
+        vm1.set_parameter("pid", qemu_a.pid)
+        vm1.register_resource(ResourceType.DISK, VM1_DISK)
+        vm1.register_resource(ResourceType.DISK, VM1_ISO, ResourceFlags.READONLY)
+        await vm1.acquire_object(AcquireFlags.REGISTER_ONLY)
+        say("host-a", f"vm1 registered, guest pid {qemu_a.pid} started paused (no leases yet)")
+        status = await vm1.acquire_object()
+        say("host-a", f"vm1 CPUs started: leases {_leases(status)}; readonly ISO not locked")
+        await demo.show_leases()
+        await demo.refused(plugin_c, "while host-a runs vm1")
 
-    status = await vm1.acquire_resource(ResourceType.DISK, VM1_DATA)
-    say("host-a", f"vm1 hotplug {VM1_DATA}: leases {_leases(status)}")
-    status = await vm1.release_resource(ResourceType.DISK, VM1_DATA)
-    say("host-a", f"vm1 unplug {VM1_DATA}: leases {_leases(status)}")
+        status = await vm1.acquire_resource(ResourceType.DISK, VM1_DATA)
+        say("host-a", f"vm1 hotplug {VM1_DATA}: leases {_leases(status)}")
+        status = await vm1.release_resource(ResourceType.DISK, VM1_DATA)
+        say("host-a", f"vm1 unplug {VM1_DATA}: leases {_leases(status)}")
 
-    state = await vm1.release_all(save_state=True)
-    say("host-a", f"vm1 paused: leases released, lock state saved {state.to_string()}")
-    status = await vm1.acquire_object(state=state)
-    say("host-a", f"vm1 resumed with that state: leases {_leases(status)}")
-    await vm1.free()
+        state = await vm1.release_all(save_state=True)
+        say("host-a", f"vm1 paused: leases released, lock state saved {state.to_string()}")
+        status = await vm1.acquire_object(state=state)
+        say("host-a", f"vm1 resumed with that state: leases {_leases(status)}")
+        await vm1.free()
 
-    await plugin_a.unload()
     say("host-a", "coordinator stopped (libvirtd restart); vm1 keeps running and keeps its leases")
     await demo.refused(plugin_c, "while host-a's coordinator is down")
-    plugin_a = await plugin_load(demo.backend, a_cfg)
-    try:
+    async with plugin_load(demo.backend, a_cfg) as plugin_a:
         say("host-a", f"coordinator back; resumed its lockspace membership: {plugin_a.host.resumed}")
         vm1 = await demo.manager(plugin_a, VM1, "vm1", NewFlags.ATTACH)
         pid = await vm1.get_child()
         status = await vm1.inquire()
         say("host-a", f"vm1 re-attached: guest pid {pid}, leases {_leases(status)} (same tokens: no gap)")
         await _migrations(demo, plugin_a, plugin_b, plugin_c, vm1, qemu_a, qemu_b)
-    finally:
-        await plugin_a.unload()
-        say("host-a", "plugin unloaded")
+    say("host-a", "plugin unloaded")
 
 
 async def _migrations(

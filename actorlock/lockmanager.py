@@ -5,21 +5,51 @@ subclass. As in libvirt, a manager is a short-lived handle: ``free()`` drops
 the handle, not the leases; the guest's domain actor keeps them until
 ``shutdown()`` (or a later manager's release).
 
-``plugin_load``/``unload`` enter and leave the host's task group, so call
-them from the same task (as libvirtd does at start-up and shutdown), or use
-``async with await plugin_load(...) as plugin``.
+Loading the plugin
+------------------
+The plugin is a host coordinator, and a coordinator is a set of tasks, so it
+runs inside a task group the caller owns. The two forms::
+
+    async with actorlock.plugin_load("file", config) as plugin:
+        ...                               # unloaded when the block ends
+
+    plugin = await task_group.start(actorlock.run_plugin, "file", config)
+    ...
+    await plugin.unload()                 # or cancel task_group
+
+Both are safe inside a timeout: ``with anyio.fail_after(60): plugin = await
+tg.start(run_plugin, ...)`` bounds the load only, and the plugin outlives the
+timeout; ``unload()`` may be called from any task, inside any scope.
+
+``plugin = await plugin_load(...)`` on its own checks the name and the
+configuration and starts nothing. It used to enter the host's task group in
+the caller's task and return with it still open, so inside ``with
+anyio.fail_after(...)`` (or any cancel scope or task group left before
+``unload()``) it corrupted the caller's cancel-scope stack. That form cannot be
+made safe: anyio (like trio) only runs a task inside a task group that some
+task holds open around it, and after a bare ``await`` returns there is no such
+scope left except the caller's own; the alternatives are a fire-and-forget task
+(``asyncio.create_task``, trio system tasks: errors lost or fatal, nothing
+bounds its lifetime) or an event loop in another thread, and neither belongs in
+a library. So the awaited form returns a plugin that is not running, and
+using it (``new_manager``, ``host``) raises InvalidStateError naming the two
+forms above; ``async with plugin:`` runs it, which keeps ``async with await
+plugin_load(...) as plugin`` working.
 """
 
 from __future__ import annotations
 
 import contextlib
+import enum
 import os
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import anyio
 import attrs
+from anyio.abc import TaskStatus
 
 from .actors.host import PauseCallback
 from .actors.messages import DomainStatus
@@ -32,21 +62,46 @@ from .model import DomainIdentity, LockState, Resource
 PARAMETERS = ("id", "uuid", "name", "pid", "uri")
 
 
-class LockManagerPlugin:
-    """A loaded lock driver: one host coordinator for this process."""
+class _State(enum.Enum):
+    NEW = "new"
+    STARTING = "starting"
+    RUNNING = "running"
+    UNLOADED = "unloaded"
 
-    def __init__(self, name: str, host: Host, stack: contextlib.AsyncExitStack) -> None:
+
+class LockManagerPlugin:
+    """A lock driver: one host coordinator for this process, run by a task group.
+
+    Get one from ``async with plugin_load(...)`` or ``await
+    task_group.start(run_plugin, ...)``; see the module docstring.
+    """
+
+    def __init__(self, name: str, config: Config, *, pause_callback: PauseCallback | None = None) -> None:
         self.name = name
-        self.host = host
-        self._stack = stack
-        self._loaded = True
+        self.config = config
+        self._pause_callback = pause_callback
+        self._state = _State.NEW
+        self._host: Host | None = None
+        self._unload_requested: anyio.Event | None = None
+        self._stopped: anyio.Event | None = None
+        self._stack: contextlib.AsyncExitStack | None = None
+
+    @property
+    def host(self) -> Host:
+        """The running host (still readable after unload, for its last view)."""
+        if self._host is None:
+            raise self._not_running()
+        return self._host
+
+    @property
+    def running(self) -> bool:
+        return self._state is _State.RUNNING
 
     async def new_manager(
         self, object_type: ObjectType, flags: NewFlags | int = NewFlags.NONE
     ) -> LockManager:
         """A manager for one guest (virLockManagerNew)."""
-        if not self._loaded:
-            raise InvalidStateError(f"lock plugin {self.name!r} is unloaded")
+        self._check_running()
         if object_type is not ObjectType.DOMAIN:
             raise InvalidParameterError(f"unsupported object type {object_type!r}")
         flags = NewFlags(flags)
@@ -55,38 +110,174 @@ class LockManagerPlugin:
         return LockManager(self, flags)
 
     async def unload(self) -> None:
-        """Stop the host coordinator (virLockManagerPluginUnload). Idempotent."""
-        if self._loaded:
-            self._loaded = False
-            await self._stack.aclose()
+        """Stop the host coordinator (virLockManagerPluginUnload).
+
+        Idempotent, and callable from any task: it asks the plugin's own task
+        to leave the lockspace and waits until it has. The task group that runs
+        the plugin is not left here; the ``async with`` block's end (or the
+        task group's) does that.
+        """
+        if self._state is _State.NEW:
+            self._state = _State.UNLOADED
+            return
+        self._state = _State.UNLOADED
+        if self._unload_requested is not None:
+            self._unload_requested.set()
+        if self._stopped is not None:
+            await self._stopped.wait()
+
+    async def _run(self, *, task_status: TaskStatus[LockManagerPlugin]) -> None:
+        """Run the host until ``unload()`` or cancellation, in the task that calls this."""
+        if self._state is not _State.NEW:
+            raise self._not_new()
+        self._state = _State.STARTING
+        self._unload_requested = anyio.Event()
+        self._stopped = anyio.Event()
+        try:
+            async with open_host(self.config, pause_callback=self._pause_callback) as host:
+                self._host = host
+                if self._state is not _State.STARTING:
+                    raise InvalidStateError(f"lock plugin {self.name!r} was unloaded while loading")
+                self._state = _State.RUNNING
+                task_status.started(self)
+                await self._unload_requested.wait()
+        finally:
+            self._state = _State.UNLOADED
+            self._stopped.set()
 
     async def __aenter__(self) -> LockManagerPlugin:
+        """Run the plugin in a task group held open by this block."""
+        if self._state is not _State.NEW:
+            raise self._not_new()
+        stack = contextlib.AsyncExitStack()
+        tg = await stack.enter_async_context(anyio.create_task_group())
+        try:
+            await tg.start(self._run)
+        except Exception:
+            # A load error: nothing runs in the task group; leave it cleanly and
+            # raise the error as it is, not wrapped in an ExceptionGroup.
+            await stack.aclose()
+            raise
+        except BaseException as exc:
+            await stack.__aexit__(type(exc), exc, exc.__traceback__)
+            raise
+        self._stack = stack
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.unload()
+    ) -> bool | None:
+        stack, self._stack = self._stack, None
+        self._state = _State.UNLOADED
+        if self._unload_requested is not None:
+            self._unload_requested.set()
+        if stack is None:  # pragma: no cover - __aenter__ failed, so no __aexit__
+            return None
+        if isinstance(exc, Exception):
+            # The block's own error: leave the task group cleanly and let the
+            # error through as it is, not wrapped in an ExceptionGroup.
+            await stack.__aexit__(None, None, None)
+            return None
+        # Nothing, or a cancellation (maybe the task group's own): the task group decides.
+        return await stack.__aexit__(exc_type, exc, tb)
+
+    # -- internals ------------------------------------------------------------
+
+    def _check_running(self) -> None:
+        if self._state is _State.UNLOADED:
+            raise InvalidStateError(f"lock plugin {self.name!r} is unloaded")
+        if self._state is not _State.RUNNING:
+            raise self._not_running()
+
+    def _not_running(self) -> InvalidStateError:
+        return InvalidStateError(
+            f"lock plugin {self.name!r} is not running: `plugin = await plugin_load(...)` only checks "
+            "the name and configuration; run it with `async with plugin_load(...) as plugin:` or "
+            "`plugin = await task_group.start(run_plugin, name, config)` (then `await plugin.unload()`)"
+        )
+
+    def _not_new(self) -> InvalidStateError:
+        if self._state is _State.UNLOADED:
+            return InvalidStateError(f"lock plugin {self.name!r} is unloaded; load it again")
+        return InvalidStateError(f"lock plugin {self.name!r} is already running")
 
 
-async def plugin_load(
-    name: str,
-    config: Config | Mapping[str, Any] | str | Path | None = None,
-    *,
-    pause_callback: PauseCallback | None = None,
+def _make_plugin(
+    name: str, config: Config | Mapping[str, Any] | str | Path | None, pause_callback: PauseCallback | None
 ) -> LockManagerPlugin:
-    """Load the lock driver ``name`` ("nop", "memory" or "file") with ``config``."""
     if name not in BACKENDS:
         raise InvalidParameterError(f"unknown lock plugin {name!r} (known: {', '.join(BACKENDS)})")
     cfg = load_config(config)
     cfg = attrs.evolve(cfg, locking=attrs.evolve(cfg.locking, backend=name))
-    stack = contextlib.AsyncExitStack()
-    try:
-        host = await stack.enter_async_context(open_host(cfg, pause_callback=pause_callback))
-    except BaseException:
-        await stack.aclose()
-        raise
-    return LockManagerPlugin(name, host, stack)
+    return LockManagerPlugin(name, cfg, pause_callback=pause_callback)
+
+
+class PluginLoad:
+    """What :func:`plugin_load` returns: ``async with`` it, or ``await`` it.
+
+    ``async with plugin_load(...) as plugin`` runs the plugin for the block.
+    ``await plugin_load(...)`` only checks the arguments and returns a plugin
+    that is not running yet (``async with`` that plugin to run it).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: Config | Mapping[str, Any] | str | Path | None,
+        pause_callback: PauseCallback | None,
+    ) -> None:
+        self._args = (name, config, pause_callback)
+        self._plugin: LockManagerPlugin | None = None
+
+    async def _load(self) -> LockManagerPlugin:
+        return _make_plugin(*self._args)
+
+    def __await__(self) -> Generator[Any, None, LockManagerPlugin]:
+        return self._load().__await__()
+
+    async def __aenter__(self) -> LockManagerPlugin:
+        if self._plugin is not None:
+            raise InvalidStateError("this plugin_load(...) was already entered; call plugin_load again")
+        self._plugin = _make_plugin(*self._args)
+        return await self._plugin.__aenter__()
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        assert self._plugin is not None
+        return await self._plugin.__aexit__(exc_type, exc, tb)
+
+
+def plugin_load(
+    name: str,
+    config: Config | Mapping[str, Any] | str | Path | None = None,
+    *,
+    pause_callback: PauseCallback | None = None,
+) -> PluginLoad:
+    """Load the lock driver ``name`` ("nop", "memory" or "file") with ``config``.
+
+    Use ``async with plugin_load(name, config) as plugin:``; for a plugin whose
+    lifetime is not a block, ``plugin = await task_group.start(run_plugin, name,
+    config)``. ``await plugin_load(...)`` alone starts nothing (module docstring).
+    """
+    return PluginLoad(name, config, pause_callback)
+
+
+async def run_plugin(
+    name: str,
+    config: Config | Mapping[str, Any] | str | Path | None = None,
+    *,
+    pause_callback: PauseCallback | None = None,
+    task_status: TaskStatus[LockManagerPlugin] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run the lock driver ``name`` until ``plugin.unload()`` or cancellation.
+
+    ``plugin = await task_group.start(run_plugin, name, config)`` returns once
+    the host has joined its lockspace; load errors are raised from ``start``.
+    Pass ``pause_callback`` with ``functools.partial``.
+    """
+    plugin = _make_plugin(name, config, pause_callback)
+    await plugin._run(task_status=task_status)
 
 
 class LockManager:

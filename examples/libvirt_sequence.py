@@ -21,9 +21,15 @@ async def main() -> None:
             "locking": {"kill_grace": 0.5},
             "file": {"lockspace_dir": lockspace},
         }
-        # At libvirtd startup
-        plugin = await actorlock.plugin_load("file", cfg)
-        async with await anyio.open_process(["sleep", "30"]) as qemu:  # stands in for QEMU
+        # At libvirtd startup: the plugin runs until the block ends (libvirtd shutdown).
+        # A daemon whose plugin outlives a block uses a task group instead:
+        #     plugin = await task_group.start(actorlock.run_plugin, "file", cfg)
+        #     ...
+        #     await plugin.unload()
+        async with (
+            actorlock.plugin_load("file", cfg) as plugin,
+            await anyio.open_process(["sleep", "30"]) as qemu,  # stands in for QEMU
+        ):
             # At guest startup
             manager = await plugin.new_manager(ObjectType.DOMAIN, 0)
             manager.set_parameter("id", 1)
@@ -42,8 +48,7 @@ async def main() -> None:
             await manager.shutdown()
             await manager.free()
             print("released; records:", [(r.key, len(r.holders)) for r in await plugin.host.leases()])
-        # At libvirtd shutdown
-        await plugin.unload()
+        # At libvirtd shutdown: leaving the block unloads the plugin (virLockManagerPluginUnload)
 
 
 if __name__ == "__main__":

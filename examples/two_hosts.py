@@ -30,6 +30,7 @@ the tail of each host's log) otherwise.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import json
 import os
@@ -305,12 +306,12 @@ def host_config(args: argparse.Namespace) -> dict[str, Any]:
 
 async def run_host(args: argparse.Namespace, agent_class: type[HostAgent] = HostAgent) -> int:
     """Host mode: join, say ready, serve ops until stdin closes."""
-    try:
-        plugin = await actorlock.plugin_load("file", host_config(args))
-    except (ActorlockError, OSError, ValueError) as exc:
-        emit({"event": "failed", "error": type(exc).__name__, "message": str(exc)})
-        return 1
-    async with plugin:
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            plugin = await stack.enter_async_context(actorlock.plugin_load("file", host_config(args)))
+        except (ActorlockError, OSError, ValueError) as exc:
+            emit({"event": "failed", "error": type(exc).__name__, "message": str(exc)})
+            return 1
         coordinator = plugin.host.coordinator
         reader = LineReader(sys.stdin.fileno())
         async with anyio.create_task_group() as tg:

@@ -13,7 +13,7 @@ def test_every_public_name_is_exported_and_exists() -> None:
 
 
 def test_the_seed_api_names_are_all_there() -> None:
-    for name in ("plugin_load", "LockManagerPlugin", "LockManager", "open_host", "load_config"):
+    for name in ("plugin_load", "run_plugin", "LockManagerPlugin", "LockManager", "open_host", "load_config"):
         assert name in actorlock.__all__
     for method in (
         "set_parameter",

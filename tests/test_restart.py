@@ -41,10 +41,9 @@ async def test_restart_within_lease_timeout_reattaches_with_no_gap(tmp_path: Pat
     cfg = host_config("a", 1, lockspace=space, host={"state_dir": str(tmp_path / "state")})
     with guest_process() as guest:
         async with await actorlock.plugin_load("memory", host_config("b", 2, lockspace=space)) as b:
-            a = await actorlock.plugin_load("memory", cfg)
-            await start_guest(a, "u1", guest.pid, "/d/1.img", "/d/2.img")
-            before = tokens(await a.host.leases())
-            await a.unload()
+            async with actorlock.plugin_load("memory", cfg) as a:
+                await start_guest(a, "u1", guest.pid, "/d/1.img", "/d/2.img")
+                before = tokens(await a.host.leases())
             # The coordinator is gone, the guest runs on: nobody may take its disks.
             with pytest.raises(ResourceBusyError):
                 await b.host.domain("thief").start([actorlock.disk("/d/1.img")])
@@ -64,9 +63,8 @@ async def test_restart_after_lease_timeout_reports_the_leases_lost(tmp_path: Pat
     cfg = host_config("a", 1, lockspace=space, host={"state_dir": str(tmp_path / "state")})
     with guest_process() as guest:
         async with await actorlock.plugin_load("memory", host_config("b", 2, lockspace=space)) as b:
-            a = await actorlock.plugin_load("memory", cfg)
-            await start_guest(a, "u1", guest.pid, "/d/1.img")
-            await a.unload()
+            async with actorlock.plugin_load("memory", cfg) as a:
+                await start_guest(a, "u1", guest.pid, "/d/1.img")
             await anyio.sleep(TIMING["lease_timeout"] * 1.2)
             async with await actorlock.plugin_load("memory", cfg) as a2:
                 assert not a2.host.resumed
@@ -84,9 +82,8 @@ async def test_attach_to_a_guest_that_died_meanwhile_says_so(tmp_path: Path) -> 
     space = unique()
     cfg = host_config("a", 1, lockspace=space, host={"state_dir": str(tmp_path / "state")})
     with guest_process() as guest:
-        a = await actorlock.plugin_load("memory", cfg)
-        await start_guest(a, "u1", guest.pid, "/d/1.img")
-        await a.unload()
+        async with actorlock.plugin_load("memory", cfg) as a:
+            await start_guest(a, "u1", guest.pid, "/d/1.img")
     async with await actorlock.plugin_load("memory", cfg) as a2:
         manager = await attach(a2, "u1")
         with pytest.raises(GuestNotRunningError):
