@@ -156,7 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(keys.public)
             return 0
         if args.command == "leases":
-            from .inspect import lockspace_report
+            from .lockspace_report import lockspace_report
 
             if args.observe < 0:
                 print("actorlock leases: --observe must not be negative", file=sys.stderr)

@@ -19,8 +19,8 @@ from anyio.abc import Process
 
 from .constants import AcquireFlags, MigrateFlags, NewFlags, ObjectType, ResourceFlags, ResourceType
 from .errors import ActorlockError, ResourceBusyError
-from .inspect import lockspace_report
 from .lockmanager import LockManager, LockManagerPlugin, plugin_load
+from .lockspace_report import lockspace_report
 from .transport.zmq import KeyPair, generate_keypair, save_keypair
 
 # Short timings so the demo finishes in seconds; the rule host_dead >=

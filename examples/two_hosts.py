@@ -53,7 +53,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 import actorlock
 from actorlock import MigrateFlags, NewFlags, ObjectType, ResourceFlags, ResourceType
 from actorlock.errors import ActorlockError, InvalidParameterError, ResourceBusyError
-from actorlock.inspect import lockspace_report
+from actorlock.lockspace_report import lockspace_report
 from actorlock.model import LeaseRecord
 from actorlock.transport.zmq import KeyPair, generate_keypair, save_keypair
 

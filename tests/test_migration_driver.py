@@ -19,6 +19,7 @@ import pytest
 
 import actorlock
 from actorlock import Resource
+from actorlock.errors import InvalidStateError
 
 from .support import guest_process, host_config, unique
 
@@ -158,3 +159,17 @@ async def test_a_domain_migrates_out_and_back_in_without_a_shutdown_between(gap:
             await migrate(on_a, b, on_b, second.pid)
             assert await tokens(a) == {key: [("b", token + 3)] for key, [(_, token)] in start.items()}
             await on_b.shutdown()
+
+
+async def test_a_domain_that_migrated_away_refuses_hotplug() -> None:
+    with guest_process() as first, guest_process() as second:
+        async with two_hosts() as (a, b):
+            on_a = a.domain(UUID, name="vm")
+            on_b = b.domain(UUID, name="vm")
+            await on_a.start(disks(), pid=first.pid)
+            await migrate(on_a, b, on_b, second.pid)
+            assert (await on_a.status()).phase == "migrated"
+            with pytest.raises(InvalidStateError, match="migrated"):
+                await on_a.hotplug(actorlock.disk("/d/extra.img"))
+            # Nothing was taken for it on the old host; the new host holds the rest.
+            assert not [h for r in await a.leases() for h in r.holders if h.owner.host == "a"]

@@ -24,7 +24,7 @@ import pytest
 
 import actorlock
 from actorlock.errors import ResourceBusyError
-from actorlock.inspect import lockspace_report
+from actorlock.lockspace_report import lockspace_report
 
 pytestmark = pytest.mark.anyio
 

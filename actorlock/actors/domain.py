@@ -160,7 +160,7 @@ class DomainActor(Actor[Any]):
     async def _acquire_resource(self, resource: Resource) -> DomainStatus:
         if not self.host.capabilities.hotplug:
             raise NotSupportedError(f"the {self.host.backend_kind} backend does not support disk hotplug")
-        if self.phase in (UNDEFINED, STOPPED, DomainPhase.LOST):
+        if self.phase in (UNDEFINED, STOPPED, MIGRATED, DomainPhase.LOST):
             raise InvalidStateError(f"{self.name} is {self.phase}: nothing to hotplug into")
         if resource.key in self.resources:
             raise InvalidParameterError(f"{self.name}: {resource.key} is already registered")
