@@ -231,14 +231,16 @@ class DomainActor(Actor[Any]):
     async def _leases_lost(self, reason: str, action_result: str) -> None:
         if self.phase != DomainPhase.RUNNING:
             return
+        await self._mark_lost(f"{reason}; failure action: {action_result}")
+
+    async def _mark_lost(self, reason: str) -> None:
         self.phase = DomainPhase.LOST
-        self.lost_reason = f"{reason}; failure action: {action_result}"
-        log.error("%s: leases lost (%s)", self.name, self.lost_reason)
+        self.lost_reason = reason
+        log.error("%s: leases lost (%s)", self.name, reason)
         # Reported before the save: a state_dir write may wait behind a
         # saturated worker pool, and the loss is decided already.
-        self.host.emit(
-            "leases_lost", domain=self.identity.uuid, keys=tuple(sorted(self.leases)), reason=self.lost_reason
-        )
+        keys = tuple(sorted(self.leases))
+        self.host.emit("leases_lost", domain=self.identity.uuid, keys=keys, reason=reason)
         await self._save()
 
     # -- migration ------------------------------------------------------------
@@ -419,13 +421,8 @@ class DomainActor(Actor[Any]):
         """Fail an acquisition during which the host lost its lockspace (the guest is being fenced)."""
         if self.host.losses == losses and self.host.live:
             return
-        self.phase = DomainPhase.LOST
-        self.lost_reason = "the host lost its lockspace while the leases were being acquired"
-        await self._save()
         # The target stays published: the loss fences it (or already did).
-        self.host.emit(
-            "leases_lost", domain=self.identity.uuid, keys=tuple(sorted(self.leases)), reason=self.lost_reason
-        )
+        await self._mark_lost("the host lost its lockspace while the leases were being acquired")
         raise LeaseLostError(f"{self.name}: {self.lost_reason}", sorted(self.leases))
 
     async def _give_back(self, keys: list[str]) -> None:

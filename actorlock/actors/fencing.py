@@ -116,7 +116,7 @@ class FenceBoard:
             self._targets.pop(uuid, None)
             return
         self._targets[uuid] = target
-        if target.pid is None and self.action is FailureAction.POWEROFF:
+        if self._cannot_fence(target):
             if uuid not in self._warned_unfenceable:
                 self._warned_unfenceable.add(uuid)
                 log.warning(
@@ -162,7 +162,10 @@ class FenceBoard:
     def unfenceable(self, uuid: str) -> bool:
         """True if domain ``uuid`` holds leases that no failure action could enforce."""
         target = self._targets.get(uuid)
-        return target is not None and target.pid is None and self.action is FailureAction.POWEROFF
+        return target is not None and self._cannot_fence(target)
+
+    def _cannot_fence(self, target: FenceTarget) -> bool:
+        return target.pid is None and self.action is FailureAction.POWEROFF
 
     @property
     def unfenced(self) -> dict[str, str]:

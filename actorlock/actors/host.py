@@ -123,7 +123,6 @@ class HostCoordinator:
         self._boot_id = ""
         self._last_start = 0.0
         self._expires_at = 0.0
-        self._renewed_at: float | None = None
         self._journal_changed = anyio.Event()
         self._lost = False
         self._renewals = 0
@@ -258,12 +257,11 @@ class HostCoordinator:
         same_boot = persisted is not None and bool(self._boot_id) and persisted.boot_id == self._boot_id
         identity = (self.identity.name, self.identity.id)
         mine = persisted is not None and (persisted.name, persisted.id) == identity
-        deadline = None
+        lost_results: dict[str, str] = {}
         if same_boot and mine and persisted is not None and persisted.renewed_at is not None:
             deadline = persisted.renewed_at + timing.lease_timeout
-        lost_results: dict[str, str] = {}
-        if deadline is not None and persisted is not None and self._clock() < deadline:
-            self.resumed = await self._resume(persisted.incarnation, deadline)
+            if self._clock() < deadline:
+                self.resumed = await self._resume(persisted.incarnation, deadline)
         if not self.resumed:
             self.incarnation = uuidlib.uuid4().hex
             if same_boot and domains:
@@ -282,7 +280,6 @@ class HostCoordinator:
             await self.backend.renew(self._advert(start))
             self._last_start, self._expires_at = start, start + timing.lease_timeout
         unverified = await self._verify_resumed(domains) if self.resumed else {}
-        self._renewed_at = self._last_start
         # host.json is written by the journal task, not awaited here: a slow
         # state_dir must not keep the renew loop from watching the deadline
         # (found by actorlock sim). A journal that lags makes a later
@@ -385,7 +382,7 @@ class HostCoordinator:
             self.identity.id,
             self.incarnation,
             boot_id=self._boot_id,
-            renewed_at=self._renewed_at,
+            renewed_at=self._last_start,
         )
 
     async def _journal_loop(self) -> None:
@@ -394,13 +391,13 @@ class HostCoordinator:
         Its own task: a slow state_dir delays only the journal (which then
         lags, making a restart's deadline earlier), never a renewal.
         """
-        written: tuple[str, float | None] | None = None
+        written: tuple[str, float] | None = None
         while True:
             await self._journal_changed.wait()
             self._journal_changed = anyio.Event()
-            if (self.incarnation, self._renewed_at) == written:
+            if (self.incarnation, self._last_start) == written:
                 continue
-            written = (self.incarnation, self._renewed_at)
+            written = (self.incarnation, self._last_start)
             try:
                 with anyio.fail_after(self.config.timing.io_timeout):
                     await self.store.save_host(self._persisted())
@@ -696,7 +693,6 @@ class HostCoordinator:
                 continue  # completed, but after the lease it extends had expired: the loop fences
             self._renewals += 1
             self._last_start, self._expires_at = start, start + timing.lease_timeout
-            self._renewed_at = start
             self._journal_changed.set()
             if self._lost:
                 log.warning("host %s: renewing again after a lockspace loss", self.identity.name)

@@ -11,13 +11,14 @@ made it wait.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import attrs
 
 from ..clock import host_clock
 from ..errors import InvalidStateError
 from ..model import (
+    Holder,
     HostIdentity,
     HostRecord,
     HostState,
@@ -144,26 +145,27 @@ class MemoryLeaseBackend:
 
     async def acquire(self, owner: LeaseOwner, requests: Sequence[LeaseRequest]) -> tuple[Lease, ...]:
         self._me()
-        keys = [r.key for r in requests]
-        while True:
-            leases_read = [self.space.records.get(k) for k in keys]
-            read_at = self._observer.now()
-            host_records = dict(self.space.hosts)  # read after the lease records, as the file backend does
-            if self._read_delay is not None:
+        read_at = self._observer.now()
+        host_records: Mapping[int, HostRecord] = self.space.hosts
+        if self._read_delay is not None:
+            keys = [r.key for r in requests]
+            while True:
+                leases_read = [self.space.records.get(k) for k in keys]
+                read_at = self._observer.now()
+                # Read after the lease records, as the file backend does.
+                host_records = dict(self.space.hosts)
                 await self._read_delay()
-                if [self.space.records.get(k) for k in keys] != leases_read:
-                    continue
-            judged = {
-                h: self._observer.holder_alive(h, host_records.get(h.owner.host_id), read_at)
-                for k in keys
-                if (record := self.space.records.get(k)) is not None
-                for h in record.holders
-            }
-            alive = judged.__getitem__
-            updated, leases = plan_acquire(self.space.records, owner, self._incarnation, requests, alive)
+                if [self.space.records.get(k) for k in keys] == leases_read:
+                    break
             self._me()
-            self.space.records.update(updated)
-            return leases
+        updated, leases = plan_acquire(
+            self.space.records, owner, self._incarnation, requests, self._judge(host_records, read_at)
+        )
+        self.space.records.update(updated)
+        return leases
+
+    def _judge(self, host_records: Mapping[int, HostRecord], read_at: float) -> Callable[[Holder], bool]:
+        return lambda h: self._observer.holder_alive(h, host_records.get(h.owner.host_id), read_at)
 
     async def release(self, owner: LeaseOwner, keys: Sequence[str]) -> None:
         self.space.records.update(plan_release(self.space.records, owner, keys))
