@@ -112,7 +112,7 @@ import attrs
 from anyio.abc import TaskGroup, TaskStatus
 
 from ..api import Host, open_host
-from ..backends.base import BackendCapabilities, HostAdvert, LeaseBackend
+from ..backends.base import LeaseBackend
 from ..config import Config, TimingConfig, load_config
 from ..constants import FailureAction
 from ..errors import (
@@ -127,21 +127,22 @@ from ..errors import (
 )
 from ..model import (
     DomainIdentity,
-    HostIdentity,
-    HostRecord,
-    HostView,
     Lease,
     LeaseMode,
-    LeaseOwner,
-    LeaseRecord,
-    LeaseRequest,
     LockState,
     Resource,
     disk,
 )
 from ..statestore import DomainState, HostPersisted, MemoryStateStore, StateStore
 from .checker import Violation, check
-from .faults import OPERATIONS, FaultyBackend, FaultyStateStore, Shape, saturate_thread_pool
+from .faults import (
+    OPERATIONS,
+    FaultyBackend,
+    FaultyStateStore,
+    ForwardingBackend,
+    Shape,
+    saturate_thread_pool,
+)
 from .history import (
     AcquireRefused,
     CoordinatorCrashed,
@@ -385,58 +386,18 @@ class _Lifeline:
         raise BackendError("the coordinator process is dead")
 
 
-class _ProcessBackend:
-    """The lease backend as one coordinator process sees it (through its :class:`_Lifeline`)."""
+class _ProcessBackend(ForwardingBackend):
+    """The lease backend as one coordinator process sees it (through its :class:`_Lifeline`).
+
+    ``aclose`` stays local: a dead process's descriptors are closed too.
+    """
 
     def __init__(self, backend: LeaseBackend, line: _Lifeline) -> None:
-        self._backend = backend
+        super().__init__(backend)
         self._line = line
 
-    @property
-    def kind(self) -> str:
-        return self._backend.kind
-
-    @property
-    def capabilities(self) -> BackendCapabilities:
-        return self._backend.capabilities
-
-    async def lockspace_id(self) -> str:
-        return await self._line.call(self._backend.lockspace_id)
-
-    async def join(self, host: HostIdentity, incarnation: str, advert: HostAdvert) -> HostRecord | None:
-        return await self._line.call(lambda: self._backend.join(host, incarnation, advert))
-
-    async def renew(self, advert: HostAdvert) -> HostRecord:
-        return await self._line.call(lambda: self._backend.renew(advert))
-
-    async def leave(self, *, clean: bool) -> None:
-        await self._line.call(lambda: self._backend.leave(clean=clean))
-
-    async def hosts(self) -> list[HostView]:
-        return await self._line.call(self._backend.hosts)
-
-    async def acquire(self, owner: LeaseOwner, requests: Sequence[LeaseRequest]) -> tuple[Lease, ...]:
-        return await self._line.call(lambda: self._backend.acquire(owner, requests))
-
-    async def release(self, owner: LeaseOwner, keys: Sequence[str]) -> None:
-        await self._line.call(lambda: self._backend.release(owner, keys))
-
-    async def transfer(
-        self,
-        source: LeaseOwner,
-        destination: LeaseOwner,
-        destination_incarnation: str,
-        leases: Sequence[Lease],
-    ) -> tuple[Lease, ...]:
-        return await self._line.call(
-            lambda: self._backend.transfer(source, destination, destination_incarnation, leases)
-        )
-
-    async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
-        return await self._line.call(lambda: self._backend.records(keys))
-
-    async def aclose(self) -> None:
-        await self._backend.aclose()  # local: a dead process's descriptors are closed too
+    async def _call(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
+        return await self._line.call(call)
 
 
 class _ProcessStore:

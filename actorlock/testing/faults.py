@@ -54,6 +54,7 @@ __all__ = [
     "STATE_WRITES",
     "FaultyBackend",
     "FaultyStateStore",
+    "ForwardingBackend",
     "Shape",
     "Slowness",
     "saturate_thread_pool",
@@ -128,11 +129,71 @@ class _InFlight:
             await self._idle.wait()
 
 
-class FaultyBackend:
+class ForwardingBackend:
+    """A LeaseBackend that passes every operation to ``inner`` through :meth:`_call`.
+
+    Subclasses change what happens around a call (fail, stall, slow it down,
+    cut it off) by overriding ``_call`` alone; ``aclose`` is never gated.
+    """
+
+    def __init__(self, inner: LeaseBackend) -> None:
+        self.inner = inner
+
+    @property
+    def kind(self) -> str:
+        return self.inner.kind
+
+    @property
+    def capabilities(self) -> BackendCapabilities:
+        return self.inner.capabilities
+
+    async def _call(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
+        return await call()
+
+    async def lockspace_id(self) -> str:
+        return await self._call("lockspace_id", self.inner.lockspace_id)
+
+    async def join(self, host: HostIdentity, incarnation: str, advert: HostAdvert) -> HostRecord | None:
+        return await self._call("join", lambda: self.inner.join(host, incarnation, advert))
+
+    async def renew(self, advert: HostAdvert) -> HostRecord:
+        return await self._call("renew", lambda: self.inner.renew(advert))
+
+    async def leave(self, *, clean: bool) -> None:
+        await self._call("leave", lambda: self.inner.leave(clean=clean))
+
+    async def hosts(self) -> list[HostView]:
+        return await self._call("hosts", self.inner.hosts)
+
+    async def acquire(self, owner: LeaseOwner, requests: Sequence[LeaseRequest]) -> tuple[Lease, ...]:
+        return await self._call("acquire", lambda: self.inner.acquire(owner, requests))
+
+    async def release(self, owner: LeaseOwner, keys: Sequence[str]) -> None:
+        await self._call("release", lambda: self.inner.release(owner, keys))
+
+    async def transfer(
+        self,
+        source: LeaseOwner,
+        destination: LeaseOwner,
+        destination_incarnation: str,
+        leases: Sequence[Lease],
+    ) -> tuple[Lease, ...]:
+        return await self._call(
+            "transfer", lambda: self.inner.transfer(source, destination, destination_incarnation, leases)
+        )
+
+    async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
+        return await self._call("records", lambda: self.inner.records(keys))
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class FaultyBackend(ForwardingBackend):
     """A LeaseBackend that forwards to ``inner`` unless told to fail, stall, hold or slow down."""
 
     def __init__(self, inner: LeaseBackend, *, seed: int | str = 0) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.failing: set[str] = set()
         self._stalled: dict[str, anyio.Event] = {}
         self._parked: dict[str, anyio.Event] = {}
@@ -143,14 +204,6 @@ class FaultyBackend:
         self._judgements = _InFlight()
         self.rng = random.Random(f"faulty-backend:{seed}")
         self.calls: dict[str, int] = dict.fromkeys(OPERATIONS, 0)
-
-    @property
-    def kind(self) -> str:
-        return self.inner.kind
-
-    @property
-    def capabilities(self) -> BackendCapabilities:
-        return self.inner.capabilities
 
     def fail(self, *operations: str) -> None:
         """Make these operations raise BackendError until healed."""
@@ -243,6 +296,9 @@ class FaultyBackend:
             await self._held.wait()
 
     async def _call(self, op: str, call: Callable[[], Awaitable[T]]) -> T:
+        if op == "lockspace_id":  # held like everything, never failed, stalled or slowed
+            await self._wait_held()
+            return await call()
         self.calls[op] += 1
         slowness = self._slow.get(op)
         before, after = slowness.draw(self.rng) if slowness is not None else (0.0, 0.0)
@@ -257,45 +313,6 @@ class FaultyBackend:
         result = await call()
         await self._slow_calls.sleep(after)
         return result
-
-    async def lockspace_id(self) -> str:
-        await self._wait_held()
-        return await self.inner.lockspace_id()
-
-    async def join(self, host: HostIdentity, incarnation: str, advert: HostAdvert) -> HostRecord | None:
-        return await self._call("join", lambda: self.inner.join(host, incarnation, advert))
-
-    async def renew(self, advert: HostAdvert) -> HostRecord:
-        return await self._call("renew", lambda: self.inner.renew(advert))
-
-    async def leave(self, *, clean: bool) -> None:
-        await self._call("leave", lambda: self.inner.leave(clean=clean))
-
-    async def hosts(self) -> list[HostView]:
-        return await self._call("hosts", self.inner.hosts)
-
-    async def acquire(self, owner: LeaseOwner, requests: Sequence[LeaseRequest]) -> tuple[Lease, ...]:
-        return await self._call("acquire", lambda: self.inner.acquire(owner, requests))
-
-    async def release(self, owner: LeaseOwner, keys: Sequence[str]) -> None:
-        await self._call("release", lambda: self.inner.release(owner, keys))
-
-    async def transfer(
-        self,
-        source: LeaseOwner,
-        destination: LeaseOwner,
-        destination_incarnation: str,
-        leases: Sequence[Lease],
-    ) -> tuple[Lease, ...]:
-        return await self._call(
-            "transfer", lambda: self.inner.transfer(source, destination, destination_incarnation, leases)
-        )
-
-    async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
-        return await self._call("records", lambda: self.inner.records(keys))
-
-    async def aclose(self) -> None:
-        await self.inner.aclose()
 
 
 class FaultyStateStore:
