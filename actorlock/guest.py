@@ -47,8 +47,14 @@ async def process_start_time(pid: int) -> int | None:
 async def is_running(
     pid: int, start_time: int | None, limiter: anyio.CapacityLimiter | None = None
 ) -> bool:
-    """Whether the guest still runs; ``limiter``: whose worker threads read /proc (None: the default)."""
-    return await anyio.to_thread.run_sync(is_running_sync, pid, start_time, limiter=limiter)
+    """Whether the guest still runs; ``limiter``: whose worker threads read /proc (None: the default).
+
+    Abandoned when cancelled, so a fence attempt stays bounded by its
+    timeout even if the read should hang.
+    """
+    return await anyio.to_thread.run_sync(
+        is_running_sync, pid, start_time, limiter=limiter, abandon_on_cancel=True
+    )
 
 
 async def power_off(
