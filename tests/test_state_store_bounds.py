@@ -28,10 +28,12 @@ class HungSaves(MemoryStateStore):
         super().__init__()
         self.hang = False
         self.hung = 0
+        self.hanging = anyio.Event()
 
     async def _maybe_hang(self) -> None:
         if self.hang:
             self.hung += 1
+            self.hanging.set()
             await anyio.sleep(VALVE)
 
     async def save_domain(self, state: DomainState) -> None:
@@ -91,7 +93,7 @@ async def test_leaving_open_host_is_not_held_up_by_a_hung_state_dir() -> None:
             store.hang = True
             async with anyio.create_task_group() as tg:
                 tg.start_soon(host.domain("u1").start, [actorlock.disk("/d/1.img")])
-                await anyio.sleep(IO_TIMEOUT / 3)
+                await store.hanging.wait()
                 tg.cancel_scope.cancel()
     assert not scope.cancelled_caught, "the host block could not be left while a state write hung"
     assert anyio.current_time() - began < IO_TIMEOUT * 4
