@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from .actors.call_result import CallResult
 from .actors.host import EventSink, HostCoordinator, HostStatus, PauseCallback
 from .actors.messages import (
     AcquireObject,
@@ -26,7 +27,6 @@ from .actors.messages import (
     ReleaseResource,
     Shutdown,
 )
-from .actors.migration import CallResult
 from .backends import make_backend
 from .backends.base import LeaseBackend
 from .clock import host_clock
@@ -138,40 +138,59 @@ class Host:
     """A running host coordinator (see :func:`open_host`)."""
 
     def __init__(self, coordinator: HostCoordinator) -> None:
-        self.coordinator = coordinator
+        self._coordinator = coordinator
 
     @property
     def name(self) -> str:
-        return self.coordinator.identity.name
+        return self._coordinator.identity.name
 
     @property
     def config(self) -> Config:
-        return self.coordinator.config
+        return self._coordinator.config
 
     @property
     def live(self) -> bool:
-        return self.coordinator.live
+        return self._coordinator.live
 
     @property
     def resumed(self) -> bool:
         """True when this start resumed a previous run's leases (restart in time)."""
-        return self.coordinator.resumed
+        return self._coordinator.resumed
+
+    @property
+    def incarnation(self) -> str:
+        """This run's identity in the lockspace (kept by a resumed restart)."""
+        return self._coordinator.incarnation
+
+    @property
+    def peer_endpoint(self) -> str:
+        """Where peers reach this host (the bound endpoint): pass it to ``prepare_migration``."""
+        return self._coordinator.peer_endpoint
+
+    def incoming_migration(self, uuid: str) -> str | None:
+        """The id of a migration of domain ``uuid`` into this host still in progress, if any."""
+        driver = self._coordinator.migrations.incoming_for(uuid)
+        return driver.migration_id if driver is not None else None
+
+    def require_peer_service(self) -> None:
+        """Raise NotSupportedError unless this host can migrate (peer endpoint, backend support)."""
+        self._coordinator.migrations.require_peer_service()
 
     def domain(self, uuid: str, *, name: str = "", id: int = -1) -> Domain:
-        return Domain(self.coordinator, DomainIdentity(uuid, name, id))
+        return Domain(self._coordinator, DomainIdentity(uuid, name, id))
 
     def known_domains(self) -> list[str]:
         """UUIDs of domains this host tracks (including ones persisted before a restart)."""
-        return self.coordinator.known_domains()
+        return self._coordinator.known_domains()
 
     async def status(self) -> HostStatus:
-        return await self.coordinator.status()
+        return await self._coordinator.status()
 
     async def leases(self) -> list[LeaseRecord]:
-        return await self.coordinator.records()
+        return await self._coordinator.records()
 
     async def hosts(self) -> list[HostView]:
-        return await self.coordinator.hosts()
+        return await self._coordinator.hosts()
 
 
 @asynccontextmanager

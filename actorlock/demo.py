@@ -193,7 +193,7 @@ async def _migrations(
     qemu_b: Process,
 ) -> None:
     say = demo.say
-    b_uri = plugin_b.host.coordinator.peer_endpoint
+    b_uri = plugin_b.host.peer_endpoint
     await vm1_a.prepare_migrate(b_uri)
     say("host-a", f"vm1 prepare_migrate({b_uri}): host-b verified the offered leases")
     vm1_b = await demo.manager(plugin_b, VM1, "vm1", NewFlags.MIGRATE)
@@ -214,7 +214,7 @@ async def _migrations(
     say("host-a", "vm1's old guest stopped; source shut down (nothing left to release)")
     await demo.refused(plugin_c, "after the migration")
 
-    a_uri = plugin_a.host.coordinator.peer_endpoint
+    a_uri = plugin_a.host.peer_endpoint
     await vm1_b.prepare_migrate(a_uri)
     say("host-b", f"vm1 prepare_migrate({a_uri}) back to host-a")
     async with _guest() as qemu_a2:

@@ -106,7 +106,7 @@ class LockManagerPlugin:
             raise InvalidParameterError(f"unsupported object type {object_type!r}")
         flags = NewFlags(flags)
         if flags & NewFlags.MIGRATE:
-            self.host.coordinator.require_peer_service()
+            self.host.require_peer_service()
         return LockManager(self, flags)
 
     async def unload(self) -> None:

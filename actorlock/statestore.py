@@ -15,6 +15,7 @@ replaces a newer state.
 
 from __future__ import annotations
 
+import enum
 import itertools
 import json
 import os
@@ -32,13 +33,25 @@ from .errors import CorruptRecordError, LockspaceError
 from .model import DomainIdentity, Lease, LeaseMode, Resource
 
 
-class DomainPhase:
-    """Where a domain's lifecycle stands (plain strings so the files stay readable)."""
+class DomainPhase(enum.StrEnum):
+    """Where a domain's lifecycle stands; the values are what state files hold.
 
+    The moves between phases are one table: :mod:`actorlock.actors.phases`.
+    """
+
+    UNDEFINED = "undefined"  # nothing registered yet (never persisted)
     REGISTERED = "registered"  # guest bound, no leases (started paused)
     RUNNING = "running"  # leases held
     PAUSED = "paused"  # leases released, lock state saved
     LOST = "lost"  # leases lost, failure action ran
+    MIGRATED = "migrated"  # the leases moved to another host; the guest must not run here
+    STOPPED = "stopped"  # shut down and forgotten (never persisted)
+
+
+# A state file names one of these; the others exist only in a running actor.
+PERSISTED_PHASES = frozenset(
+    {DomainPhase.REGISTERED, DomainPhase.RUNNING, DomainPhase.PAUSED, DomainPhase.LOST, DomainPhase.MIGRATED}
+)
 
 
 @attrs.frozen
@@ -46,7 +59,7 @@ class DomainState:
     """A domain as persisted: enough to re-attach after a coordinator restart."""
 
     identity: DomainIdentity
-    phase: str
+    phase: DomainPhase
     pid: int | None = None
     pid_start: int | None = None  # process start time, guards against pid reuse
     resources: tuple[Resource, ...] = ()
@@ -232,11 +245,22 @@ def _encode_domain(s: DomainState) -> dict[str, Any]:
     }
 
 
+def _decode_phase(raw: Any) -> DomainPhase:
+    try:
+        phase = DomainPhase(raw)
+    except ValueError:
+        phase = None
+    if phase not in PERSISTED_PHASES:
+        raise ValueError(f"unknown phase {raw!r}")
+    assert phase is not None
+    return phase
+
+
 def _decode_domain(path: Path, d: Any) -> DomainState:
     try:
         return DomainState(
             identity=DomainIdentity(str(d["uuid"]), str(d["name"]), int(d["id"])),
-            phase=str(d["phase"]),
+            phase=_decode_phase(d["phase"]),
             pid=None if d["pid"] is None else int(d["pid"]),
             pid_start=None if d["pid_start"] is None else int(d["pid_start"]),
             resources=tuple(decode_resource(r) for r in d["resources"]),

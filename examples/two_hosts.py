@@ -312,7 +312,6 @@ async def run_host(args: argparse.Namespace, agent_class: type[HostAgent] = Host
         except (ActorlockError, OSError, ValueError) as exc:
             emit({"event": "failed", "error": type(exc).__name__, "message": str(exc)})
             return 1
-        coordinator = plugin.host.coordinator
         reader = LineReader(sys.stdin.fileno())
         async with anyio.create_task_group() as tg:
             agent = agent_class(plugin, args, tg)
@@ -321,8 +320,8 @@ async def run_host(args: argparse.Namespace, agent_class: type[HostAgent] = Host
                     "event": "ready",
                     "name": args.name,
                     "pid": os.getpid(),
-                    "endpoint": coordinator.peer_endpoint,
-                    "incarnation": coordinator.incarnation,
+                    "endpoint": plugin.host.peer_endpoint,
+                    "incarnation": plugin.host.incarnation,
                     "resumed": plugin.host.resumed,
                 }
             )

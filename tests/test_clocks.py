@@ -29,12 +29,14 @@ import pytest
 
 import actorlock
 import actorlock.clock
+from actorlock.actors.fencing import fence_retry_interval
 from actorlock.backends.base import HostAdvert
 from actorlock.backends.memory import MemoryLeaseBackend, shared_lockspace
 from actorlock.clock import host_clock
 from actorlock.errors import BackendError, ConfigError, LeaseLostError
 from actorlock.model import DomainIdentity, HostIdentity, HostRecord
 from actorlock.statestore import MemoryStateStore
+from actorlock.testing import host_faults
 from actorlock.testing.events import EventLog
 
 from .support import TIMING, guest_process, host_config, unique
@@ -208,7 +210,7 @@ async def test_an_expiry_during_an_event_loop_stall_is_fenced_at_the_first_wake(
     errors = [
         r.getMessage()
         for r in caplog.records
-        if r.levelno == logging.ERROR and r.name == "actorlock.actors.host" and "late" in r.getMessage()
+        if r.levelno == logging.ERROR and r.name == "actorlock.actors.lifeline" and "late" in r.getMessage()
     ]
     assert errors, "noticing the expiry later than scheduling_delay was not logged at error level"
     assert "scheduling_delay" in errors[0]
@@ -319,7 +321,7 @@ async def test_a_guest_without_a_pid_is_reported_unfenceable_and_its_fence_fails
             with anyio.fail_after(LEASE_TIMEOUT + FENCE_TIMEOUT + 1.0):
                 failed = await events.wait_for("fence_failed", domain="u-nopid")
             await wait_until(lambda: not alive(guest), FENCE_TIMEOUT + 1.0, "the guest with a pid survived")
-            retry_interval = a.coordinator.fences.retry_interval
+            retry_interval = fence_retry_interval(FENCE_TIMEOUT)
             await anyio.sleep(4 * retry_interval)
             unfenced = (await a.status()).unfenced
             phases = {d.uuid: d.phase for d in (await a.status()).domains}
@@ -353,7 +355,7 @@ async def test_a_restart_within_lease_timeout_resumes_and_leaves_the_guest_alone
         async with actorlock.open_host(cfg, state_store=store, event_sink=events.sink) as a:
             await a.domain("u1").start([actorlock.disk("/d/1.img")], pid=guest.pid)
             await anyio.sleep(2 * RESTART_TIMING["renew_interval"])
-            a.coordinator.crash()
+            host_faults.crash(a)
         assert store.host is not None
         assert store.host.renewed_at is not None, "no renewal journaled"
         await anyio.sleep(0.1)
@@ -392,7 +394,7 @@ async def test_a_restart_after_lease_timeout_fences_before_it_rejoins() -> None:
         backend.on_join = lambda: alive_at_join.append(alive(guest))
         async with actorlock.open_host(cfg, state_store=store, event_sink=events.sink) as a:
             await a.domain("u1").start([actorlock.disk("/d/1.img")], pid=guest.pid)
-            a.coordinator.crash()
+            host_faults.crash(a)
         await anyio.sleep(1.5 * lease_timeout)
         assert alive(guest), "nothing should have touched the guest while the coordinator was down"
         async with actorlock.open_host(cfg, backend=backend, state_store=store, event_sink=events.sink) as a2:

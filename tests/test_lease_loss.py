@@ -10,6 +10,7 @@ from actorlock.backends.memory import MemoryLeaseBackend, shared_lockspace
 from actorlock.errors import LeaseLostError, LockspaceLostError, ResourceBusyError
 from actorlock.guest import is_running_sync
 from actorlock.model import DomainIdentity
+from actorlock.testing import host_faults
 from actorlock.testing.events import EventLog
 from actorlock.testing.faults import FaultyBackend
 
@@ -41,7 +42,7 @@ async def test_crashed_host_leases_are_taken_over_only_after_host_dead() -> None
         async with actorlock.open_host(host_config("a", 1, lockspace=space)) as a:
             await a.domain("u1").start([actorlock.disk("/d/1.img")])
             crashed_at = anyio.current_time()
-            a.coordinator.crash()
+            host_faults.crash(a)
         # Nothing was released: the record still names the crashed host.
         record = (await b.leases())[0]
         assert [h.owner.host for h in record.holders] == ["a"]
@@ -186,11 +187,11 @@ async def test_a_paused_host_fences_as_soon_as_it_wakes_past_its_lease_timeout()
         async with actorlock.open_host(host_config("a", 1, lockspace=space), event_sink=events.sink) as a:
             vm = a.domain("u1")
             await vm.start([actorlock.disk("/d/1.img")], pid=guest.pid)
-            a.coordinator.pause()
+            host_faults.freeze(a)
             await anyio.sleep(TIMING["lease_timeout"] * 1.5)
             assert not a.live
             assert events.of("failure_action") == []
-            a.coordinator.resume()
+            host_faults.thaw(a)
             with anyio.fail_after(5):
                 await events.wait_for("leases_lost", domain="u1")
             assert guest.wait(timeout=5) is not None

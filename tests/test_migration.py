@@ -15,6 +15,7 @@ import actorlock
 from actorlock import MigrateFlags, NewFlags, ObjectType, ResourceType
 from actorlock.errors import ConfigError, PeerRefusedError, ResourceBusyError
 from actorlock.protocol import MigrationCommittedError, MigrationTimeoutError
+from actorlock.testing import host_faults
 from actorlock.transport.zmq import KeyPair, generate_keypair, save_keypair
 
 from .support import guest_process, host_config, unique
@@ -73,7 +74,7 @@ async def test_migration_commits_and_moves_every_lease_atomically() -> None:
         ):
             source = await start_vm(a, src_guest.pid)
             before = owners(await a.host.leases())
-            await source.prepare_migrate(b.host.coordinator.peer_endpoint)
+            await source.prepare_migrate(b.host.peer_endpoint)
             dest = await incoming_vm(b, dst_guest.pid)
             await third_host_refused(c)
             async with anyio.create_task_group() as tg:
@@ -104,7 +105,7 @@ async def test_both_sides_cancelling_leaves_the_source_owning_everything() -> No
         ):
             source = await start_vm(a, guest.pid)
             before = owners(await a.host.leases())
-            await source.prepare_migrate(b.host.coordinator.peer_endpoint)
+            await source.prepare_migrate(b.host.peer_endpoint)
             dest = await incoming_vm(b, guest.pid)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(dest.complete_migrate_in, MigrateFlags.CANCEL)
@@ -122,7 +123,7 @@ async def test_cancel_after_commit_is_refused() -> None:
             await actorlock.plugin_load("memory", peer_config("b", 2, space)) as b,
         ):
             source = await start_vm(a, guest.pid)
-            await source.prepare_migrate(b.host.coordinator.peer_endpoint)
+            await source.prepare_migrate(b.host.peer_endpoint)
             dest = await incoming_vm(b, guest.pid)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(dest.complete_migrate_in, 0)
@@ -163,7 +164,7 @@ async def test_curve_peers_migrate_when_their_keys_are_allowed(tmp_path: Path) -
             await actorlock.plugin_load("memory", cfg_b) as b,
         ):
             source = await start_vm(a, guest.pid)
-            await source.prepare_migrate(b.host.coordinator.peer_endpoint)
+            await source.prepare_migrate(b.host.peer_endpoint)
             dest = await incoming_vm(b, guest.pid)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(dest.complete_migrate_in, 0)
@@ -186,7 +187,7 @@ async def test_a_destination_whose_key_is_not_allowed_is_refused(tmp_path: Path)
             source = await start_vm(a, guest.pid)
             before = owners(await a.host.leases())
             with pytest.raises(PeerRefusedError, match="not in \\[peer\\] allowed_keys"):
-                await source.prepare_migrate(b.host.coordinator.peer_endpoint)
+                await source.prepare_migrate(b.host.peer_endpoint)
             assert owners(await a.host.leases()) == before
 
 
@@ -227,8 +228,8 @@ async def test_destination_crash_after_prepare_makes_the_source_cancel_and_keep_
             vm = a.domain(UUID, name="vm")
             await vm.start(disks, pid=guest.pid)
             before = owners(await a.leases())
-            await vm.prepare_migration(b.coordinator.peer_endpoint)
-            b.coordinator.crash()
+            await vm.prepare_migration(b.peer_endpoint)
+            host_faults.crash(b)
             with anyio.fail_after(10), pytest.raises(MigrationTimeoutError) as caught:
                 await vm.complete_migration(commit=True)
             assert "did not commit before the deadline" in str(caught.value)
@@ -248,15 +249,15 @@ async def test_source_crash_after_prepare_makes_the_destination_drop_the_migrati
             vm = a.domain(UUID, name="vm")
             await vm.start(disks, pid=guest.pid)
             before = owners(await b.leases())
-            await vm.prepare_migration(b.coordinator.peer_endpoint)
-            a.coordinator.crash()
+            await vm.prepare_migration(b.peer_endpoint)
+            host_faults.crash(a)
             incoming = b.domain(UUID, name="vm")
             with anyio.fail_after(10), pytest.raises(MigrationTimeoutError) as caught:
                 await incoming.complete_migration(commit=True, resources=disks, pid=guest.pid)
             assert "the source kept the leases" in str(caught.value)
             assert owners(await b.leases()) == before
             assert (await incoming.status()).phase != "running"
-            assert b.coordinator.incoming_for(UUID) is None
+            assert b.incoming_migration(UUID) is None
 
 
 async def test_migrate_to_commits_on_normal_exit_and_cancels_on_an_exception() -> None:
@@ -273,12 +274,12 @@ async def test_migrate_to_commits_on_normal_exit_and_cancels_on_an_exception() -
             before = owners(await a.leases())
             incoming = b.domain(UUID, name="vm")
             with pytest.raises(RuntimeError, match="qemu migration failed"):
-                async with vm.migrate_to(b.coordinator.peer_endpoint):
+                async with vm.migrate_to(b.peer_endpoint):
                     raise RuntimeError("qemu migration failed")
             assert owners(await a.leases()) == before
             await incoming.complete_migration(commit=False)
 
-            async with anyio.create_task_group() as both, vm.migrate_to(b.coordinator.peer_endpoint):
+            async with anyio.create_task_group() as both, vm.migrate_to(b.peer_endpoint):
                 # The guest's own migration runs here; the destination says commit when done.
                 both.start_soon(
                     lambda: incoming.complete_migration(commit=True, resources=disks, pid=guest.pid)

@@ -87,7 +87,7 @@ async def test_two_concurrent_commits_on_one_side_both_hear_the_committed_outcom
             vm = a.domain(UUID, name="vm")
             await vm.start(disks(), pid=src_guest.pid)
             before = await tokens(a)
-            await vm.prepare_migration(b.coordinator.peer_endpoint)
+            await vm.prepare_migration(b.peer_endpoint)
             incoming = b.domain(UUID, name="vm")
 
             def commit_source() -> Any:
@@ -118,7 +118,7 @@ async def migrate(
 ) -> None:
     """The usual way: the source's migrate_to block, the destination commits inside it."""
     with anyio.fail_after(ANSWER_WITHIN):
-        async with anyio.create_task_group() as tg, source.migrate_to(dest.coordinator.peer_endpoint):
+        async with anyio.create_task_group() as tg, source.migrate_to(dest.peer_endpoint):
             tg.start_soon(lambda: incoming.complete_migration(commit=True, resources=disks(), pid=pid))
 
 
@@ -138,7 +138,7 @@ async def test_a_domain_migrates_out_and_back_in_without_a_shutdown_between(gap:
 
             # Back to a, whose domain actor still remembers its (finished) outgoing migration.
             await anyio.sleep(gap)
-            await on_b.prepare_migration(a.coordinator.peer_endpoint)
+            await on_b.prepare_migration(a.peer_endpoint)
             outcomes = await all_of(
                 lambda: on_a.complete_migration(commit=True, resources=disks(), pid=third.pid),
                 lambda: on_b.complete_migration(commit=True),

@@ -10,6 +10,7 @@ import pytest
 import actorlock
 from actorlock import NewFlags, ObjectType, ResourceType
 from actorlock.errors import GuestNotRunningError, LeaseLostError, ResourceBusyError
+from actorlock.testing import host_faults
 
 from .support import TIMING, guest_process, host_config, unique
 
@@ -109,7 +110,7 @@ async def test_a_crashed_host_restarting_without_state_can_start_its_guest_again
     cfg = host_config("a", 1, lockspace=unique(), backend=backend, file={"lockspace_dir": str(lockspace)})
     async with actorlock.open_host(cfg) as a:
         await a.domain("u1").start([actorlock.disk("/d/1.img")])
-        a.coordinator.crash()
+        host_faults.crash(a)
     # A new incarnation: joining waits until the old one's record went stale for host_dead.
     async with actorlock.open_host(cfg) as a2:
         assert not a2.resumed

@@ -45,6 +45,7 @@ from actorlock.model import (
     LeaseRequest,
 )
 from actorlock.statestore import DomainState, MemoryStateStore
+from actorlock.testing import host_faults
 from actorlock.testing.events import EventLog
 from actorlock.testing.faults import FaultyBackend
 
@@ -457,7 +458,7 @@ async def test_a_resumed_restart_keeps_the_deadline_of_its_last_renewal() -> Non
                 await a.domain("u1").start([actorlock.disk("/d/1.img")], pid=guest.pid)
                 tg.start_soon(take_over, b.domain("u2"), "/d/1.img", guest, takeover, 8.0)
                 await anyio.sleep(STALL_TIMING["renew_interval"])  # B watches A renew first
-                a.coordinator.crash()
+                host_faults.crash(a)
             crashed_at = anyio.current_time()  # A's last renewal started no later than this
 
             async def watch_guest() -> None:
@@ -502,7 +503,7 @@ async def test_a_resumed_restart_checks_the_lease_records_and_fences_what_it_los
                 [actorlock.disk("/d/1.img"), actorlock.disk("/d/2.img")], pid=guest.pid
             )
             assert status.phase == "running"
-            a.coordinator.crash()
+            host_faults.crash(a)
         records = shared_lockspace(space).records
         record = records[key]
         (mine,) = record.holders
@@ -704,7 +705,7 @@ async def test_a_disk_path_with_a_lone_surrogate_fails_only_its_caller() -> None
             outcome = f"start refused: {exc!r}"
         else:
             with pytest.raises(ActorlockError) as raised:
-                async with vm.migrate_to(b.coordinator.peer_endpoint):
+                async with vm.migrate_to(b.peer_endpoint):
                     pass
             outcome = f"migration refused: {raised.value!r}"
         # Still running: live, answering, and granting leases to other domains.

@@ -14,9 +14,8 @@ moment exists in which this domain holds a lease that a loss would not fence.
 from __future__ import annotations
 
 import logging
-import uuid as uuidlib
 from collections.abc import Awaitable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
 import attrs
@@ -33,8 +32,10 @@ from ..errors import (
     NotSupportedError,
 )
 from ..guest import is_running, process_start_time
-from ..model import DomainIdentity, Lease, LeaseOwner, LeaseRequest, LockState, Resource
-from ..statestore import DomainPhase, DomainState
+from ..model import DomainIdentity, Lease, LeaseRequest, LockState, Resource
+from ..protocol import Outcome
+from ..statestore import DomainState
+from .call_result import CallResult
 from .fencing import FenceTarget
 from .mailbox import Actor
 from .messages import (
@@ -45,41 +46,45 @@ from .messages import (
     DomainStatus,
     Inquire,
     LeasesLost,
+    MigrationRole,
     MigrationSettled,
     PrepareMigrate,
     ReleaseAll,
     ReleaseResource,
     Shutdown,
 )
-
-if TYPE_CHECKING:
-    from .host import HostCoordinator
-    from .migration import CallResult, MigrationDriver
+from .phases import DomainPhase, Move, next_phase
+from .ports import DomainServices, MigrationHandle
 
 log = logging.getLogger(__name__)
 
-UNDEFINED = "undefined"  # no persisted state: nothing registered yet
-STOPPED = "stopped"
-MIGRATED = "migrated"  # the leases moved to another host; the guest must not run here
+P = DomainPhase
 
 
 class DomainActor(Actor[Any]):
     """Owns one domain's registered resources, pid and leases."""
 
-    def __init__(self, host: HostCoordinator, identity: DomainIdentity, state: DomainState | None = None):
-        self.host = host
+    def __init__(
+        self,
+        services: DomainServices,
+        identity: DomainIdentity,
+        state: DomainState | None = None,
+        *,
+        lost_reason: str = "",
+    ) -> None:
+        self.services = services
         self.identity = identity
         self.name = f"domain {identity.name or identity.uuid}"
-        self.owner: LeaseOwner = host.owner_for(identity)
-        self.phase = state.phase if state else UNDEFINED
+        self.owner = services.owner_for(identity)
+        self.phase = state.phase if state else P.UNDEFINED
         self.pid = state.pid if state else None
         self.pid_start = state.pid_start if state else None
         self.resources: dict[str, Resource] = {r.key: r for r in state.resources} if state else {}
         self.leases: dict[str, Lease] = {lease.key: lease for lease in state.leases} if state else {}
-        self.lost_reason = ""
+        self.lost_reason = lost_reason
         self._stopping = False
-        self._outgoing: MigrationDriver | None = None
-        if self.phase == DomainPhase.RUNNING:
+        self._outgoing: MigrationHandle | None = None
+        if self.phase == P.RUNNING:
             self._publish()
 
     # -- dispatch ---------------------------------------------------------
@@ -114,15 +119,12 @@ class DomainActor(Actor[Any]):
         return self._stopping
 
     async def on_stop(self) -> None:
-        self.host.domain_stopped(self.identity.uuid, self)
+        self.services.stopped(self.identity.uuid, self)
 
     # -- lifecycle ----------------------------------------------------------
 
     async def _acquire_object(self, msg: AcquireObject) -> DomainStatus:
-        if self.phase == DomainPhase.RUNNING:
-            raise InvalidStateError(f"{self.name} already holds its leases")
-        if self.phase == DomainPhase.LOST:
-            raise InvalidStateError(f"{self.name} lost its leases ({self.lost_reason}); shut it down first")
+        after = next_phase(self.name, self.phase, Move.REGISTER if msg.register_only else Move.START)
         resources = {r.key: r for r in msg.resources}
         requests = self._requests(resources.values())
         if msg.state is not None:
@@ -134,14 +136,15 @@ class DomainActor(Actor[Any]):
             self.pid, self.pid_start = msg.pid, start
         self.resources = resources
         if msg.register_only:
-            self.phase = DomainPhase.REGISTERED
+            self.phase = after
             await self._save()
             return self._status()
-        losses = self.host.losses
+        leases_access = self.services.leases
+        losses = leases_access.losses
         before = self.phase
         leases = await self._take(requests)
         self.leases = {lease.key: lease for lease in leases}
-        self.phase = DomainPhase.RUNNING
+        self.phase = after
         try:
             await self._save()
         except BackendTimeoutError:
@@ -157,28 +160,31 @@ class DomainActor(Actor[Any]):
         await self._check_not_lost_since(losses)
         return self._status()
 
+    def _require_hotplug(self) -> None:
+        leases = self.services.leases
+        if not leases.capabilities.hotplug:
+            raise NotSupportedError(f"the {leases.backend_kind} backend does not support disk hotplug")
+
     async def _acquire_resource(self, resource: Resource) -> DomainStatus:
-        if not self.host.capabilities.hotplug:
-            raise NotSupportedError(f"the {self.host.backend_kind} backend does not support disk hotplug")
-        if self.phase in (UNDEFINED, STOPPED, MIGRATED, DomainPhase.LOST):
-            raise InvalidStateError(f"{self.name} is {self.phase}: nothing to hotplug into")
+        self._require_hotplug()
+        next_phase(self.name, self.phase, Move.HOTPLUG)
         if resource.key in self.resources:
             raise InvalidParameterError(f"{self.name}: {resource.key} is already registered")
         requests = self._requests([resource])
-        losses = self.host.losses
-        if self.phase == DomainPhase.RUNNING and requests:
+        losses = self.services.leases.losses
+        if self.phase == P.RUNNING and requests:
             leases = await self._take(requests)
             self.leases.update({lease.key: lease for lease in leases})
         self.resources[resource.key] = resource
         await self._save()
         self._publish()
-        if self.phase == DomainPhase.RUNNING and requests:
+        if self.phase == P.RUNNING and requests:
             await self._check_not_lost_since(losses)
         return self._status()
 
     async def _release_resource(self, resource: Resource) -> DomainStatus:
-        if not self.host.capabilities.hotplug:
-            raise NotSupportedError(f"the {self.host.backend_kind} backend does not support disk hotplug")
+        self._require_hotplug()
+        next_phase(self.name, self.phase, Move.UNPLUG)
         if resource.key not in self.resources:
             raise InvalidParameterError(f"{self.name}: {resource.key} is not registered")
         if resource.key in self.leases:
@@ -190,138 +196,111 @@ class DomainActor(Actor[Any]):
         return self._status()
 
     async def _release_all(self, save_state: bool) -> LockState | None:
-        if self.phase != DomainPhase.RUNNING:
+        if self.phase != P.RUNNING:
+            # Nothing held: libvirt pauses guests in any state, and gets an empty state back.
             return LockState() if save_state else None
+        after = next_phase(self.name, self.phase, Move.PAUSE)
         state = LockState.of(self.leases.values())
         await self._give_back(list(self.leases))
         self.leases = {}
-        self.phase = DomainPhase.PAUSED
+        self.phase = after
         await self._save()
         self._publish()
         return state if save_state else None
 
     async def _attach(self) -> int:
-        if self.phase == UNDEFINED:
+        if self.phase == P.UNDEFINED:
             raise InvalidStateError(f"{self.name}: no running guest to attach to (nothing persisted)")
-        if self.phase == DomainPhase.LOST:
+        if self.phase == P.LOST:
             raise LeaseLostError(f"{self.name}: leases were lost ({self.lost_reason})", list(self.leases))
-        if self.phase == MIGRATED:
+        if self.phase == P.MIGRATED:
             raise LeaseLostError(f"{self.name}: its leases migrated to another host; it must not run here")
         if self.pid is None:
             raise InvalidStateError(f"{self.name}: no guest pid was registered")
         if not await is_running(self.pid, self.pid_start):
             raise GuestNotRunningError(f"{self.name}: guest pid {self.pid} is not running")
-        if self.phase == DomainPhase.RUNNING:
+        if self.phase == P.RUNNING:
             await self._verify_held()
         return self.pid
 
     async def _shutdown(self) -> None:
         if self._migrating_out():
             raise InvalidStateError(f"{self.name} is migrating: complete or cancel the migration first")
+        after = next_phase(self.name, self.phase, Move.SHUTDOWN)
         keys = list(self.leases)
         if keys:
             await self._give_back(keys)
         self.leases = {}
-        self.phase = STOPPED
+        self.phase = after
         self._publish()
-        deleting = self.host.store.delete_domain(self.identity.uuid)
+        deleting = self.services.store.delete_domain(self.identity.uuid)
         await self._bounded_store_write("deleting its state", deleting)
         self._stopping = True
 
     async def _leases_lost(self, reason: str, action_result: str) -> None:
-        if self.phase != DomainPhase.RUNNING:
+        if self.phase != P.RUNNING:
             return
         await self._mark_lost(f"{reason}; failure action: {action_result}")
 
     async def _mark_lost(self, reason: str) -> None:
-        self.phase = DomainPhase.LOST
+        self.phase = next_phase(self.name, self.phase, Move.LOSE)
         self.lost_reason = reason
         log.error("%s: leases lost (%s)", self.name, reason)
         # Reported before the save: a state_dir write may wait behind a
         # saturated worker pool, and the loss is decided already.
         keys = tuple(sorted(self.leases))
-        self.host.emit("leases_lost", domain=self.identity.uuid, keys=keys, reason=reason)
+        self.services.emit("leases_lost", domain=self.identity.uuid, keys=keys, reason=reason)
         await self._save()
 
     # -- migration ------------------------------------------------------------
 
     def _migrating_out(self) -> bool:
-        return self._outgoing is not None and not self._outgoing.machine.finished
+        return self._outgoing is not None and not self._outgoing.finished
+
+    def _check_host_live(self) -> None:
+        if not self.services.leases.live:
+            # Its guest is being fenced: nothing it holds may be offered to a peer.
+            raise LockspaceLostError(f"{self.name}: host {self.services.host_name} has lost its lockspace")
 
     async def _prepare_migrate(self, dest_uri: str) -> CallResult:
-        from ..protocol import Call, Effect, MigrationDestination, MigrationSource
-        from .migration import MigrationDriver
-
-        self.host.require_peer_service()
-        if self.phase != DomainPhase.RUNNING:
-            raise InvalidStateError(f"{self.name} is {self.phase}: only a running guest can migrate")
-        if not self.host.live:
-            # Its guest is being fenced: nothing it holds may be offered to a peer.
-            raise LockspaceLostError(f"{self.name}: host {self.host.identity.name} has lost its lockspace")
+        migrations = self.services.migrations
+        migrations.require_peer_service()
+        next_phase(self.name, self.phase, Move.PREPARE_MIGRATION)
+        self._check_host_live()
         if self._migrating_out():
             raise InvalidStateError(f"{self.name} is already migrating")
-        peer_name, peer_key = await self.host.resolve_peer(dest_uri)
-        if not self.host.live or self.phase != DomainPhase.RUNNING:
-            # The lookup read the lockspace, which may have stalled past the expiry.
-            raise LockspaceLostError(f"{self.name}: host {self.host.identity.name} lost its lockspace")
-        timing = self.host.protocol_timing()
-        machine = MigrationSource(
-            migration_id=uuidlib.uuid4().hex,
-            local=self.host.identity,
-            peer=peer_name,
-            domain=self.identity,
-            lockspace_kind=self.host.backend_kind,
-            lockspace_id=self.host.lockspace_id,
-            lock_state=LockState.of(self.leases.values()),
-            timing=timing,
+        peer = await migrations.resolve_peer(dest_uri)
+        # The lookup read the lockspace, which may have stalled past the expiry.
+        self._check_host_live()
+        next_phase(self.name, self.phase, Move.PREPARE_MIGRATION)
+        handle, result = await migrations.start_outgoing(
+            self.identity, LockState.of(self.leases.values()), peer
         )
-        driver = MigrationDriver(
-            self.host, machine, peer_endpoint=dest_uri, peer_key=peer_key, domain_uuid=self.identity.uuid
-        )
-        await self.host.start_migration(driver)
-        self._outgoing = driver
-        deadline = self.host.config.peer.migration_timeout
-        self.host.emit("migration_started", domain=self.identity.uuid, destination=peer_name)
-
-        def start(m: MigrationSource | MigrationDestination, now: float) -> list[Effect]:
-            assert isinstance(m, MigrationSource)
-            return m.start(now=now, deadline_at=now + deadline)
-
-        return await driver.call(Call.PREPARE, start)
+        self._outgoing = handle
+        self.services.emit("migration_started", domain=self.identity.uuid, destination=peer.name)
+        return result
 
     async def _complete_migration(self, msg: CompleteMigration) -> CallResult:
-        from ..protocol import Call
-        from .migration import CallResult
-
-        def step(m: Any, now: float) -> Any:
-            return m.commit_requested(now=now) if msg.commit else m.cancel_requested(now=now)
-
-        request = "commit" if msg.commit else "cancel"
-        incoming = self.host.incoming_for(self.identity.uuid, finished=not msg.commit)
+        incoming = self.services.migrations.incoming_for(self.identity.uuid, finished=not msg.commit)
         outgoing = self._outgoing
         superseded = incoming is not None and outgoing is not None and incoming.serial > outgoing.serial
-        if outgoing is not None and outgoing.machine.finished and superseded:
+        if outgoing is not None and outgoing.finished and superseded:
             # It migrated out and is coming back: the call is the new migration's.
             self._outgoing = outgoing = None
         if outgoing is not None:
             # Running, or finished and answering late calls from its outcome.
-            return await outgoing.call(Call.COMPLETE, step, request=request)
+            return await outgoing.complete(commit=msg.commit)
         if incoming is None:
             if msg.commit:
                 raise InvalidStateError(f"{self.name}: no migration in progress")
-            from ..protocol import CompleteCaller, Outcome
-
-            # Cancelling what the source already cancelled (or what expired): nothing to undo.
-            done = CallResult()
-            done.settle(CompleteCaller(Call.COMPLETE, Outcome.CANCELLED))
-            return done
+            return CallResult.nothing_to_cancel()
         if msg.commit:
             await self._register_incoming(incoming, msg)
-        return await incoming.call(Call.COMPLETE, step, request=request)
+        return await incoming.complete(commit=msg.commit)
 
-    async def _register_incoming(self, incoming: MigrationDriver, msg: CompleteMigration) -> None:
+    async def _register_incoming(self, incoming: MigrationHandle, msg: CompleteMigration) -> None:
         """The destination's guest must register exactly the leases the source offered."""
-        offered = getattr(incoming.machine, "offered", None)
+        offered = incoming.offered
         wanted = {r.key for r in self._requests(msg.resources)} if msg.resources else None
         if offered is not None and wanted is not None:
             keys = {lease.key for lease in offered.leases}
@@ -330,32 +309,32 @@ class DomainActor(Actor[Any]):
                     f"{self.name}: registered resources need leases {sorted(wanted)}, "
                     f"the source offers {sorted(keys)}"
                 )
-        if self.phase in (UNDEFINED, STOPPED, MIGRATED):
+        if self.phase in (P.UNDEFINED, P.STOPPED, P.MIGRATED):
             # MIGRATED: it migrated away and comes back as a new guest process.
             await self._acquire_object(AcquireObject(msg.resources, msg.pid, register_only=True))
 
     async def _migration_settled(self, msg: MigrationSettled) -> None:
-        committed = msg.outcome.value == "committed"
-        self.host.emit(
+        committed = msg.outcome is Outcome.COMMITTED
+        self.services.emit(
             "migration_settled",
             domain=self.identity.uuid,
-            role=msg.role,
+            role=msg.role.value,
             outcome=msg.outcome.value,
             migration_id=msg.migration_id,
         )
-        if msg.role == "source":
+        if msg.role is MigrationRole.SOURCE:
             if committed:
+                self.phase = next_phase(self.name, self.phase, Move.MIGRATED_OUT)
                 self.leases = {}
-                self.phase = MIGRATED
                 await self._save()
                 self._publish()
             return
         # A settled incoming migration is newer than any outgoing one: that is history.
-        if self._outgoing is not None and self._outgoing.machine.finished:
+        if self._outgoing is not None and self._outgoing.finished:
             self._outgoing = None
         if committed and msg.lock_state is not None:
+            self.phase = next_phase(self.name, self.phase, Move.MIGRATED_IN)
             self.leases = {lease.key: lease for lease in msg.lock_state.leases}
-            self.phase = DomainPhase.RUNNING
             await self._save()
             self._publish()
 
@@ -363,7 +342,7 @@ class DomainActor(Actor[Any]):
 
     def _requests(self, resources: Iterable[Resource]) -> list[LeaseRequest]:
         """Which leases the resources need, by libvirt's rules."""
-        locking = self.host.config.locking
+        locking = self.services.locking
         resources = list(resources)
         requests = []
         for r in resources:
@@ -394,14 +373,14 @@ class DomainActor(Actor[Any]):
         if not requests:
             return ()
         keys = tuple(sorted(set(self.leases) | {r.key for r in requests}))
-        self.host.publish_fence_target(
+        self.services.fences.publish(
             self.identity.uuid, FenceTarget(self.identity, self.pid, self.pid_start, keys)
         )
-        io_timeout = self.host.config.timing.io_timeout
+        io_timeout = self.services.io_timeout
         with anyio.CancelScope(shield=True):
             try:
                 with anyio.fail_after(io_timeout):
-                    leases = await self.host.acquire(self.owner, requests)
+                    leases = await self.services.leases.acquire(self.owner, requests)
             except (TimeoutError, BackendTimeoutError):
                 # The backend may have written the leases before we stopped
                 # waiting; release is idempotent, so undo unconditionally.
@@ -419,25 +398,26 @@ class DomainActor(Actor[Any]):
 
     async def _check_not_lost_since(self, losses: int) -> None:
         """Fail an acquisition during which the host lost its lockspace (the guest is being fenced)."""
-        if self.host.losses == losses and self.host.live:
+        leases = self.services.leases
+        if leases.losses == losses and leases.live:
             return
         # The target stays published: the loss fences it (or already did).
         await self._mark_lost("the host lost its lockspace while the leases were being acquired")
         raise LeaseLostError(f"{self.name}: {self.lost_reason}", sorted(self.leases))
 
     async def _give_back(self, keys: list[str]) -> None:
-        io_timeout = self.host.config.timing.io_timeout
+        io_timeout = self.services.io_timeout
         with anyio.CancelScope(shield=True):
             try:
                 with anyio.fail_after(io_timeout):
-                    await self.host.release(self.owner, keys)
+                    await self.services.leases.release(self.owner, keys)
             except TimeoutError:
                 raise BackendTimeoutError(
                     f"{self.name}: releasing {', '.join(keys)} took longer than io_timeout={io_timeout}s"
                 ) from None
 
     async def _verify_held(self) -> None:
-        records = {r.key: r for r in await self.host.records(list(self.leases))}
+        records = {r.key: r for r in await self.services.leases.records(list(self.leases))}
         missing = []
         for key, lease in self.leases.items():
             record = records.get(key)
@@ -445,7 +425,7 @@ class DomainActor(Actor[Any]):
             if mine is None or mine.token != lease.token:
                 missing.append(key)
         if missing:
-            self.phase = DomainPhase.LOST
+            self.phase = next_phase(self.name, self.phase, Move.LOSE)
             self.lost_reason = "lease records no longer name this domain"
             await self._save()
             raise LeaseLostError(f"{self.name}: leases lost: {', '.join(missing)}", missing)
@@ -459,11 +439,11 @@ class DomainActor(Actor[Any]):
             resources=tuple(self.resources[k] for k in sorted(self.resources)),
             leases=tuple(self.leases[k] for k in sorted(self.leases)),
         )
-        await self._bounded_store_write("saving its state", self.host.store.save_domain(state))
+        await self._bounded_store_write("saving its state", self.services.store.save_domain(state))
 
     async def _bounded_store_write(self, what: str, write: Awaitable[None]) -> None:
         """Shielded from cancellation (the write records what the guest holds), but bounded by io_timeout."""
-        io_timeout = self.host.config.timing.io_timeout
+        io_timeout = self.services.io_timeout
         with anyio.CancelScope(shield=True):
             try:
                 with anyio.fail_after(io_timeout):
@@ -475,9 +455,9 @@ class DomainActor(Actor[Any]):
 
     def _publish(self) -> None:
         target = None
-        if self.phase in (DomainPhase.RUNNING, DomainPhase.LOST) and self.leases:
+        if self.phase in (P.RUNNING, P.LOST) and self.leases:
             target = FenceTarget(self.identity, self.pid, self.pid_start, tuple(sorted(self.leases)))
-        self.host.publish_fence_target(self.identity.uuid, target)
+        self.services.fences.publish(self.identity.uuid, target)
 
     def _status(self) -> DomainStatus:
         return DomainStatus(
@@ -488,7 +468,7 @@ class DomainActor(Actor[Any]):
             resources=tuple(self.resources[k] for k in sorted(self.resources)),
             leases=tuple(self.leases[k] for k in sorted(self.leases)),
             lost_reason=self.lost_reason,
-            unfenceable=self.host.fences.unfenceable(self.identity.uuid),
+            unfenceable=self.services.fences.unfenceable(self.identity.uuid),
         )
 
 

@@ -27,7 +27,7 @@ from ..constants import FailureAction
 from ..guest import is_running, power_off
 from ..model import DomainIdentity
 
-__all__ = ["FENCE_THREADS", "FenceBoard", "FenceTarget", "fence_thread_limiter"]
+__all__ = ["FENCE_THREADS", "FenceBoard", "FenceTarget", "fence_retry_interval", "fence_thread_limiter"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,11 @@ class _Attempt:
     result: str
     confirmed: bool
     final: bool = False  # no retry can change it (no pid to kill)
+
+
+def fence_retry_interval(fence_timeout: float) -> float:
+    """How often an unconfirmed fence is tried again: twice per fence_timeout, within [0.05, 1] s."""
+    return max(0.05, min(1.0, fence_timeout / 2))
 
 
 def fence_thread_limiter() -> anyio.CapacityLimiter:
@@ -103,7 +108,7 @@ class FenceBoard:
         self._warned_unfenceable: set[str] = set()
         self.lost = False
         self.losses = 0  # lockspace losses so far: a domain compares it around an acquisition
-        self.retry_interval = max(0.05, min(1.0, fence_timeout / 2))
+        self.retry_interval = fence_retry_interval(fence_timeout)
 
     # -- what domain actors and the host tell the board -------------------------
 

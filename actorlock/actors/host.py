@@ -1,12 +1,13 @@
-"""The host actor: owns the lease backend, proves liveness, fences on loss.
+"""The host coordinator: builds the host's parts, owns their tasks, and is their lease access.
 
-Safety rule (docs/timing.md): this host stops granting leases and runs the
-failure action of every guest holding one once ``lease_timeout`` has passed
-since its last successful renewal *started*; the action gets
-``fence_timeout``. Other hosts take over only after seeing our record
-unchanged for ``host_dead`` > lease_timeout + fence_timeout + scheduling_delay.
-Deadlines are measured on :data:`actorlock.clock.host_clock` (CLOCK_BOOTTIME:
-it counts a suspend), and always by reading it, never by counting timer ticks.
+Parts, each in its module:
+- :class:`~actorlock.actors.lifeline.Lifeline`: join, renew, notice the expiry, journal;
+- :class:`~actorlock.actors.fencing.FenceBoard`: fence every published target on a loss;
+- :class:`~actorlock.actors.domains.DomainRegistry`: one actor per guest;
+- :class:`~actorlock.actors.migrations.MigrationRegistry` and
+  :class:`~actorlock.actors.peer_service.PeerService`: migrations and peers.
+Domain actors and migration drivers see the host only through the narrow
+interfaces of :mod:`actorlock.actors.ports`.
 
 Lease operations are not queued through a mailbox here: domain actors call
 :meth:`HostCoordinator.acquire` directly from their own tasks, so different
@@ -17,50 +18,35 @@ fence needs, the host kills or pauses first and tells the actor after.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
 from anyio.abc import TaskGroup
 
-from ..backends.base import BackendCapabilities, HostAdvert, LeaseBackend
+from ..backends.base import BackendCapabilities, LeaseBackend
 from ..clock import host_clock
 from ..config import Config
 from ..constants import FailureAction
-from ..errors import (
-    ActorlockError,
-    ConfigError,
-    LeaseLostError,
-    LockspaceLostError,
-    NotSupportedError,
-    PeerRefusedError,
-    ProtocolError,
-)
-from ..model import (
-    DomainIdentity,
-    HostIdentity,
-    HostState,
-    HostView,
-    Lease,
-    LeaseOwner,
-    LeaseRecord,
-    LeaseRequest,
-)
-from ..statestore import DomainPhase, DomainState, HostPersisted, StateStore
-from .domain import DomainActor
+from ..errors import ActorlockError, ConfigError, LeaseLostError, LockspaceLostError, NotSupportedError
+from ..model import DomainIdentity, HostIdentity, HostView, Lease, LeaseOwner, LeaseRecord, LeaseRequest
+from ..statestore import DomainPhase, DomainState, StateStore
+from .domains import DomainRegistry
 from .fencing import FenceBoard, FenceTarget
-from .mailbox import ActorRef, open_mailbox, run_actor
-from .messages import DomainStatus, Inquire, LeasesLost, MigrationSettled
+from .lifeline import Lifeline, Membership, read_boot_id
+from .mailbox import ActorRef
+from .messages import DomainStatus
+from .migrations import MigrationRegistry
+from .peer_service import PeerService
+from .ports import DomainServices
 
 if TYPE_CHECKING:
-    from contextlib import AbstractAsyncContextManager
+    from ..transport.zmq import PeerClient
 
-    from ..transport.zmq import KeyPair, PeerClient
-    from .migration import MigrationDriver
+__all__ = ["EventSink", "HostCoordinator", "HostStatus", "PauseCallback"]
 
 log = logging.getLogger(__name__)
 
@@ -82,14 +68,6 @@ class HostStatus:
     renew_failures: int
     domains: tuple[DomainStatus, ...]
     unfenced: tuple[tuple[str, str], ...] = ()  # (domain uuid, last attempt's result): fence not confirmed
-
-
-def read_boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as f:
-            return f.read().strip()
-    except OSError:
-        return ""
 
 
 class HostCoordinator:
@@ -116,18 +94,11 @@ class HostCoordinator:
         self._pause_callback = pause_callback
         self._event_sink = event_sink
         self._clock = clock
-        self._peer_endpoint = peer_endpoint
-        self._public_key = public_key
-        self.incarnation = ""
+        self.membership = Membership(self.identity, peer_endpoint=peer_endpoint, public_key=public_key)
         self.resumed = False
-        self._boot_id = ""
-        self._last_start = 0.0
-        self._expires_at = 0.0
-        self._journal_changed = anyio.Event()
-        self._lost = False
-        self._renewals = 0
-        self._renew_failures = 0
-        self._domains: dict[str, tuple[ActorRef[Any], DomainActor]] = {}
+        self._started = False
+        self._abandoned = False
+        self.domains = DomainRegistry(task_group)
         self.fences = FenceBoard(
             host=config.host.name,
             action=config.locking.failure_action,
@@ -136,17 +107,47 @@ class HostCoordinator:
             task_group=task_group,
             emit=self.emit,
             pause_callback=pause_callback,
-            first_result=self._tell_lost,
+            first_result=self.domains.tell_lost,
         )
-        self._started = False
-        self._crashed = False
-        self._paused: anyio.Event | None = None
-        self._renew_scope = anyio.CancelScope()
-        self._keys: KeyPair | None = None
-        self._migrations: dict[str, MigrationDriver] = {}
-        self.lockspace_id = ""
+        self.lifeline = Lifeline(
+            config, self.membership, backend, store, self.fences, emit=self.emit, clock=clock
+        )
+        self.migrations = MigrationRegistry(
+            config.peer, self.membership, self, task_group, settle=self.domains.settled, connect=self._connect
+        )
+        self.peer_service = PeerService(config.peer, self.membership, self, self.migrations)
+        self.domains.bind(
+            DomainServices(
+                leases=self,
+                store=store,
+                fences=self.fences,
+                migrations=self.migrations,
+                emit=self.emit,
+                locking=config.locking,
+                io_timeout=config.timing.io_timeout,
+                host_name=self.identity.name,
+                owner_for=self.owner_for,
+                stopped=self.domains.forget,
+            )
+        )
+
+    def _connect(self, endpoint: str, server_key: str) -> AbstractAsyncContextManager[PeerClient]:
+        return self.peer_service.connect(endpoint, server_key)
 
     # -- public -------------------------------------------------------------
+
+    @property
+    def incarnation(self) -> str:
+        return self.membership.incarnation
+
+    @property
+    def lockspace_id(self) -> str:
+        return self.membership.lockspace_id
+
+    @property
+    def peer_endpoint(self) -> str:
+        """Where peers reach this host (the bound endpoint); empty without a peer service."""
+        return self.membership.peer_endpoint
 
     @property
     def backend_kind(self) -> str:
@@ -159,7 +160,7 @@ class HostCoordinator:
     @property
     def live(self) -> bool:
         """True while this host may hold and grant leases."""
-        return self._started and not self._lost and self._clock() < self._expires_at
+        return self._started and self.lifeline.valid()
 
     @property
     def losses(self) -> int:
@@ -173,38 +174,29 @@ class HostCoordinator:
         """The actor for ``identity.uuid``, started on first use."""
         if not self._started:
             raise LockspaceLostError("the host coordinator is not running")
-        entry = self._domains.get(identity.uuid)
-        if entry is None:
-            entry = self._spawn(DomainActor(self, identity))
-        return entry[0]
+        return self.domains.ref(identity)
 
     def known_domains(self) -> list[str]:
-        return sorted(self._domains)
+        return self.domains.known()
 
     async def status(self) -> HostStatus:
-        domains = []
-        for ref, _actor in list(self._domains.values()):
-            try:
-                domains.append(await ref.ask(Inquire()))
-            except ActorlockError:
-                continue
         return HostStatus(
             identity=self.identity,
             incarnation=self.incarnation,
             backend=self.backend.kind,
             live=self.live,
             resumed=self.resumed,
-            seconds_to_expiry=max(0.0, self._expires_at - self._clock()),
-            renewals=self._renewals,
-            renew_failures=self._renew_failures,
-            domains=tuple(sorted(domains, key=lambda d: d.uuid)),
+            seconds_to_expiry=self.lifeline.seconds_to_expiry(),
+            renewals=self.lifeline.renewals,
+            renew_failures=self.lifeline.renew_failures,
+            domains=tuple(await self.domains.statuses()),
             unfenced=tuple(sorted(self.fences.unfenced.items())),
         )
 
     async def hosts(self) -> list[HostView]:
         return await self.backend.hosts()
 
-    # -- used by domain actors ---------------------------------------------
+    # -- lease access (ports.HostLeases) -----------------------------------------
 
     async def acquire(self, owner: LeaseOwner, requests: Sequence[LeaseRequest]) -> tuple[Lease, ...]:
         self._check_live()
@@ -224,14 +216,24 @@ class HostCoordinator:
     async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
         return await self.backend.records(keys)
 
-    def publish_fence_target(self, uuid: str, target: FenceTarget | None) -> None:
-        """What a loss fences for domain ``uuid`` (None: nothing held); fenced at once while lost."""
-        self.fences.publish(uuid, target)
-
-    def domain_stopped(self, uuid: str, actor: DomainActor) -> None:
-        entry = self._domains.get(uuid)
-        if entry is not None and entry[1] is actor:
-            del self._domains[uuid]
+    async def transfer(
+        self,
+        source: LeaseOwner,
+        destination: LeaseOwner,
+        destination_incarnation: str,
+        leases: Sequence[Lease],
+    ) -> tuple[Lease, ...]:
+        """The migration commit: one compare-and-swap in the backend (we are the source)."""
+        if not self.capabilities.migration:
+            raise NotSupportedError(f"the {self.backend.kind} backend does not support migration")
+        self._check_live()
+        actor = self.domains.actor(source.domain)
+        if actor is not None and actor.phase == DomainPhase.LOST:
+            # Fenced already: what it held was forfeited, not ours to hand on.
+            raise LeaseLostError(f"domain {source.domain} lost its leases; nothing to transfer", [])
+        moved = await self.backend.transfer(source, destination, destination_incarnation, leases)
+        self.emit("transfer", source=source, destination=destination, before=tuple(leases), after=moved)
+        return moved
 
     # -- lifetime -------------------------------------------------------------
 
@@ -251,89 +253,54 @@ class HostCoordinator:
             raise ConfigError(
                 "locking.failure_action", "'pause' needs a pause_callback passed to open_host/plugin_load"
             )
-        self._boot_id = await anyio.to_thread.run_sync(read_boot_id)
+        self.membership.boot_id = await anyio.to_thread.run_sync(read_boot_id)
         persisted = await self.store.load_host()
         domains = await self.store.load_domains()
-        same_boot = persisted is not None and bool(self._boot_id) and persisted.boot_id == self._boot_id
+        boot_id = self.membership.boot_id
+        same_boot = persisted is not None and bool(boot_id) and persisted.boot_id == boot_id
         identity = (self.identity.name, self.identity.id)
         mine = persisted is not None and (persisted.name, persisted.id) == identity
         lost_results: dict[str, str] = {}
         if same_boot and mine and persisted is not None and persisted.renewed_at is not None:
             deadline = persisted.renewed_at + timing.lease_timeout
             if self._clock() < deadline:
-                self.resumed = await self._resume(persisted.incarnation, deadline)
+                self.resumed = await self.lifeline.resume(
+                    persisted.incarnation, deadline, self._start_peer_service
+                )
         if not self.resumed:
-            self.incarnation = uuidlib.uuid4().hex
             if same_boot and domains:
                 # Back too late (or the resume missed its deadline) on the same
                 # boot: our guests may still run although our leases expired.
                 # Fence them before anything else: another host may take over
                 # as soon as host_dead has passed.
                 lost_results = await self._fence_persisted(domains)
-            self.lockspace_id = await self.backend.lockspace_id()
-            if self.config.peer.endpoint and not self._peer_endpoint:
-                await self._start_peer_service()
-            await self.backend.join(self.identity, self.incarnation, self._advert(self._clock()))
-            # join may have waited host_dead for the id to free up: the validity
-            # period starts at a renewal whose start we measured ourselves.
-            start = self._clock()
-            await self.backend.renew(self._advert(start))
-            self._last_start, self._expires_at = start, start + timing.lease_timeout
+            self.membership.lockspace_id = await self.backend.lockspace_id()
+            await self._start_peer_service()
+            await self.lifeline.join_fresh()
         unverified = await self._verify_resumed(domains) if self.resumed else {}
-        # host.json is written by the journal task, not awaited here: a slow
-        # state_dir must not keep the renew loop from watching the deadline
-        # (found by actorlock sim). A journal that lags makes a later
-        # restart's deadline earlier, or its resume fail: both fence sooner.
-        self._journal_changed.set()
+        # host.json is written by the lifeline's journal task, not awaited
+        # here: a slow state_dir must not keep the renew loop from watching
+        # the deadline (found by actorlock sim). A journal that lags makes a
+        # later restart's deadline earlier, or its resume fail: both fence sooner.
         self._started = True
         for state in domains:
             uuid = state.identity.uuid
+            reason = ""
             if state.phase == DomainPhase.RUNNING and (not self.resumed or uuid in unverified):
                 state = attrs.evolve(state, phase=DomainPhase.LOST)
-            actor = DomainActor(self, state.identity, state)
             if uuid in unverified:
-                actor.lost_reason = unverified[uuid]
+                reason = unverified[uuid]
             elif state.phase == DomainPhase.LOST and not self.resumed:
-                actor.lost_reason = "the coordinator was down longer than lease_timeout"
+                reason = "the coordinator was down longer than lease_timeout"
                 if uuid in lost_results:
-                    actor.lost_reason += f"; failure action: {lost_results[uuid]}"
-            self._spawn(actor)
-        self._tg.start_soon(self._renew_loop, name=f"renew {self.identity.name}")
-        self._tg.start_soon(self._journal_loop, name=f"renewal journal {self.identity.name}")
+                    reason += f"; failure action: {lost_results[uuid]}"
+            self.domains.spawn(state.identity, state, lost_reason=reason)
+        self.lifeline.start(self._tg)
         self.emit("joined", incarnation=self.incarnation, resumed=self.resumed)
 
-    async def _resume(self, incarnation: str, deadline: float) -> bool:
-        """Rejoin as ``incarnation`` with a renewal that completes before ``deadline``; False if not."""
-        timing = self.config.timing
-        try:
-            with anyio.fail_after(max(deadline - self._clock(), 1e-6)):
-                self.lockspace_id = await self.backend.lockspace_id()
-                read_at = self._clock()
-                previous = {v.record.id: v.record for v in await self.backend.hosts()}.get(self.identity.id)
-                if previous is None or (previous.incarnation, previous.boot_id) != (
-                    incarnation,
-                    self._boot_id,
-                ):
-                    return False
-                if self.config.peer.endpoint:
-                    await self._start_peer_service()
-                self.incarnation = incarnation
-                await self.backend.join(self.identity, incarnation, self._advert(read_at))
-                start = self._clock()
-                await self.backend.renew(self._advert(start))
-        except (TimeoutError, ActorlockError, OSError) as exc:
-            log.error(
-                "host %s: could not resume incarnation %s before its lease deadline: %r",
-                self.identity.name,
-                incarnation,
-                exc,
-            )
-            self.emit("resume_failed", incarnation=incarnation, reason=repr(exc))
-            return False
-        if self._clock() >= deadline:
-            return False
-        self._last_start, self._expires_at = start, start + timing.lease_timeout
-        return True
+    async def _start_peer_service(self) -> None:
+        if self.peer_service.configured and not self.membership.peer_endpoint:
+            await self.peer_service.start(self._tg)
 
     async def _verify_resumed(self, domains: Sequence[DomainState]) -> dict[str, str]:
         """Read back the leases of every running domain; fence those that do not hold all of them.
@@ -348,7 +315,7 @@ class HostCoordinator:
         keys = sorted({lease.key for d in running for lease in d.leases})
         reasons: dict[str, str] = {}
         records: dict[str, LeaseRecord] | None = None
-        with anyio.move_on_after(max(self._expires_at - self._clock(), 1e-6)):
+        with anyio.move_on_after(max(self.lifeline.seconds_to_expiry(), 1e-6)):
             try:
                 records = {r.key: r for r in await self.backend.records(keys)}
             except ActorlockError as exc:
@@ -376,243 +343,35 @@ class HostCoordinator:
                 self.emit("leases_lost", domain=uuid, keys=(), reason=reasons[uuid])
         return reasons
 
-    def _persisted(self) -> HostPersisted:
-        return HostPersisted(
-            self.identity.name,
-            self.identity.id,
-            self.incarnation,
-            boot_id=self._boot_id,
-            renewed_at=self._last_start,
-        )
-
-    async def _journal_loop(self) -> None:
-        """Keep the last successful renewal's start in the state store, for a restart.
-
-        Its own task: a slow state_dir delays only the journal (which then
-        lags, making a restart's deadline earlier), never a renewal.
-        """
-        written: tuple[str, float] | None = None
-        while True:
-            await self._journal_changed.wait()
-            self._journal_changed = anyio.Event()
-            if (self.incarnation, self._last_start) == written:
-                continue
-            written = (self.incarnation, self._last_start)
-            try:
-                with anyio.fail_after(self.config.timing.io_timeout):
-                    await self.store.save_host(self._persisted())
-            except (TimeoutError, ActorlockError, OSError) as exc:
-                log.warning("host %s: saving the renewal journal failed: %r", self.identity.name, exc)
-
-    # -- migration ------------------------------------------------------------
-
-    @property
-    def peer_endpoint(self) -> str:
-        """Where peers reach this host (the bound endpoint); empty without a peer service."""
-        return self._peer_endpoint
-
-    async def transfer(
-        self,
-        source: LeaseOwner,
-        destination: LeaseOwner,
-        destination_incarnation: str,
-        leases: Sequence[Lease],
-    ) -> tuple[Lease, ...]:
-        """The migration commit: one compare-and-swap in the backend (we are the source)."""
-        if not self.capabilities.migration:
-            raise NotSupportedError(f"the {self.backend.kind} backend does not support migration")
-        self._check_live()
-        entry = self._domains.get(source.domain)
-        if entry is not None and entry[1].phase == DomainPhase.LOST:
-            # Fenced already: what it held was forfeited, not ours to hand on.
-            raise LeaseLostError(f"domain {source.domain} lost its leases; nothing to transfer", [])
-        moved = await self.backend.transfer(source, destination, destination_incarnation, leases)
-        self.emit("transfer", source=source, destination=destination, before=tuple(leases), after=moved)
-        return moved
-
-    def require_peer_service(self) -> None:
-        if not self._peer_endpoint:
-            raise NotSupportedError(
-                f"host {self.identity.name} has no peer endpoint configured ([peer] endpoint): "
-                "migration needs one on both hosts"
+    async def _fence_persisted(self, domains: Sequence[DomainState]) -> dict[str, str]:
+        """Run the failure action of every guest a previous run left holding leases."""
+        targets = [
+            FenceTarget(
+                state.identity, state.pid, state.pid_start, tuple(lease.key for lease in state.leases)
             )
-        if not self.capabilities.migration:
-            raise NotSupportedError(f"the {self.backend.kind} backend does not support migration")
-
-    async def resolve_peer(self, uri: str) -> tuple[str, str]:
-        """The (host name, public key) advertised in our lockspace for peer endpoint ``uri``."""
-        self.require_peer_service()
-        for view in await self.backend.hosts():
-            record = view.record
-            if record.peer_endpoint == uri and record.state is HostState.LIVE:
-                if record.id == self.identity.id:
-                    raise PeerRefusedError(
-                        f"{uri} is this host ({self.identity.name}): nothing to migrate to"
-                    )
-                if not self.config.peer.plaintext and record.public_key not in self.config.peer.allowed_keys:
-                    raise PeerRefusedError(
-                        f"host {record.name} at {uri} has public key {record.public_key!r}, "
-                        "which is not in [peer] allowed_keys"
-                    )
-                return record.name, record.public_key
-        raise PeerRefusedError(
-            f"no live host in lockspace {self.lockspace_id} advertises peer endpoint {uri}: "
-            "it is down, or uses another lockspace or backend"
-        )
-
-    def peer_connect(self, endpoint: str, server_key: str) -> AbstractAsyncContextManager[PeerClient]:
-        from ..transport.zmq import connect
-
-        if self.config.peer.plaintext:
-            return connect(endpoint, plaintext=True)
-        return connect(endpoint, server_key=server_key, keys=self._keys)
-
-    async def start_migration(self, driver: MigrationDriver) -> None:
-        """Run ``driver`` in this host's task group until its migration ends."""
-        self._migrations[driver.migration_id] = driver
-        try:
-            await self._tg.start(driver.run, name=f"migration {driver.migration_id}")
-        except BaseException:
-            self._migrations.pop(driver.migration_id, None)
-            raise
-
-    def migration_ended(self, driver: MigrationDriver) -> None:
-        if self._migrations.get(driver.migration_id) is driver:
-            del self._migrations[driver.migration_id]
-
-    def incoming_for(self, uuid: str, *, finished: bool = False) -> MigrationDriver | None:
-        """The newest incoming migration of domain ``uuid`` still running (or, with
-        ``finished``, still lingering to answer with its outcome)."""
-        found = [
-            d
-            for d in self._migrations.values()
-            if d.role == "destination" and d.domain_uuid == uuid and (finished or not d.machine.finished)
+            for state in domains
+            if state.phase == DomainPhase.RUNNING
         ]
-        return found[-1] if found else None
+        return await self.fences.fence_now(targets, "the coordinator restarted past its lease deadline")
 
-    async def domain_settled(self, uuid: str, settled: MigrationSettled) -> None:
-        entry = self._domains.get(uuid)
-        if entry is None:
-            if settled.role == "destination" and settled.outcome.value != "committed":
-                return
-            identity = DomainIdentity(uuid)
-            entry = self._spawn(DomainActor(self, identity))
-        await entry[0].ask(settled)
+    def abandon(self) -> None:
+        """Every task of this host dies now; nothing is released, nothing written on the way out.
 
-    async def _start_peer_service(self) -> None:
-        from ..transport.zmq import PeerServer, load_keypair
-
-        peer = self.config.peer
-        if not peer.plaintext:
-            assert peer.key_file is not None
-            key_file = peer.key_file
-            self._keys = await anyio.to_thread.run_sync(load_keypair, key_file)
-            self._public_key = self._keys.public
-        server = PeerServer(
-            peer.endpoint, keys=self._keys, allowed_clients=peer.allowed_keys, plaintext=peer.plaintext
-        )
-        self._peer_endpoint = await self._tg.start(server.serve, self._handle_peer, name="peer service")
-
-    async def _handle_peer(self, identity: bytes, user_id: str | None, frame: bytes) -> bytes | None:
-        """One request from a peer coordinator: decode, authenticate, route, answer."""
-        from ..protocol import Prepare, Request, answer_unknown
-        from ..transport import codec
-
-        try:
-            message = codec.decode(frame)
-            if not isinstance(message, Request):
-                return None
-            await self._authenticate(message.sender, user_id)
-        except ActorlockError as exc:
-            log.warning("host %s: bad peer frame: %s", self.identity.name, exc)
-            return codec.encode(codec.error_reply_for(frame, exc, sender=self.identity.name))
-        driver = self._migrations.get(message.migration_id)
-        if driver is None and isinstance(message, Prepare):
-            driver = await self._incoming(message, user_id or "")
-        if driver is None:
-            response = answer_unknown(message, local=self.identity.name)
-            return codec.encode(response) if response is not None else None
-        with anyio.move_on_after(max(message.deadline_remaining, self.config.peer.request_timeout)):
-            response = await driver.request(message)
-            return codec.encode(response) if response is not None else None
-        return None
-
-    async def _authenticate(self, sender: str, user_id: str | None) -> None:
-        """The sender named in the payload must be the host whose key signed the connection."""
-        if self.config.peer.plaintext:
-            return
-        for view in await self.backend.hosts():
-            if view.record.name == sender:
-                if view.record.public_key != user_id:
-                    raise ProtocolError(f"peer {sender!r} signed with a key that host does not advertise")
-                return
-        raise ProtocolError(f"peer {sender!r} is not a host of lockspace {self.lockspace_id}")
-
-    async def _incoming(self, message: Any, peer_key: str) -> MigrationDriver:
-        from ..protocol import MigrationDestination
-        from .migration import MigrationDriver
-
-        peer_endpoint = ""
-        for view in await self.backend.hosts():
-            if view.record.name == message.sender:
-                peer_endpoint = view.record.peer_endpoint
-        machine = MigrationDestination(
-            migration_id=message.migration_id,
-            local=self.identity,
-            incarnation=self.incarnation,
-            lockspace_kind=self.backend.kind,
-            lockspace_id=self.lockspace_id,
-            timing=self.protocol_timing(),
-        )
-        driver = MigrationDriver(
-            self, machine, peer_endpoint=peer_endpoint, peer_key=peer_key, domain_uuid=message.domain.uuid
-        )
-        await self.start_migration(driver)
-        return driver
-
-    def protocol_timing(self) -> Any:
-        from ..protocol import Timing
-
-        peer = self.config.peer
-        return Timing(
-            retry_interval=peer.retry_interval,
-            prepare_timeout=peer.prepare_timeout,
-            transfer_margin=peer.transfer_margin,
-        )
-
-    def pause(self) -> None:
-        """Fault injection: freeze renewal and fencing, as SIGSTOP would (see :meth:`resume`)."""
-        if self._paused is None:
-            self._paused = anyio.Event()
-            self.emit("paused")
-
-    def resume(self) -> None:
-        """Thaw after :meth:`pause`; an expiry that passed meanwhile is handled at once."""
-        if self._paused is not None:
-            self._paused.set()
-            self._paused = None
-            self.emit("resumed")
-
-    def crash(self) -> None:
-        """Fault injection: every task of this host dies now; nothing is released or left.
-
-        The caller's ``open_host`` block is cancelled; its exit writes nothing.
+        What a SIGKILL of the coordinator leaves (the testing kit's crash):
+        the caller's ``open_host`` block is cancelled.
         """
-        self._crashed = True
+        self._abandoned = True
         self._started = False
         self._tg.cancel_scope.cancel()
 
     async def stop(self) -> None:
         """Leave the lockspace; guests still holding leases keep them (re-attach later)."""
-        if self._crashed:
+        if self._abandoned:
             with anyio.move_on_after(self.config.timing.io_timeout, shield=True):
                 await self.backend.aclose()
             return
-        # No renewal may race with (or follow) leaving the lockspace.
-        self._renew_scope.cancel()
-        holding = self.fences.holding or any(
-            a.phase in (DomainPhase.RUNNING, DomainPhase.LOST) for _, a in self._domains.values()
-        )
+        self.lifeline.stop_renewing()
+        holding = self.fences.holding or self.domains.holding()
         self._started = False
         with anyio.move_on_after(self.config.timing.io_timeout, shield=True):
             try:
@@ -624,102 +383,13 @@ class HostCoordinator:
 
     # -- internals ---------------------------------------------------------
 
-    def _spawn(self, actor: DomainActor) -> tuple[ActorRef[Any], DomainActor]:
-        ref, mailbox = open_mailbox(actor.name)
-        entry = (ref, actor)
-        self._domains[actor.identity.uuid] = entry
-        self._tg.start_soon(run_actor, actor, ref, mailbox, name=actor.name)
-        return entry
-
     def _check_live(self) -> None:
         if not self.live:
             raise LockspaceLostError(
                 f"host {self.identity.name} has no valid lockspace membership (renewal failing)"
             )
 
-    def _advert(self, renewal_start: float) -> HostAdvert:
-        return HostAdvert(
-            boot_id=self._boot_id,
-            renewed_monotonic=renewal_start,
-            peer_endpoint=self._peer_endpoint,
-            public_key=self._public_key,
-        )
-
     def emit(self, kind: str, **fields: Any) -> None:
         """Report an event to the configured sink (history, tests, metrics)."""
         if self._event_sink is not None:
             self._event_sink(kind, {"host": self.identity.name, **fields})
-
-    async def _renew_loop(self) -> None:
-        with self._renew_scope:
-            await self._renew_forever()
-
-    async def _renew_forever(self) -> None:
-        timing = self.config.timing
-        next_at = self._last_start + timing.renew_interval
-        while True:
-            wake = min(next_at, self._expires_at) if not self._lost else next_at
-            # Sleep on the loop's clock, judge on ours: after a suspend (or a
-            # lagging loop) the first reading tells how much time really passed.
-            await anyio.sleep(max(0.0, wake - self._clock()))
-            if self._paused is not None:
-                await self._paused.wait()
-            now = self._clock()
-            if not self._lost and now >= self._expires_at:
-                late = now - self._expires_at
-                if late > timing.scheduling_delay:
-                    log.error(
-                        "host %s: noticed the lease expiry %.3fs late (scheduling_delay=%ss): "
-                        "guests may have run past their lease",
-                        self.identity.name,
-                        late,
-                        timing.scheduling_delay,
-                    )
-                    self.emit("expiry_noticed_late", late=late)
-                self._lockspace_lost(f"no successful renewal for lease_timeout={timing.lease_timeout}s")
-            if self._clock() < next_at:
-                continue
-            start = self._clock()
-            bound = self._expires_at - start if not self._lost else timing.renew_interval
-            next_at = start + timing.renew_interval
-            try:
-                with anyio.fail_after(max(bound, 1e-3)):
-                    await self.backend.renew(self._advert(start))
-            except (TimeoutError, ActorlockError, OSError) as exc:
-                self._renew_failures += 1
-                log.warning("host %s: renewal failed: %r", self.identity.name, exc)
-                continue
-            if not self._lost and self._clock() >= self._expires_at:
-                continue  # completed, but after the lease it extends had expired: the loop fences
-            self._renewals += 1
-            self._last_start, self._expires_at = start, start + timing.lease_timeout
-            self._journal_changed.set()
-            if self._lost:
-                log.warning("host %s: renewing again after a lockspace loss", self.identity.name)
-                self._lost = False
-                self.fences.lockspace_regained()
-                self.emit("lockspace_regained")
-
-    def _lockspace_lost(self, reason: str) -> None:
-        self._lost = True
-        log.error("host %s: lockspace lost: %s", self.identity.name, reason)
-        self.emit("lockspace_lost", reason=reason)
-        self.fences.lockspace_lost(reason)
-
-    async def _tell_lost(self, target: FenceTarget, reason: str, result: str) -> None:
-        """After a fence's first attempt: the domain actor marks itself lost."""
-        entry = self._domains.get(target.identity.uuid)
-        if entry is not None:
-            with contextlib.suppress(ActorlockError):
-                await entry[0].tell(LeasesLost(reason, result))
-
-    async def _fence_persisted(self, domains: Sequence[DomainState]) -> dict[str, str]:
-        """Run the failure action of every guest a previous run left holding leases."""
-        targets = [
-            FenceTarget(
-                state.identity, state.pid, state.pid_start, tuple(lease.key for lease in state.leases)
-            )
-            for state in domains
-            if state.phase == DomainPhase.RUNNING
-        ]
-        return await self.fences.fence_now(targets, "the coordinator restarted past its lease deadline")

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import enum
+
 import attrs
 
 from ..model import Lease, LockState, Resource
 from ..protocol.messages import Outcome
+from ..statestore import DomainPhase
+
+
+class MigrationRole(enum.StrEnum):
+    SOURCE = "source"
+    DESTINATION = "destination"
 
 
 @attrs.frozen
@@ -66,7 +74,7 @@ class LeasesLost:
 class DomainStatus:
     uuid: str
     name: str
-    phase: str
+    phase: DomainPhase
     pid: int | None
     resources: tuple[Resource, ...]
     leases: tuple[Lease, ...]
@@ -98,6 +106,6 @@ class MigrationSettled:
     """A migration's final outcome, from its driver: update what the domain holds."""
 
     migration_id: str
-    role: str  # "source" or "destination"
+    role: MigrationRole
     outcome: Outcome
     lock_state: LockState | None

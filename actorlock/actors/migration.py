@@ -44,11 +44,14 @@ from ..protocol import (
     judge_ownership,
     verify_lock_state,
 )
-from .messages import MigrationSettled
+from ..transport import codec
+from ..transport.zmq import unreachable_after
+from .call_result import CallResult
+from .messages import MigrationRole, MigrationSettled
+from .ports import MigrationHost
 
 if TYPE_CHECKING:
     from ..transport.zmq import PeerClient
-    from .host import HostCoordinator
 
 log = logging.getLogger(__name__)
 
@@ -56,29 +59,6 @@ Machine = MigrationSource | MigrationDestination
 Input = Callable[[Machine, float], list[Effect]]
 
 _serials = itertools.count(1)
-
-
-class CallResult:
-    """Where a local call (prepare, complete) learns its answer."""
-
-    def __init__(self) -> None:
-        self._done = anyio.Event()
-        self.answer: CompleteCaller | None = None
-        self.error: BaseException | None = None
-
-    def settle(self, answer: CompleteCaller | None = None, error: BaseException | None = None) -> None:
-        if not self._done.is_set():
-            self.answer, self.error = answer, error
-            self._done.set()
-
-    async def wait(self) -> CompleteCaller:
-        await self._done.wait()
-        if self.error is not None:
-            raise self.error
-        assert self.answer is not None
-        if self.answer.error is not None:
-            raise self.answer.error
-        return self.answer
 
 
 @attrs.frozen
@@ -101,19 +81,22 @@ class MigrationDriver:
 
     def __init__(
         self,
-        host: HostCoordinator,
+        host: MigrationHost,
         machine: Machine,
         *,
         peer_endpoint: str,
         peer_key: str,
         domain_uuid: str,
+        request_timeout: float,
     ) -> None:
         self.host = host
         self.machine = machine
         self.migration_id = machine.migration_id
         self.domain_uuid = domain_uuid
-        self.role = "source" if isinstance(machine, MigrationSource) else "destination"
+        source = isinstance(machine, MigrationSource)
+        self.role = MigrationRole.SOURCE if source else MigrationRole.DESTINATION
         self.serial = next(_serials)  # a later migration of this host has a larger one
+        self._request_timeout = request_timeout
         self._peer_endpoint = peer_endpoint
         self._peer_key = peer_key
         self._send, self._inbox = anyio.create_memory_object_stream[tuple[Input, _Caller | None]](256)
@@ -125,6 +108,25 @@ class MigrationDriver:
         self._client: PeerClient | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._settled = False
+
+    # -- as a domain actor sees it (ports.MigrationHandle) -----------------------
+
+    @property
+    def finished(self) -> bool:
+        return self.machine.finished
+
+    @property
+    def offered(self) -> LockState | None:
+        """What the source offered (destination side, once prepared); None on the source."""
+        return self.machine.offered if isinstance(self.machine, MigrationDestination) else None
+
+    async def complete(self, *, commit: bool) -> CallResult:
+        """The local commit (or cancel) of this migration."""
+
+        def step(m: Machine, now: float) -> list[Effect]:
+            return m.commit_requested(now=now) if commit else m.cancel_requested(now=now)
+
+        return await self.call(Call.COMPLETE, step, request="commit" if commit else "cancel")
 
     # -- inputs -------------------------------------------------------------
 
@@ -325,12 +327,9 @@ class MigrationDriver:
                 await self._put(lambda m, now: m.timer_fired(timer, now=now), None)
 
     async def _send_request(self, message: Request) -> None:
-        from ..transport import codec
-        from ..transport.zmq import unreachable_after
-
         assert self._client is not None
         try:
-            with unreachable_after(self.host.config.peer.request_timeout, peer=self._peer_endpoint):
+            with unreachable_after(self._request_timeout, peer=self._peer_endpoint):
                 frame = await self._client.request(codec.encode(message))
             reply = codec.decode(frame)
         except (PeerError, ActorlockError) as exc:

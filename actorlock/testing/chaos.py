@@ -798,13 +798,12 @@ async def _run_host(spec: Mapping[str, Any]) -> int:
             reader = _LineReader(sys.stdin.fileno())
             async with anyio.create_task_group() as tg:
                 agent.tg = tg
-                coordinator = host.coordinator
                 _emit(
                     {
                         "event": "ready",
                         "pid": os.getpid(),
-                        "endpoint": coordinator.peer_endpoint,
-                        "incarnation": coordinator.incarnation,
+                        "endpoint": host.peer_endpoint,
+                        "incarnation": host.incarnation,
                         "resumed": host.resumed,
                     }
                 )

@@ -134,6 +134,7 @@ from ..model import (
     disk,
 )
 from ..statestore import DomainState, HostPersisted, MemoryStateStore, StateStore
+from . import host_faults
 from .checker import Violation, check
 from .faults import (
     OPERATIONS,
@@ -875,7 +876,7 @@ class Cluster:
         host = self.host(name)
         if host.state is not HostState.UP or host.api is None:
             raise InvalidStateError(f"host {name} is {host.state.value}")
-        host.api.coordinator.pause()
+        host_faults.freeze(host.api)
         host.state = HostState.PAUSED
         self._fault_began(name, "pause", "host paused", "pause-host")
 
@@ -887,7 +888,7 @@ class Cluster:
             if host.api is not None:
                 # In the same step as the thaw: the coordinator fences (if it must)
                 # before any guest reaches its next write.
-                host.api.coordinator.resume()
+                host_faults.thaw(host.api)
         self._fault_over(name, "pause")
 
     async def fail_backend(self, name: str, *operations: str) -> None:
@@ -1062,7 +1063,7 @@ class Cluster:
             if host.state is HostState.PAUSED:
                 host.state = HostState.UP
                 if host.api is not None:
-                    host.api.coordinator.resume()
+                    host_faults.thaw(host.api)
         for fault in ending.values():
             await fault.settle()
         for key, fault in ending.items():
@@ -1298,7 +1299,7 @@ class Cluster:
         if host._lifeline is not None:
             host._lifeline.sever()
         if api is not None:
-            api.coordinator.crash()
+            host_faults.crash(api)
         if done is not None:
             await done.wait()
 

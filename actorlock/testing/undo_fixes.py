@@ -9,7 +9,7 @@ counts how many). Nothing here is imported by the library itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from types import MappingProxyType
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 
 from ..actors import domain as domain_module
-from ..actors import fencing, host
+from ..actors import fencing, host, lifeline
 from ..backends import liveness
 from ..errors import BackendTimeoutError
 from ..model import HostRecord, HostView, Lease, LeaseRequest
@@ -55,25 +55,30 @@ def fence_starvation() -> Iterator[None]:
 def resume_reanchor() -> Iterator[None]:
     """A resumed restart counts its lease from its own (slow) renewal, and never reads its leases back."""
 
-    async def reanchoring(self: host.HostCoordinator, incarnation: str, deadline: float) -> bool:
-        self.lockspace_id = await self.backend.lockspace_id()
-        previous = {v.record.id: v.record for v in await self.backend.hosts()}.get(self.identity.id)
+    async def reanchoring(
+        self: lifeline.Lifeline,
+        incarnation: str,
+        deadline: float,
+        before_join: Callable[[], Awaitable[None]],
+    ) -> bool:
+        m = self._membership
+        m.lockspace_id = await self._backend.lockspace_id()
+        previous = {v.record.id: v.record for v in await self._backend.hosts()}.get(m.identity.id)
         if previous is None or previous.incarnation != incarnation:
             return False
-        if self.config.peer.endpoint:
-            await self._start_peer_service()
-        self.incarnation = incarnation
-        await self.backend.join(self.identity, incarnation, self._advert(self._clock()))
+        await before_join()
+        m.incarnation = incarnation
+        await self._backend.join(m.identity, incarnation, self.advert(self._clock()))
         start = self._clock()
-        await self.backend.renew(self._advert(start))
-        self._last_start, self._expires_at = start, start + self.config.timing.lease_timeout
+        await self._backend.renew(self.advert(start))
+        self._renewed(start)
         return True
 
     async def trusting(self: host.HostCoordinator, domains: Any) -> dict[str, str]:
         return {}
 
     with (
-        _patched(host.HostCoordinator, "_resume", reanchoring),
+        _patched(lifeline.Lifeline, "resume", reanchoring),
         _patched(host.HostCoordinator, "_verify_resumed", trusting),
     ):
         yield
@@ -88,11 +93,11 @@ def acquire_expiry_race() -> Iterator[None]:
     ) -> tuple[Lease, ...]:
         if not requests:
             return ()
-        io_timeout = self.host.config.timing.io_timeout
+        io_timeout = self.services.io_timeout
         with anyio.CancelScope(shield=True):
             try:
                 with anyio.fail_after(io_timeout):
-                    leases = await self.host.acquire(self.owner, requests)
+                    leases = await self.services.leases.acquire(self.owner, requests)
             except (TimeoutError, BackendTimeoutError):
                 await self._give_back([r.key for r in requests])
                 raise BackendTimeoutError(f"{self.name}: acquiring took longer than io_timeout") from None

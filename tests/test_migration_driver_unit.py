@@ -1,0 +1,184 @@
+"""The migration driver on its own: a real destination machine, a fake host and a fake peer.
+
+No host coordinator and no socket: the driver is fed a PREPARE as the peer
+service would, reads records from a fake lease store, and sends its COMMIT
+to a fake peer client that answers as the source would.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Any
+
+import anyio
+import pytest
+
+from actorlock.actors.messages import MigrationRole, MigrationSettled
+from actorlock.actors.migration import MigrationDriver
+from actorlock.errors import MigrationError
+from actorlock.model import (
+    DomainIdentity,
+    Holder,
+    HostIdentity,
+    Lease,
+    LeaseMode,
+    LeaseOwner,
+    LeaseRecord,
+    LockState,
+)
+from actorlock.protocol import (
+    Commit,
+    CommitReply,
+    IllegalEventError,
+    MigrationDestination,
+    Outcome,
+    Prepare,
+    PrepareReply,
+    Request,
+    Response,
+    Timing,
+)
+
+from .fakes import FakePeerClient
+
+pytestmark = pytest.mark.anyio
+
+VM = DomainIdentity("5f0c2b1e-0000-4000-8000-0000000000b2", "vm2")
+SOURCE = LeaseOwner("a", 1, VM.uuid, VM.name)
+OFFERED = LockState((Lease("disk:/d/root.img", LeaseMode.EXCLUSIVE, 4),))
+MOVED = LockState((Lease("disk:/d/root.img", LeaseMode.EXCLUSIVE, 5),))
+TIMING = Timing(retry_interval=0.05, prepare_timeout=2.0, transfer_margin=0.5)
+
+
+class FakeMigrationHost:
+    """Records held by the source; what the driver settles and when it ends."""
+
+    def __init__(self, client: FakePeerClient) -> None:
+        self.client = client
+        self.settled: list[MigrationSettled] = []
+        self.ended: list[MigrationDriver] = []
+        self.fail_settle = False
+
+    async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
+        return [
+            LeaseRecord(lease.key, lease.token, (Holder(SOURCE, lease.mode, lease.token),))
+            for lease in OFFERED.leases
+        ]
+
+    async def transfer(self, *args: Any) -> tuple[Lease, ...]:
+        raise AssertionError("the destination never transfers")
+
+    def peer_connect(self, endpoint: str, server_key: str) -> AbstractAsyncContextManager[Any]:
+        @asynccontextmanager
+        async def connection() -> AsyncIterator[FakePeerClient]:
+            yield self.client
+
+        return connection()
+
+    async def domain_settled(self, uuid: str, settled: MigrationSettled) -> None:
+        self.settled.append(settled)
+
+    def migration_ended(self, driver: Any) -> None:
+        self.ended.append(driver)
+
+
+def source_answers(request: Request) -> Response | None:
+    if isinstance(request, Commit):
+        return CommitReply(
+            migration_id=request.migration_id,
+            sender="a",
+            seq=request.seq,
+            deadline_remaining=5.0,
+            outcome=Outcome.COMMITTED,
+            lock_state=MOVED,
+        )
+    return None
+
+
+def destination(host: FakeMigrationHost) -> MigrationDriver:
+    machine = MigrationDestination(
+        migration_id="m1",
+        local=HostIdentity("b", 2),
+        incarnation="inc-b",
+        lockspace_kind="fake",
+        lockspace_id="space",
+        timing=TIMING,
+    )
+    return MigrationDriver(
+        host,
+        machine,
+        peer_endpoint="tcp://127.0.0.1:1",
+        peer_key="",
+        domain_uuid=VM.uuid,
+        request_timeout=1.0,
+    )
+
+
+@asynccontextmanager
+async def running_destination() -> AsyncIterator[tuple[FakeMigrationHost, MigrationDriver]]:
+    """A destination driver on its task, against a source that commits; stopped when the block ends."""
+    host = FakeMigrationHost(FakePeerClient(source_answers))
+    driver = destination(host)
+    async with anyio.create_task_group() as tg:
+        await tg.start(driver.run)
+        yield host, driver
+        tg.cancel_scope.cancel()
+    assert host.ended == [driver], "the driver told its host it ended"
+
+
+def prepare() -> Prepare:
+    return Prepare(
+        migration_id="m1",
+        sender="a",
+        seq=1,
+        deadline_remaining=5.0,
+        domain=VM,
+        source_host_id=1,
+        lockspace_kind="fake",
+        lockspace_id="space",
+        lock_state=OFFERED,
+    )
+
+
+async def test_a_prepare_is_verified_against_the_records_and_answered() -> None:
+    async with running_destination() as (_host, driver):
+        with anyio.fail_after(5):
+            reply = await driver.request(prepare())
+        assert isinstance(reply, PrepareReply)
+        assert (reply.host_id, reply.incarnation) == (2, "inc-b")
+        assert driver.offered == OFFERED
+        assert not driver.finished
+
+
+async def test_two_commit_callers_both_hear_the_one_outcome() -> None:
+    async with running_destination() as (host, driver):
+        with anyio.fail_after(5):
+            await driver.request(prepare())
+            first = await driver.complete(commit=True)
+            second = await driver.complete(commit=True)
+            answers = [await first.wait(), await second.wait()]
+        assert [a.outcome for a in answers] == [Outcome.COMMITTED, Outcome.COMMITTED]
+        commits = [r for r in host.client.requests if isinstance(r, Commit)]
+        assert len(commits) == 1, "the second caller joined the first instead of reaching the machine"
+    assert [(s.role, s.outcome, s.lock_state) for s in host.settled] == [
+        (MigrationRole.DESTINATION, Outcome.COMMITTED, MOVED)
+    ], "the outcome is recorded once, before the callers hear it"
+
+
+async def test_a_commit_of_a_migration_never_prepared_is_refused_and_the_driver_goes_on() -> None:
+    async with running_destination() as (_host, driver):
+        with anyio.fail_after(5):
+            early = await driver.complete(commit=True)
+            with pytest.raises(IllegalEventError, match="commit-call in state idle"):
+                await early.wait()
+            reply = await driver.request(prepare())
+        assert isinstance(reply, PrepareReply), "the refused call left the machine as it was"
+
+
+async def test_a_driver_that_ended_fails_its_late_callers_with_migration_error() -> None:
+    async with running_destination() as (_host, driver):
+        pass
+    late = await driver.complete(commit=True)
+    with pytest.raises(MigrationError, match="has ended"):
+        await late.wait()
