@@ -4,7 +4,13 @@ Every error derives from :class:`ActorlockError`; where a builtin fits the
 meaning (``ValueError`` for bad input, ``NotImplementedError`` for missing
 features) the error derives from it too, so generic handlers keep working.
 Details travel as attributes (``err.resource``, ``err.holders``) so callers
-never parse messages. Each class has a stable ``code`` used on the wire.
+never parse messages.
+
+Each class that names a ``code`` registers it when the class is defined, in
+one registry (a taken code is refused at import), and
+:func:`error_from_code` rebuilds an error from a wire code through the
+class's own :meth:`ActorlockError.from_wire`, so a rebuilt error has every
+attribute a raised one has.
 """
 
 from __future__ import annotations
@@ -12,11 +18,34 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
+_REGISTRY: dict[str, type[ActorlockError]] = {}
+
 
 class ActorlockError(Exception):
     """Root of every error actorlock raises on purpose."""
 
     code: ClassVar[str] = "error"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "code" in vars(cls):
+            taken = _REGISTRY.setdefault(cls.code, cls)
+            if taken is not cls:
+                raise TypeError(
+                    f"error code {cls.code!r} of {cls.__qualname__} is taken by {taken.__qualname__}"
+                )
+
+    @classmethod
+    def from_wire(cls, message: str, **fields: Any) -> ActorlockError:
+        """Rebuild from the message a peer sent; classes with more attributes override this."""
+        return cls(message)
+
+    def _with_text(self, message: str) -> ActorlockError:
+        self.args = (message,)  # the sender's text, not one re-formatted from defaults
+        return self
+
+
+_REGISTRY[ActorlockError.code] = ActorlockError
 
 
 # --- bad input and misuse -------------------------------------------------
@@ -31,6 +60,10 @@ class ConfigError(ActorlockError, ValueError):
         super().__init__(f"config key {key!r}: {problem}")
         self.key = key
         self.problem = problem
+
+    @classmethod
+    def from_wire(cls, message: str, **fields: Any) -> ActorlockError:
+        return cls(str(fields.get("key", "")), str(fields.get("problem", message)))._with_text(message)
 
 
 class InvalidParameterError(ActorlockError, ValueError):
@@ -76,6 +109,11 @@ class ResourceBusyError(LockError):
         self.resource = resource
         self.holders = tuple(holders)
 
+    @classmethod
+    def from_wire(cls, message: str, **fields: Any) -> ActorlockError:
+        err = cls(str(fields.get("resource", "")), tuple(fields.get("holders", ())))
+        return err._with_text(message)
+
 
 class LeaseLostError(LockError):
     """Leases this host believed it held are gone or no longer valid."""
@@ -85,6 +123,10 @@ class LeaseLostError(LockError):
     def __init__(self, message: str, resources: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.resources = tuple(resources)
+
+    @classmethod
+    def from_wire(cls, message: str, **fields: Any) -> ActorlockError:
+        return cls(message, tuple(fields.get("resources", ())))
 
 
 class StaleLockStateError(LeaseLostError):
@@ -130,6 +172,10 @@ class LockspaceError(BackendError):
         self.path = path
         self.problem = problem
 
+    @classmethod
+    def from_wire(cls, message: str, **fields: Any) -> ActorlockError:
+        return cls(str(fields.get("path", "")), str(fields.get("problem", message)))._with_text(message)
+
 
 class CorruptRecordError(BackendError):
     """A stored record cannot be decoded; nothing was changed."""
@@ -140,6 +186,10 @@ class CorruptRecordError(BackendError):
         super().__init__(f"corrupt record {path}: {problem}")
         self.path = path
         self.problem = problem
+
+    @classmethod
+    def from_wire(cls, message: str, **fields: Any) -> ActorlockError:
+        return cls(str(fields.get("path", "")), str(fields.get("problem", message)))._with_text(message)
 
 
 class BackendTimeoutError(BackendError):
@@ -199,22 +249,14 @@ class MigrationError(ActorlockError):
 def error_from_code(code: str, message: str, **fields: Any) -> ActorlockError:
     """Rebuild a local error from a code received on the wire.
 
-    Unknown codes become a plain :class:`ActorlockError`; constructor
-    arguments that errors require are filled from ``fields`` where present.
+    Unknown codes become a plain :class:`ActorlockError`. ``fields`` fill the
+    attributes the class carries (``resource=``, ``holders=``...); those not
+    given get the class's defaults. The protocol's errors register when
+    :mod:`actorlock.protocol` is imported (the codec imports it).
     """
-    cls = _BY_CODE.get(code, ActorlockError)
-    err = cls.__new__(cls)
-    Exception.__init__(err, message)
-    for name, value in fields.items():
-        setattr(err, name, value)
-    return err
+    return _REGISTRY.get(code, ActorlockError).from_wire(message, **fields)
 
 
-def _all_subclasses(cls: type[ActorlockError]) -> list[type[ActorlockError]]:
-    out = [cls]
-    for sub in cls.__subclasses__():
-        out.extend(_all_subclasses(sub))
-    return out
-
-
-_BY_CODE: dict[str, type[ActorlockError]] = {c.code: c for c in _all_subclasses(ActorlockError)}
+def registered_codes() -> dict[str, type[ActorlockError]]:
+    """Every error code and its class, as defined so far."""
+    return dict(_REGISTRY)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import types
 
+import pytest
+
 import actorlock
 import actorlock.errors as errors
 
@@ -95,3 +97,42 @@ def test_errors_round_trip_through_their_wire_code() -> None:
     assert err.resource == "x"
     assert str(err) == "resource x is busy"
     assert type(errors.error_from_code("no-such-code", "?")) is errors.ActorlockError
+
+
+def test_one_registry_holds_every_code_the_core_and_the_protocol_define() -> None:
+    import actorlock.protocol as protocol
+
+    codes = errors.registered_codes()
+    defined = [
+        obj
+        for module in (errors, protocol)
+        for obj in vars(module).values()
+        if isinstance(obj, type) and issubclass(obj, errors.ActorlockError) and "code" in vars(obj)
+    ]
+    assert protocol.IllegalEventError in defined
+    for cls in defined:
+        assert codes[cls.code] is cls, cls
+
+
+def test_a_taken_error_code_is_refused_when_the_class_is_defined() -> None:
+    with pytest.raises(TypeError, match=r"'busy' of .*Again is taken by ResourceBusyError"):
+
+        class Again(errors.ActorlockError):
+            code = "busy"
+
+    assert errors.registered_codes()["busy"] is errors.ResourceBusyError
+
+
+def test_every_rebuilt_error_keeps_the_senders_text_and_has_its_attributes() -> None:
+    for code, cls in errors.registered_codes().items():
+        err = errors.error_from_code(code, "the sender's words")
+        assert type(err) is cls, code
+        assert str(err) == "the sender's words", code
+    busy = errors.error_from_code("busy", "m")
+    assert (busy.resource, busy.holders) == ("", ())  # type: ignore[attr-defined]
+    config = errors.error_from_code("config", "m", key="timing.lease_timeout")
+    assert isinstance(config, errors.ConfigError)
+    assert (config.key, config.problem) == ("timing.lease_timeout", "m")
+    corrupt = errors.error_from_code("corrupt-record", "m", path="/x")
+    assert isinstance(corrupt, errors.CorruptRecordError)
+    assert (corrupt.path, corrupt.problem) == ("/x", "m")

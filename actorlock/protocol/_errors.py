@@ -1,12 +1,14 @@
 """Errors of the migration protocol, refining the ones in :mod:`actorlock.errors`.
 
 Each class has its own stable ``code`` so the reason survives the wire;
-:func:`actorlock.transport.codec.error_from_wire` knows these codes too.
+they register in :mod:`actorlock.errors`' one registry when defined.
 """
 
 from __future__ import annotations
 
-from ..errors import LeaseLostError, MigrationError, PeerRefusedError, ProtocolError
+from typing import Any
+
+from ..errors import ActorlockError, LeaseLostError, MigrationError, PeerRefusedError, ProtocolError
 
 
 class MigrationProtocolError(ProtocolError):
@@ -45,6 +47,10 @@ class MigrationRefusedError(PeerRefusedError, MigrationError):
     def __init__(self, message: str, remote_code: str = "") -> None:
         super().__init__(message)
         self.remote_code = remote_code
+
+    @classmethod
+    def from_wire(cls, message: str, **fields: Any) -> ActorlockError:
+        return cls(message, str(fields.get("remote_code", "")))
 
 
 class MigrationCancelledError(MigrationError):

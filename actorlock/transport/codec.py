@@ -22,7 +22,7 @@ from typing import Any, Final, NoReturn
 import attrs
 import msgpack
 
-from ..errors import ActorlockError, LeaseLostError, ProtocolError, error_from_code
+from ..errors import ActorlockError, ProtocolError, error_from_code
 from ..model import DomainIdentity, Lease, LeaseMode, LockState
 from ..protocol import (
     PROTOCOL_VERSION,
@@ -39,7 +39,6 @@ from ..protocol import (
     Refuse,
     Status,
 )
-from ..protocol._errors import PROTOCOL_ERRORS, MigrationRefusedError
 
 MAX_FRAME_SIZE: Final = 1 << 20
 MAX_STR_LEN: Final = 8192  # a lease key holds a path (PATH_MAX is 4096)
@@ -308,9 +307,6 @@ def error_reply_for(frame: bytes, error: ActorlockError, *, sender: str) -> Erro
 
 # --- errors --------------------------------------------------------------------
 
-_OWN_ERRORS: Final = {cls.code: cls for cls in PROTOCOL_ERRORS if issubclass(cls, ActorlockError)}
-
-
 def error_to_wire(error: ActorlockError) -> tuple[str, str]:
     """The stable code and message an error travels as."""
     return error.code, _cut(str(error))
@@ -318,14 +314,4 @@ def error_to_wire(error: ActorlockError) -> tuple[str, str]:
 
 def error_from_wire(code: str, message: str) -> ActorlockError:
     """Rebuild an error from its wire code (unknown codes give a plain ActorlockError)."""
-    cls = _OWN_ERRORS.get(code)
-    if cls is None:
-        return error_from_code(code, message)
-    err = cls.__new__(cls)
-    Exception.__init__(err, message)
-    # Attributes the constructors would set, so handlers can read them.
-    if isinstance(err, LeaseLostError):
-        err.resources = ()
-    if isinstance(err, MigrationRefusedError):
-        err.remote_code = ""
-    return err
+    return error_from_code(code, message)
