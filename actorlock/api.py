@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 import anyio
 
 from .actors.call_result import CallResult
-from .actors.host import EventSink, HostCoordinator, HostStatus, PauseCallback
+from .actors.host import HostCoordinator, HostStatus, PauseCallback
 from .actors.messages import (
     AcquireObject,
     AcquireResource,
@@ -32,6 +32,7 @@ from .backends.base import LeaseBackend
 from .clock import host_clock
 from .config import Config, load_config
 from .errors import MigrationError
+from .events import EventSink
 from .model import DomainIdentity, HostView, LeaseRecord, LockState, Resource
 from .statestore import FileStateStore, MemoryStateStore, StateStore
 

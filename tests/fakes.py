@@ -23,6 +23,7 @@ from actorlock.actors.messages import MigrationSettled
 from actorlock.actors.ports import DomainServices, MigrationHandle, PeerHost
 from actorlock.backends.base import BackendCapabilities
 from actorlock.config import LockingConfig
+from actorlock.events import HostEvent
 from actorlock.model import (
     DomainIdentity,
     Holder,
@@ -181,7 +182,7 @@ class FakeHost:
     store: FakeStore = attrs.Factory(FakeStore)
     fences: FakeFences = attrs.Factory(FakeFences)
     migrations: FakeMigrations = attrs.Factory(FakeMigrations)
-    events: list[tuple[str, dict[str, Any]]] = attrs.Factory(list)
+    events: list[HostEvent] = attrs.Factory(list)
     stopped: list[str] = attrs.Factory(list)
     io_timeout: float = 5.0
     locking: LockingConfig = attrs.Factory(LockingConfig)
@@ -192,7 +193,7 @@ class FakeHost:
             store=self.store,
             fences=self.fences,
             migrations=self.migrations,
-            emit=lambda kind, **fields: self.events.append((kind, fields)),
+            emit=self.events.append,
             locking=self.locking,
             io_timeout=self.io_timeout,
             host_name=HOST,

@@ -78,7 +78,7 @@ async def test_a_loss_during_the_acquisition_ends_lost_with_the_target_still_pub
         assert actor.phase is DomainPhase.LOST
     assert host.fences.current(VM.uuid) is not None, "the loss must fence this guest"
     assert host.store.saved[VM.uuid].phase is DomainPhase.LOST
-    assert [kind for kind, _ in host.events] == ["leases_lost"]
+    assert [event.kind for event in host.events] == ["leases_lost"]
 
 
 async def test_a_state_save_past_io_timeout_fails_the_start_and_gives_the_leases_back() -> None:

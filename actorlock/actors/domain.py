@@ -31,6 +31,9 @@ from ..errors import (
     LockspaceLostError,
     NotSupportedError,
 )
+from ..events import LeasesLost as LeasesLostEvent
+from ..events import MigrationSettled as MigrationSettledEvent
+from ..events import MigrationStarted
 from ..guest import is_running, process_start_time
 from ..model import DomainIdentity, Lease, LeaseRequest, LockState, Resource
 from ..protocol import Outcome
@@ -249,7 +252,8 @@ class DomainActor(Actor[Any]):
         # Reported before the save: a state_dir write may wait behind a
         # saturated worker pool, and the loss is decided already.
         keys = tuple(sorted(self.leases))
-        self.services.emit("leases_lost", domain=self.identity.uuid, keys=keys, reason=reason)
+        host = self.services.host_name
+        self.services.emit(LeasesLostEvent(host=host, domain=self.identity.uuid, keys=keys, reason=reason))
         await self._save()
 
     # -- migration ------------------------------------------------------------
@@ -277,7 +281,9 @@ class DomainActor(Actor[Any]):
             self.identity, LockState.of(self.leases.values()), peer
         )
         self._outgoing = handle
-        self.services.emit("migration_started", domain=self.identity.uuid, destination=peer.name)
+        self.services.emit(
+            MigrationStarted(host=self.services.host_name, domain=self.identity.uuid, destination=peer.name)
+        )
         return result
 
     async def _complete_migration(self, msg: CompleteMigration) -> CallResult:
@@ -316,11 +322,13 @@ class DomainActor(Actor[Any]):
     async def _migration_settled(self, msg: MigrationSettled) -> None:
         committed = msg.outcome is Outcome.COMMITTED
         self.services.emit(
-            "migration_settled",
-            domain=self.identity.uuid,
-            role=msg.role.value,
-            outcome=msg.outcome.value,
-            migration_id=msg.migration_id,
+            MigrationSettledEvent(
+                host=self.services.host_name,
+                domain=self.identity.uuid,
+                role=msg.role.value,
+                outcome=msg.outcome.value,
+                migration_id=msg.migration_id,
+            )
         )
         if msg.role is MigrationRole.SOURCE:
             if committed:

@@ -24,6 +24,7 @@ import attrs
 from anyio.abc import TaskGroup
 
 from ..constants import FailureAction
+from ..events import FailureActionRan, FenceFailed, HostEvent
 from ..guest import is_running, power_off
 from ..model import DomainIdentity
 
@@ -35,7 +36,7 @@ log = logging.getLogger(__name__)
 FENCE_THREADS = 4
 
 PauseCallback = Callable[[DomainIdentity, "int | None"], Awaitable[None]]
-Emit = Callable[..., None]
+Emit = Callable[[HostEvent], None]
 FirstResult = Callable[["FenceTarget", str, str], Awaitable[None]]
 
 
@@ -234,12 +235,14 @@ class FenceBoard:
             except Exception as exc:
                 attempt = _Attempt(f"failure action failed: {exc!r}", False)
         self._emit(
-            "failure_action",
-            domain=uuid,
-            action=self.action.value,
-            result=attempt.result,
-            attempt=number,
-            confirmed=attempt.confirmed,
+            FailureActionRan(
+                host=self._host,
+                domain=uuid,
+                action=self.action.value,
+                result=attempt.result,
+                attempt=number,
+                confirmed=attempt.confirmed,
+            )
         )
         if attempt.confirmed:
             self._unfenced.pop(uuid, None)
@@ -254,7 +257,7 @@ class FenceBoard:
                 attempt.result,
                 retry,
             )
-            self._emit("fence_failed", domain=uuid, attempt=number, result=attempt.result)
+            self._emit(FenceFailed(host=self._host, domain=uuid, attempt=number, result=attempt.result))
         return attempt
 
     async def _run_action(self, target: FenceTarget) -> _Attempt:

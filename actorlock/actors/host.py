@@ -32,6 +32,15 @@ from ..clock import host_clock
 from ..config import Config
 from ..constants import FailureAction
 from ..errors import ActorlockError, ConfigError, LeaseLostError, LockspaceLostError, NotSupportedError
+from ..events import (
+    EventSink,
+    HostEvent,
+    Joined,
+    LeasesAcquired,
+    LeasesLost,
+    LeasesReleased,
+    LeasesTransferred,
+)
 from ..model import DomainIdentity, HostIdentity, HostView, Lease, LeaseOwner, LeaseRecord, LeaseRequest
 from ..statestore import DomainPhase, DomainState, StateStore
 from .domains import DomainRegistry
@@ -46,12 +55,11 @@ from .ports import DomainServices
 if TYPE_CHECKING:
     from ..transport.zmq import PeerClient
 
-__all__ = ["EventSink", "HostCoordinator", "HostStatus", "PauseCallback"]
+__all__ = ["HostCoordinator", "HostStatus", "PauseCallback"]
 
 log = logging.getLogger(__name__)
 
 PauseCallback = Callable[[DomainIdentity, "int | None"], Awaitable[None]]
-EventSink = Callable[[str, dict[str, Any]], None]
 
 
 @attrs.frozen
@@ -206,12 +214,12 @@ class HostCoordinator:
             with anyio.move_on_after(self.config.timing.io_timeout, shield=True):
                 await self.backend.release(owner, [r.key for r in requests])
             raise LockspaceLostError(f"host {self.identity.name} lost its lockspace while acquiring")
-        self.emit("acquire", owner=owner, leases=leases)
+        self.emit(LeasesAcquired(host=self.identity.name, owner=owner, leases=leases))
         return leases
 
     async def release(self, owner: LeaseOwner, keys: Sequence[str]) -> None:
         await self.backend.release(owner, keys)
-        self.emit("release", owner=owner, keys=tuple(keys))
+        self.emit(LeasesReleased(host=self.identity.name, owner=owner, keys=tuple(keys)))
 
     async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
         return await self.backend.records(keys)
@@ -232,7 +240,15 @@ class HostCoordinator:
             # Fenced already: what it held was forfeited, not ours to hand on.
             raise LeaseLostError(f"domain {source.domain} lost its leases; nothing to transfer", [])
         moved = await self.backend.transfer(source, destination, destination_incarnation, leases)
-        self.emit("transfer", source=source, destination=destination, before=tuple(leases), after=moved)
+        self.emit(
+            LeasesTransferred(
+                host=self.identity.name,
+                source=source,
+                destination=destination,
+                before=tuple(leases),
+                after=moved,
+            )
+        )
         return moved
 
     # -- lifetime -------------------------------------------------------------
@@ -296,7 +312,7 @@ class HostCoordinator:
                     reason += f"; failure action: {lost_results[uuid]}"
             self.domains.spawn(state.identity, state, lost_reason=reason)
         self.lifeline.start(self._tg)
-        self.emit("joined", incarnation=self.incarnation, resumed=self.resumed)
+        self.emit(Joined(host=self.identity.name, incarnation=self.incarnation, resumed=self.resumed))
 
     async def _start_peer_service(self) -> None:
         if self.peer_service.configured and not self.membership.peer_endpoint:
@@ -340,7 +356,7 @@ class HostCoordinator:
             results = await self._fence_persisted(lost)
             for uuid, result in results.items():
                 reasons[uuid] += f"; failure action: {result}"
-                self.emit("leases_lost", domain=uuid, keys=(), reason=reasons[uuid])
+                self.emit(LeasesLost(host=self.identity.name, domain=uuid, keys=(), reason=reasons[uuid]))
         return reasons
 
     async def _fence_persisted(self, domains: Sequence[DomainState]) -> dict[str, str]:
@@ -389,7 +405,7 @@ class HostCoordinator:
                 f"host {self.identity.name} has no valid lockspace membership (renewal failing)"
             )
 
-    def emit(self, kind: str, **fields: Any) -> None:
+    def emit(self, event: HostEvent) -> None:
         """Report an event to the configured sink (history, tests, metrics)."""
         if self._event_sink is not None:
-            self._event_sink(kind, {"host": self.identity.name, **fields})
+            self._event_sink(event)

@@ -22,6 +22,7 @@ from anyio.abc import TaskGroup
 from ..backends.base import HostAdvert, LeaseBackend
 from ..config import Config
 from ..errors import ActorlockError
+from ..events import ExpiryNoticedLate, LockspaceLost, LockspaceRegained, ResumeFailed
 from ..model import HostIdentity
 from ..statestore import HostPersisted, StateStore
 from .fencing import FenceBoard
@@ -151,7 +152,7 @@ class Lifeline:
                 incarnation,
                 exc,
             )
-            self._emit("resume_failed", incarnation=incarnation, reason=repr(exc))
+            self._emit(ResumeFailed(host=self._name, incarnation=incarnation, reason=repr(exc)))
             return False
         if self._clock() >= deadline:
             return False
@@ -196,7 +197,7 @@ class Lifeline:
                         late,
                         timing.scheduling_delay,
                     )
-                    self._emit("expiry_noticed_late", late=late)
+                    self._emit(ExpiryNoticedLate(host=self._name, late=late))
                 self._lockspace_lost(f"no successful renewal for lease_timeout={timing.lease_timeout}s")
             if self._clock() < next_at:
                 continue
@@ -218,12 +219,12 @@ class Lifeline:
                 log.warning("host %s: renewing again after a lockspace loss", self._name)
                 self.lost = False
                 self._fences.lockspace_regained()
-                self._emit("lockspace_regained")
+                self._emit(LockspaceRegained(host=self._name))
 
     def _lockspace_lost(self, reason: str) -> None:
         self.lost = True
         log.error("host %s: lockspace lost: %s", self._name, reason)
-        self._emit("lockspace_lost", reason=reason)
+        self._emit(LockspaceLost(host=self._name, reason=reason))
         self._fences.lockspace_lost(reason)
 
     async def _journal_loop(self) -> None:

@@ -16,6 +16,7 @@ import attrs
 
 from ..backends.base import BackendCapabilities
 from ..config import LockingConfig
+from ..events import HostEvent
 from ..model import DomainIdentity, HostView, Lease, LeaseOwner, LeaseRecord, LeaseRequest, LockState
 from ..statestore import DomainState
 from .call_result import CallResult
@@ -38,7 +39,7 @@ __all__ = [
     "PeerHost",
 ]
 
-EmitEvent = Callable[..., None]  # emit(kind, **fields): history, tests, metrics
+EmitEvent = Callable[[HostEvent], None]  # to the host's event sink: history, tests, metrics
 
 
 class LeaseAccess(Protocol):

@@ -184,11 +184,12 @@ import anyio.abc
 import attrs
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from .. import events as host_events
 from ..api import Host, open_host
 from ..backends.file import lease_file_name
 from ..errors import ActorlockError, InvalidParameterError, ResourceBusyError
 from ..guest import is_running_sync, process_start_time_sync
-from ..model import Lease, LeaseMode, LeaseOwner, Resource, disk
+from ..model import Lease, LeaseMode, Resource, disk
 from .checker import Violation, check
 from .history import (
     AcquireRefused,
@@ -516,27 +517,27 @@ class _HostAgent:
         """Append one record to the history file (one write: a kill cannot split it)."""
         os.write(self._fd, (json.dumps(event_to_json(event)) + "\n").encode())
 
-    def sink(self, kind: str, fields: dict[str, Any]) -> None:
+    def sink(self, event: host_events.HostEvent) -> None:
         """The coordinator's event sink: every event becomes a record, on the shared clock."""
         now = time.monotonic()
-        if kind == "transfer":
-            self.record(_transferred(now, fields))
+        if isinstance(event, host_events.LeasesTransferred):
+            self.record(_transferred(now, event))
             return
-        if kind == "failure_action":
-            guest = self.guests.get(str(fields.get("domain", "")))
+        if isinstance(event, host_events.FailureActionRan):
+            guest = self.guests.get(event.domain)
             if guest is not None and guest.running and not guest.alive():
                 self._halt(guest, StopReason.FENCED, now)
-        self.record(History().record_host_event(kind, fields, now))
-        if kind == "migration_settled":
-            uuid, role, outcome = str(fields["domain"]), str(fields["role"]), str(fields["outcome"])
+        self.record(History().record_host_event(event, now))
+        if isinstance(event, host_events.MigrationSettled):
+            uuid, role, outcome = event.domain, event.role, event.outcome
             self._settled.setdefault((uuid, role), []).append(outcome)
             self._settle_changed.set()
             self._settle_changed = anyio.Event()
             if role == "source" and outcome != "committed":
                 leases = self._offered.get(uuid, ())
                 self.record(MigrationCancelled(now, uuid, self.name, leases, self._destination.get(uuid, "")))
-        elif kind == "migration_started":
-            self._destination[str(fields["domain"])] = str(fields.get("destination", ""))
+        elif isinstance(event, host_events.MigrationStarted):
+            self._destination[event.domain] = event.destination
 
     # -- guests -------------------------------------------------------------------------------
 
@@ -772,19 +773,16 @@ class _HostAgent:
         return {}
 
 
-def _transferred(now: float, fields: Mapping[str, Any]) -> HistoryEvent:
-    """The sink's ``transfer`` event as the checker's ``LeasesTransferred``."""
-    source, destination = fields.get("source"), fields.get("destination")
-    before = {lease.key: lease for lease in fields.get("before", ()) if isinstance(lease, Lease)}
-    after = [lease for lease in fields.get("after", ()) if isinstance(lease, Lease)]
-    if not isinstance(source, LeaseOwner) or not isinstance(destination, LeaseOwner):
-        return HostEvent(now, str(fields.get("host", "")), "transfer", dict(fields))
+def _transferred(now: float, event: host_events.LeasesTransferred) -> HistoryEvent:
+    """The host's transfer event as the checker's ``LeasesTransferred``."""
+    before = {lease.key: lease for lease in event.before}
     moved = [
         TransferredLease(
             lease.key, lease.mode, before[lease.key].token if lease.key in before else 0, lease.token
         )
-        for lease in after
+        for lease in event.after
     ]
+    source, destination = event.source, event.destination
     return LeasesTransferred(now, source.host, source.domain, destination.host, destination.domain, moved)
 
 

@@ -125,6 +125,7 @@ from ..errors import (
     ResourceBusyError,
     StaleLockStateError,
 )
+from ..events import HostEvent
 from ..model import (
     DomainIdentity,
     Lease,
@@ -495,9 +496,9 @@ class Cluster:
         self.history.append(event)
         self._notify()
 
-    def _sink(self, kind: str, fields: dict[str, Any]) -> None:
+    def _sink(self, event: HostEvent) -> None:
         """Every host's event sink: the history's own, on the cluster clock."""
-        self._host_sink(kind, fields)
+        self._host_sink(event)
         self._notify()
 
     def _notify(self) -> None:

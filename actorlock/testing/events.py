@@ -12,16 +12,27 @@ from typing import Any
 import anyio
 import attrs
 
+from ..events import HostEvent
+
 
 @attrs.frozen
 class Event:
+    """A host event and when it was recorded; ``kind`` and ``fields`` are the record's."""
+
     time: float
-    kind: str
-    fields: dict[str, Any]
+    record: HostEvent
+
+    @property
+    def kind(self) -> str:
+        return self.record.kind
+
+    @property
+    def fields(self) -> dict[str, Any]:
+        return self.record.fields()
 
     @property
     def host(self) -> str:
-        return str(self.fields.get("host", ""))
+        return self.record.host
 
 
 class EventLog:
@@ -32,8 +43,8 @@ class EventLog:
         self._clock = clock
         self._changed = anyio.Event()
 
-    def sink(self, kind: str, fields: dict[str, Any]) -> None:
-        self.events.append(Event(self._clock(), kind, dict(fields)))
+    def sink(self, event: HostEvent) -> None:
+        self.events.append(Event(self._clock(), event))
         self._changed.set()
         self._changed = anyio.Event()
 

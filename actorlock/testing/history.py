@@ -31,14 +31,16 @@ Example::
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 import anyio
 import attrs
 
+from .. import events as host_events
 from ..errors import ResourceBusyError
-from ..model import Lease, LeaseMode, LeaseOwner
+from ..events import EventSink
+from ..model import Lease, LeaseMode
 
 __all__ = [
     "AcquireRefused",
@@ -69,7 +71,6 @@ __all__ = [
     "TransferredLease",
 ]
 
-EventSink = Callable[[str, dict[str, Any]], None]
 E = TypeVar("E", bound="HistoryEvent")
 
 
@@ -449,21 +450,20 @@ class History:
         """Events with ``start <= time <= end``, in time order."""
         return [e for e in self.events if start <= e.time <= end]
 
-    def record_host_event(self, kind: str, fields: Mapping[str, Any], time: float) -> HistoryEvent:
-        """Convert one host event-sink event into a record, append it and return it.
+    def record_host_event(self, event: host_events.HostEvent, time: float) -> HistoryEvent:
+        """Convert one host event into a record, append it and return it.
 
-        Kinds this module does not know, and known kinds whose fields do not
-        have the expected shape, become :class:`HostEvent`.
+        Kinds this module has no record for become :class:`HostEvent`.
         """
-        event = _convert(kind, fields, time)
-        self.append(event)
-        return event
+        record = _convert(event, time)
+        self.append(record)
+        return record
 
     def sink(self, clock: Callable[[], float] = anyio.current_time) -> EventSink:
         """A callable to pass as ``open_host(event_sink=...)``; times come from ``clock``."""
 
-        def record(kind: str, fields: dict[str, Any]) -> None:
-            self.record_host_event(kind, fields, clock())
+        def record(event: host_events.HostEvent) -> None:
+            self.record_host_event(event, clock())
 
         return record
 
@@ -472,50 +472,21 @@ def _time(event: HistoryEvent) -> float:
     return event.time
 
 
-def _convert(kind: str, fields: Mapping[str, Any], time: float) -> HistoryEvent:
-    host = str(fields.get("host", ""))
-    try:
-        match kind:
-            case "joined":
-                return HostJoined(
-                    time, host, str(fields.get("incarnation", "")), bool(fields.get("resumed", False))
-                )
-            case "acquire":
-                owner = _owner(fields["owner"])
-                leases = tuple(fields["leases"])
-                if not all(isinstance(lease, Lease) for lease in leases):
-                    raise TypeError("leases must be Lease values")
-                return LeaseAcquired(time, owner.host, owner.domain, leases)
-            case "release":
-                owner = _owner(fields["owner"])
-                return LeaseReleased(time, owner.host, owner.domain, _str_keys(fields["keys"]))
-            case "lockspace_lost":
-                return LockspaceLost(time, host, str(fields.get("reason", "")))
-            case "lockspace_regained":
-                return LockspaceRegained(time, host)
-            case "failure_action":
-                return FailureActionRan(
-                    time,
-                    host,
-                    str(fields["domain"]),
-                    str(fields.get("action", "")),
-                    str(fields.get("result", "")),
-                )
-            case "leases_lost":
-                keys = tuple(_str_keys(fields.get("keys", ())))
-                return LeaseLost(time, host, str(fields["domain"]), keys, str(fields.get("reason", "")))
-    except (KeyError, TypeError):
-        pass  # a malformed known kind is kept below rather than crashing the host's sink
-    return HostEvent(time, host, kind, dict(fields))
-
-
-def _owner(value: object) -> LeaseOwner:
-    if not isinstance(value, LeaseOwner):
-        raise TypeError("owner must be a LeaseOwner")
-    return value
-
-
-def _str_keys(value: object) -> Sequence[str]:
-    if isinstance(value, str) or not isinstance(value, Iterable):
-        raise TypeError("keys must be a collection of strings")
-    return [str(k) for k in value]
+def _convert(event: host_events.HostEvent, time: float) -> HistoryEvent:
+    host = event.host
+    match event:
+        case host_events.Joined(incarnation=incarnation, resumed=resumed):
+            return HostJoined(time, host, incarnation, resumed)
+        case host_events.LeasesAcquired(owner=owner, leases=leases):
+            return LeaseAcquired(time, owner.host, owner.domain, leases)
+        case host_events.LeasesReleased(owner=owner, keys=keys):
+            return LeaseReleased(time, owner.host, owner.domain, keys)
+        case host_events.LockspaceLost(reason=reason):
+            return LockspaceLost(time, host, reason)
+        case host_events.LockspaceRegained():
+            return LockspaceRegained(time, host)
+        case host_events.FailureActionRan(domain=domain, action=action, result=result):
+            return FailureActionRan(time, host, domain, action, result)
+        case host_events.LeasesLost(domain=domain, keys=keys, reason=reason):
+            return LeaseLost(time, host, domain, keys, reason)
+    return HostEvent(time, host, event.kind, event.fields())

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 
 import anyio
 
+from ..events import HostFrozen, HostThawed
+
 if TYPE_CHECKING:
     from ..actors.host import HostCoordinator
     from ..api import Host
@@ -33,7 +35,7 @@ def freeze(host: Host | HostCoordinator) -> None:
         return
     gate = _gates[id(coordinator)] = anyio.Event()
     coordinator.lifeline.checkpoint = gate.wait
-    coordinator.emit("paused")
+    coordinator.emit(HostFrozen(host=coordinator.identity.name))
 
 
 def thaw(host: Host | HostCoordinator) -> None:
@@ -42,7 +44,7 @@ def thaw(host: Host | HostCoordinator) -> None:
     gate = _gates.pop(id(coordinator), None)
     if gate is not None:
         gate.set()
-        coordinator.emit("resumed")
+        coordinator.emit(HostThawed(host=coordinator.identity.name))
 
 
 def frozen(host: Host | HostCoordinator) -> bool:
