@@ -21,9 +21,8 @@ from pathlib import Path
 import anyio
 import pytest
 
-from actorlock.model import Lease, LeaseMode
-from actorlock.testing import chaos
-from actorlock.testing.chaos import (
+from actorlock._verify import chaos
+from actorlock._verify.chaos import (
     TIMING,
     ChaosReport,
     chaos_hosts,
@@ -33,6 +32,7 @@ from actorlock.testing.chaos import (
     read_history_file,
     run_chaos,
 )
+from actorlock.model import Lease, LeaseMode
 from actorlock.testing.checker import Rule, Violation
 from actorlock.testing.history import (
     AcquireRefused,

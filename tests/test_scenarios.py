@@ -12,6 +12,16 @@ from typing import Any
 import anyio
 import pytest
 
+from actorlock._verify.scenarios import (
+    ScenarioResult,
+    SimReport,
+    main_sim,
+    run_scenario,
+    run_sim,
+    simulate,
+)
+from actorlock._verify.sensitivity import BASELINE, run_sensitivity, undone_scenario
+from actorlock._verify.sensitivity import main as sensitivity_main
 from actorlock.backends import liveness
 from actorlock.errors import InvalidParameterError
 from actorlock.testing.checker import Rule
@@ -28,16 +38,6 @@ from actorlock.testing.history import (
     LeaseHeld,
     StopReason,
 )
-from actorlock.testing.scenarios import (
-    ScenarioResult,
-    SimReport,
-    main_sim,
-    run_scenario,
-    run_sim,
-    simulate,
-)
-from actorlock.testing.sensitivity import BASELINE, run_sensitivity, undone_scenario
-from actorlock.testing.sensitivity import main as sensitivity_main
 
 CI_SEED = 20_240_601
 
@@ -207,7 +207,7 @@ def test_worker_processes_give_the_same_report() -> None:
 
 
 # One scenario per fix of issue 7 that flags it once the fix is undone, and is
-# clean with the fix; found with `python -m actorlock.testing.sensitivity`
+# clean with the fix; found with `python -m actorlock._verify.sensitivity`
 # (pick others there if the scenario generator changes).
 FLAGGED_WHEN_UNDONE = {
     "fence-starvation": 20261208,

@@ -26,8 +26,7 @@ import attrs
 from ..backends.rules import plan_transfer
 from ..errors import ActorlockError, BackendError, LeaseLostError
 from ..model import DomainIdentity, Holder, HostIdentity, Lease, LeaseMode, LeaseOwner, LeaseRecord, LockState
-from ._errors import MigrationLeasesLostError
-from .effects import (
+from ..protocol import (
     ArmTimer,
     Call,
     CancelTimer,
@@ -35,18 +34,27 @@ from .effects import (
     Discard,
     DropPending,
     Effect,
+    Message,
+    MigrationDestination,
+    MigrationLeasesLostError,
+    MigrationSource,
+    Outcome,
     Ownership,
+    Prepare,
     QueryBackend,
     Reply,
+    Request,
+    Response,
     SendToPeer,
     Side,
     Timer,
+    Timing,
     TransferLeases,
     VerifyLeases,
+    judge_ownership,
+    lease_owner,
+    verify_lock_state,
 )
-from .machine import MigrationDestination, MigrationSource, Timing
-from .messages import Message, Outcome, Prepare, Request, Response
-from .ownership import judge_ownership, lease_owner, verify_lock_state
 
 SOURCE = "source"
 DESTINATION = "destination"

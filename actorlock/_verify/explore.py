@@ -68,7 +68,7 @@ The world
   (the destination's fresh token is the record's next one), so this is
   offered while a transfer is pending, to land before or after it: the
   other places give the same worlds up to an event no rule sees.
-* The guests, as :mod:`actorlock.protocol.sim` models them: the source's guest
+* The guests, as :mod:`actorlock._verify.pair` models them: the source's guest
   runs until its caller commits (libvirt pauses it for the switchover),
   resumes when that caller hears CANCELLED, and stops when it hears
   COMMITTED or that the leases are lost; the destination's guest runs once

@@ -99,8 +99,8 @@ import attrs
 
 from ..errors import ActorlockError, InvalidParameterError
 from ..model import Resource, disk
-from .checker import Violation
-from .cluster import (
+from ..testing.checker import Violation
+from ..testing.cluster import (
     FAULT_KINDS,
     SIM_TIMING,
     Cluster,
@@ -111,8 +111,8 @@ from .cluster import (
     open_cluster,
     virtual_clock,
 )
-from .faults import Shape
-from .history import History, HistoryEvent, HostEvent, HostJoined
+from ..testing.faults import Shape
+from ..testing.history import History, HistoryEvent, HostEvent, HostJoined
 
 __all__ = [
     "BACKEND_FAULTS",

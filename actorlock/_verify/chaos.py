@@ -142,7 +142,7 @@ The seed fixes the guests' disks and the sequence of random choices each
 task draws (a stall draws the same numbers whatever the state); the
 interleaving (and so the run) still depends on timing.
 
-Run it from the command line with ``python -m actorlock.testing.chaos
+Run it from the command line with ``python -m actorlock._verify.chaos
 --seconds 60 --seed 7 [--workdir DIR]`` (or through :func:`main_chaos`);
 with ``--workdir`` everything stays for a look: ``history-*.jsonl`` (read
 them with :func:`read_history_file`), ``host-*.log`` and the lockspace.
@@ -189,8 +189,8 @@ from ..backends.file import lease_file_name
 from ..errors import ActorlockError, InvalidParameterError, ResourceBusyError
 from ..guest import is_running_sync, process_start_time_sync
 from ..model import Lease, LeaseMode, LeaseOwner, Resource, disk
-from .checker import Violation, check
-from .history import (
+from ..testing.checker import Violation, check
+from ..testing.history import (
     AcquireRefused,
     CoordinatorCrashed,
     FailureActionRan,
@@ -266,7 +266,7 @@ SLACK = 0.25
 CALL_TIMEOUT = 15.0  # the longest op: a commit waiting out migration_timeout and its settlement
 STARTUP_TIMEOUT = 30.0  # a cold process imports everything; a new incarnation waits host_dead
 MAX_LINE = 1 << 20
-MODULE = "actorlock.testing.chaos"  # run with -m: also when this file is __main__ of the driver
+MODULE = "actorlock._verify.chaos"  # run with -m: also when this file is __main__ of the driver
 
 # Few enough disks that guests compete for them (starts get refused, a guest started on a
 # second host must be refused), enough that several guests run at once.
