@@ -22,10 +22,12 @@ from actorlock._verify.scenarios import (
 )
 from actorlock._verify.sensitivity import BASELINE, run_sensitivity, undone_scenario
 from actorlock._verify.sensitivity import main as sensitivity_main
+from actorlock._verify.trio_scheduling import seeded_virtual_clock
 from actorlock.backends import liveness
 from actorlock.errors import InvalidParameterError
 from actorlock.testing.checker import Rule
-from actorlock.testing.cluster import FAULT_KINDS, STORAGE_FAULTS, virtual_clock
+from actorlock.testing.clock import virtual_clock
+from actorlock.testing.cluster import FAULT_KINDS, STORAGE_FAULTS
 from actorlock.testing.history import (
     CoordinatorCrashed,
     FaultInjected,
@@ -51,7 +53,7 @@ def one_scenario(seed: int, hosts: int = 3, history: History | None = None) -> S
     return anyio.run(
         functools.partial(run_scenario, seed, hosts=hosts, history=history),
         backend="trio",
-        backend_options={"clock": virtual_clock(seed)},
+        backend_options={"clock": seeded_virtual_clock(seed)},
     )
 
 

@@ -71,7 +71,7 @@ Every scenario is a function of its seed: scenario ``i`` of a run with seed
 ``S`` has seed ``S + i`` and is re-run alone with ``actorlock sim --hosts N
 --scenarios 1 --seed S+i``. :func:`simulate` (and :func:`main_sim`) run each
 scenario in its own trio run on a
-:func:`~actorlock.testing.cluster.virtual_clock`: on the memory backend a
+:func:`~actorlock._verify.trio_scheduling.seeded_virtual_clock`: on the memory backend a
 re-run repeats it event for event. On the file backend the hosts' storage
 threads really run at once and race for real locks, so a re-run follows the
 same plan but may order simultaneous storage operations differently.
@@ -109,10 +109,10 @@ from ..testing.cluster import (
     HostState,
     SimGuest,
     open_cluster,
-    virtual_clock,
 )
 from ..testing.faults import Shape
 from ..testing.history import History, HistoryEvent, HostEvent, HostJoined
+from .trio_scheduling import seeded_virtual_clock
 
 __all__ = [
     "BACKEND_FAULTS",
@@ -833,7 +833,7 @@ async def run_scenario(
 ) -> ScenarioResult:
     """Run one scenario, a function of ``seed``, and judge its history.
 
-    Run it on trio with a :func:`~actorlock.testing.cluster.virtual_clock`
+    Run it on trio with a :func:`~actorlock.testing.clock.virtual_clock`
     (fast; repeatable on the memory backend) or in real time.
 
     Args:
@@ -1036,7 +1036,7 @@ def simulate(
 
     Args:
         real_time: run on the real clock instead of a
-            :func:`~actorlock.testing.cluster.virtual_clock` seeded with the
+            :func:`~actorlock._verify.trio_scheduling.seeded_virtual_clock` seeded with the
             scenario's seed. The virtual clock is fast and, on the memory
             backend, repeats a scenario event for event; it stands still
             while storage I/O runs, so real time is what explores slow
@@ -1066,7 +1066,7 @@ _Run = tuple[int, int, str, ScenarioSettings | None, bool]
 
 def _scenario_alone(run: _Run) -> ScenarioResult:
     seed, hosts, backend, settings, real_time = run
-    options: dict[str, Any] = {} if real_time else {"clock": virtual_clock(seed)}
+    options: dict[str, Any] = {} if real_time else {"clock": seeded_virtual_clock(seed)}
     scenario = functools.partial(run_scenario, seed, hosts=hosts, backend=backend, settings=settings)
     return anyio.run(scenario, backend="trio", backend_options=options)
 

@@ -43,8 +43,8 @@ from typing import Any
 import anyio
 import attrs
 
-from ..testing.cluster import virtual_clock
 from .scenarios import ScenarioResult, ScenarioSettings, run_scenario
+from .trio_scheduling import seeded_virtual_clock
 from .undo_fixes import UNDO_FIXES
 
 __all__ = ["BASELINE", "FixSensitivity", "main", "run_sensitivity", "undone_scenario"]
@@ -112,7 +112,7 @@ def undone_scenario(
         return anyio.run(
             functools.partial(run_scenario, seed, hosts=hosts, settings=settings),
             backend="trio",
-            backend_options={"clock": virtual_clock(seed)},
+            backend_options={"clock": seeded_virtual_clock(seed)},
         )
 
 
