@@ -163,6 +163,7 @@ is an option of the adversary, not progress: an end may still offer them.
 
 from __future__ import annotations
 
+from ..migration_world import Lockspace, Records, merge
 from .cli import main_explore, run_explore
 from .report import ExploreReport, Violation, print_report
 from .search import Explorer, explore
@@ -179,13 +180,10 @@ from .world import (
     THOROUGH_BOUNDS,
     TIMING,
     Bounds,
-    Lockspace,
     Model,
-    Records,
     World,
     clone_machine,
     machine_key,
-    merge,
 )
 
 __all__ = [

@@ -20,7 +20,15 @@ from ...protocol import (
     Timer,
     judge_ownership,
 )
-from .world import DEST_OWNER, DESTINATION, KEYS, ORIGINAL, SOURCE, SOURCE_OWNER, Problem, World
+from ..migration_world import DESTINATION, SOURCE
+from .world import (
+    DEST_OWNER,
+    KEYS,
+    ORIGINAL,
+    SOURCE_OWNER,
+    Problem,
+    World,
+)
 
 if TYPE_CHECKING:
     from .search import Explorer

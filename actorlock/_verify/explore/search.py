@@ -22,20 +22,19 @@ from ...protocol import (
     Timer,
     TransferLeases,
 )
+from ..migration_world import DESTINATION, SOURCE, Machine, Records
 from .report import ExploreReport, Violation, describe, summary
 from .rules import check, check_end, outcome_label
 from .step import Step
 from .world import (
     DEADLINE,
     DEST_HOST,
-    DESTINATION,
     DOMAIN,
     INITIAL_RECORDS,
     LOCKSPACE_ID,
     LOCKSPACE_KIND,
     MIGRATION_ID,
     ORIGINAL,
-    SOURCE,
     SOURCE_HOST,
     THIRD_ATTEMPTS,
     TIMING,
@@ -44,12 +43,10 @@ from .world import (
     EventTuple,
     Exchange,
     Interner,
-    Machine,
     Model,
     Packet,
     PendingCall,
     Problem,
-    Records,
     World,
     clone_machine,
     event_int,

@@ -12,26 +12,19 @@ from ...model import (
     LockState,
 )
 from ...protocol import (
-    ArmTimer,
     Call,
-    CancelTimer,
     CompleteCaller,
     DestinationState,
     Discard,
     DropPending,
     Effect,
     Message,
-    MigrationDestination,
     MigrationLeasesLostError,
-    MigrationSource,
-    Outcome,
     Ownership,
     Prepare,
     QueryBackend,
-    Reply,
     Request,
     Response,
-    SendToPeer,
     Timer,
     TransferLeases,
     VerifyLeases,
@@ -41,16 +34,27 @@ from ...protocol import (
 if TYPE_CHECKING:
     from .search import Explorer
 
+from ..effect_interpreter import carry_out
+from ..migration_world import (
+    DESTINATION,
+    ROLES,
+    SOURCE,
+    BackendCall,
+    Machine,
+    guest_at_commit,
+    guest_hears,
+    peer_of,
+    query_result,
+    transfer_result,
+    verify_result,
+)
 from .world import (
     DEADLINE,
     DEST_HOST,
     DEST_INCARNATION,
-    DESTINATION,
     LOCKSPACE_ID,
     LOCKSPACE_KIND,
     MIGRATION_ID,
-    ROLES,
-    SOURCE,
     SOURCE_HOST,
     SOURCE_INCARNATION,
     THIRD_ATTEMPTS,
@@ -60,7 +64,6 @@ from .world import (
     Answer,
     DriverTimer,
     Exchange,
-    Machine,
     Packet,
     PendingCall,
     Problem,
@@ -307,41 +310,47 @@ class Step:
         self.exchanges = keep
 
     def carry_out(self, role: str, effects: Iterable[Effect]) -> None:
-        """What the driver does with each effect, in order."""
-        ex = self.ex
-        peer = DESTINATION if role == SOURCE else SOURCE
-        for effect in effects:
-            match effect:
-                case SendToPeer(message=message):
-                    # io_failed must name the request as sent, up to its deadline.
-                    request = attrs.evolve(message, deadline_remaining=0.0)
-                    self.exchanges.add(ex.exchange_id(Exchange(role, request)))
-                    self.put(peer, message)
-                case Reply(message=message):
-                    self.put(peer, message)
-                case ArmTimer(timer=timer, at=at):
-                    self.timers_dirty = True
-                    self.timers = {t for t in self.timers if (t.role, t.timer) != (role, timer)}
-                    # RETRY may fire whenever armed (see Time): its due time is not kept.
-                    self.timers.add(DriverTimer(role, timer, -1.0 if timer is Timer.RETRY else at))
-                case CancelTimer(timer=timer):
-                    self.timers_dirty = True
-                    self.timers = {t for t in self.timers if (t.role, t.timer) != (role, timer)}
-                case VerifyLeases() | TransferLeases() | QueryBackend():
-                    if isinstance(effect, TransferLeases) and self.now >= DEADLINE - TIMING.transfer_margin:
-                        self.problems.append(
-                            Problem(
-                                "late-transfer",
-                                f"transfer started at {self.now:g}, at or after the last moment "
-                                f"{DEADLINE - TIMING.transfer_margin:g}",
-                            )
-                        )
-                    self.pending_dirty = True
-                    self.pending.append(PendingCall(role, effect))
-                case CompleteCaller():
-                    self.answer(role, effect)
-                case DropPending() | Discard():
-                    pass
+        """What the driver does with each effect, in order (see :class:`EffectHandler`)."""
+        carry_out(role, effects, self)
+
+    # --- the effects, as the driver carries them out (EffectHandler) -----
+
+    def send_request(self, role: str, message: Request) -> None:
+        # io_failed must name the request as sent, up to its deadline.
+        request = attrs.evolve(message, deadline_remaining=0.0)
+        self.exchanges.add(self.ex.exchange_id(Exchange(role, request)))
+        self.put(peer_of(role), message)
+
+    def send_reply(self, role: str, message: Response) -> None:
+        self.put(peer_of(role), message)
+
+    def arm_timer(self, role: str, timer: Timer, at: float) -> None:
+        self.timers_dirty = True
+        self.timers = {t for t in self.timers if (t.role, t.timer) != (role, timer)}
+        # RETRY may fire whenever armed (see Time): its due time is not kept.
+        self.timers.add(DriverTimer(role, timer, -1.0 if timer is Timer.RETRY else at))
+
+    def cancel_timer(self, role: str, timer: Timer) -> None:
+        self.timers_dirty = True
+        self.timers = {t for t in self.timers if (t.role, t.timer) != (role, timer)}
+
+    def start_backend_call(self, role: str, effect: BackendCall) -> None:
+        if isinstance(effect, TransferLeases) and self.now >= DEADLINE - TIMING.transfer_margin:
+            self.problems.append(
+                Problem(
+                    "late-transfer",
+                    f"transfer started at {self.now:g}, at or after the last moment "
+                    f"{DEADLINE - TIMING.transfer_margin:g}",
+                )
+            )
+        self.pending_dirty = True
+        self.pending.append(PendingCall(role, effect))
+
+    def drop_pending(self, role: str, effect: DropPending) -> None:
+        pass  # the peer's retransmission or timeout is explored anyway
+
+    def discard_message(self, role: str, effect: Discard) -> None:
+        pass  # nothing changed
 
     def put(self, to: str, message: Message) -> None:
         """Put ``message`` on the network, unless nobody could ever receive it."""
@@ -350,7 +359,7 @@ class Step:
             return  # delivering it would change nothing: drop it now
         self.net.add(self.ex.packet_id(Packet(to, normalized(message))))
 
-    def answer(self, role: str, effect: CompleteCaller) -> None:
+    def answer_caller(self, role: str, effect: CompleteCaller) -> None:
         waiting = effect.call is Call.PREPARE or self.said[role] != ""
         if role == DESTINATION and self.generation != 1:
             waiting = False  # a re-created destination has no caller
@@ -368,16 +377,7 @@ class Step:
             effect.lock_state,
         )
         self.answers.add(self.ex.answers_.id(answer))
-        if effect.call is not Call.COMPLETE:
-            return
-        committed = effect.outcome is Outcome.COMMITTED
-        if role == SOURCE:
-            if committed or answer.leases_lost:
-                self.guest[SOURCE] = "stopped"
-            elif self.guest[SOURCE] == "paused":
-                self.guest[SOURCE] = "running"  # the migration is off: libvirt resumes it
-        elif committed and self.said[DESTINATION] == "commit":
-            self.guest[DESTINATION] = "running"
+        self.guest[role] = guest_hears(role, self.guest[role], self.said[role], effect)
 
     # --- the events ----------------------------------------------------
 
@@ -461,13 +461,13 @@ class Step:
         role = call.role
         if isinstance(effect, VerifyLeases):
             problem = fault if mode == "before" else lockspace.verify(records, effect)
-            self.feed(role, ("verify", _result_key(problem)), _verify_step(problem, self.now))
+            self.feed(role, ("verify", _result_key(problem)), verify_result(problem, self.now))
             return
         if isinstance(effect, QueryBackend):
             ownership: Ownership | ActorlockError = (
                 fault if mode == "before" else lockspace.query(records, effect)
             )
-            self.feed(role, ("query", _result_key(ownership)), _query_step(ownership, self.now))
+            self.feed(role, ("query", _result_key(ownership)), query_result(ownership, self.now))
             return
         result: LockState | ActorlockError = fault
         if mode != "before" and mode != "lost":
@@ -480,13 +480,12 @@ class Step:
                 result = moved if mode == "ok" else fault
         if call.orphan:
             return  # its host is dead: nobody hears the result
-        self.feed(role, ("transfer", _result_key(result)), _transfer_step(result, self.now))
+        self.feed(role, ("transfer", _result_key(result)), transfer_result(result, self.now))
 
     def call(self, role: str, decision: str) -> None:
         self.said[role] = decision
         if decision == "commit":
-            if role == SOURCE and self.guest[SOURCE] == "running":
-                self.guest[SOURCE] = "paused"  # switchover: paused before it confirms
+            self.guest[role] = guest_at_commit(role, self.guest[role])
             self.feed(role, ("call", decision), lambda m: m.commit_requested(now=self.now))
         else:
             self.feed(role, ("call", decision), lambda m: m.cancel_requested(now=self.now))
@@ -562,23 +561,3 @@ def _result_key(result: object) -> Hashable:
     if isinstance(result, BaseException):
         return ("error", type(result).__qualname__, str(result))
     return result if result is None or attrs.has(type(result)) else repr(result)
-
-
-def _verify_step(problem: ActorlockError | None, now: float) -> Callable[[Machine], list[Effect]]:
-    def step(m: Machine) -> list[Effect]:
-        assert isinstance(m, MigrationDestination)
-        return m.verify_done(problem, now=now)
-
-    return step
-
-
-def _query_step(result: Ownership | ActorlockError, now: float) -> Callable[[Machine], list[Effect]]:
-    return lambda m: m.query_done(result, now=now)
-
-
-def _transfer_step(result: LockState | ActorlockError, now: float) -> Callable[[Machine], list[Effect]]:
-    def step(m: Machine) -> list[Effect]:
-        assert isinstance(m, MigrationSource)
-        return m.transfer_done(result, now=now)
-
-    return step

@@ -7,20 +7,17 @@ from __future__ import annotations
 
 import copy
 import enum
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable
 from typing import Any, Generic, NamedTuple, TypeVar, cast
 
 import attrs
 
-from ...backends.rules import plan_acquire, plan_transfer
-from ...errors import ActorlockError
 from ...model import (
     DomainIdentity,
     Holder,
     HostIdentity,
     Lease,
     LeaseMode,
-    LeaseOwner,
     LeaseRecord,
     LeaseRequest,
     LockState,
@@ -31,7 +28,6 @@ from ...protocol import (
     MigrationDestination,
     MigrationSource,
     Outcome,
-    Ownership,
     Prepare,
     QueryBackend,
     Request,
@@ -40,17 +36,10 @@ from ...protocol import (
     Timing,
     TransferLeases,
     VerifyLeases,
-    judge_ownership,
     lease_owner,
-    verify_lock_state,
 )
+from ..migration_world import Lockspace, Machine, Records
 
-SOURCE = "source"
-DESTINATION = "destination"
-ROLES = (SOURCE, DESTINATION)
-
-Machine = MigrationSource | MigrationDestination
-Records = tuple[LeaseRecord, ...]  # sorted by key
 T = TypeVar("T", bound=Hashable)
 MachineT = TypeVar("MachineT", bound=MigrationSource | MigrationDestination)
 MessageT = TypeVar("MessageT", bound=Message)
@@ -95,7 +84,6 @@ THIRD_ATTEMPTS: tuple[LeaseRequest, ...] = (
 # Landmarks: start 0, PREPARE_TIMEOUT 4, DEADLINE 8 (= 10 - margin), D = 10.
 TIMING = Timing(retry_interval=0.25, prepare_timeout=4.0, transfer_margin=2.0, max_pending=3600.0)
 DEADLINE = 10.0
-
 
 # --- bounds, reports ---------------------------------------------------------
 
@@ -150,55 +138,6 @@ DEFAULT_BOUNDS = Bounds()
 THOROUGH_BOUNDS = Bounds(
     losses=2, duplicates=2, backend_faults=2, crashes=2, early_timeouts=2, forgets=1, adversity=2
 )
-
-# --- the model lockspace -----------------------------------------------------
-
-
-class Lockspace:
-    """The lease backend as pure functions over immutable records.
-
-    Subclass it to inject a bug (the tests do): the search must then find a
-    violation. Every method may raise :class:`ActorlockError` for a refusal.
-    """
-
-    def verify(self, records: Records, effect: VerifyLeases) -> ActorlockError | None:
-        """What the driver computes for VerifyLeases."""
-        return verify_lock_state(records, effect.owner, effect.lock_state)
-
-    def transfer(
-        self, records: Records, effect: TransferLeases, source_incarnation: str
-    ) -> tuple[Records, LockState]:
-        """The backend's ``transfer``: one atomic compare-and-swap, or an error."""
-        by_key = {record.key: record for record in records}
-        updated, moved = plan_transfer(
-            by_key,
-            effect.source,
-            source_incarnation,
-            effect.destination,
-            effect.destination_incarnation,
-            effect.leases,
-        )
-        return merge(records, updated), LockState.of(moved)
-
-    def query(self, records: Records, effect: QueryBackend) -> Ownership:
-        """What the driver computes for QueryBackend."""
-        return judge_ownership(records, effect.source, effect.destination, effect.keys)
-
-    def acquire(
-        self, records: Records, owner: LeaseOwner, incarnation: str, request: LeaseRequest
-    ) -> Records:
-        """The backend's ``acquire`` of one lease; every holder counts as alive."""
-        by_key = {record.key: record for record in records}
-        updated, _ = plan_acquire(by_key, owner, incarnation, [request], lambda _holder: True)
-        return merge(records, updated)
-
-
-def merge(records: Records, updated: Mapping[str, LeaseRecord]) -> Records:
-    """``records`` with ``updated`` written over them, sorted by key."""
-    by_key = {record.key: record for record in records}
-    by_key.update(updated)
-    return tuple(by_key[key] for key in sorted(by_key))
-
 
 # --- the model ---------------------------------------------------------------
 
