@@ -42,6 +42,7 @@ from ...testing.history import (
     StopReason,
     TransferredLease,
 )
+from ..host_processes.agent import LineReader, emit
 from .codec import event_to_json
 from .settings import PEER_TIMING
 
@@ -49,41 +50,6 @@ log = logging.getLogger(__name__)
 
 
 # --- the host process ---------------------------------------------------------------------
-
-
-def _emit(message: Mapping[str, Any]) -> None:
-    """One JSON line to the driver (stdout is the control channel; logs go to stderr)."""
-    sys.stdout.write(json.dumps(message) + "\n")
-    sys.stdout.flush()
-
-
-class _LineReader:
-    """Lines from a pipe without a worker thread (a thread blocked in read cannot be cancelled)."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd = fd
-        self._buffer = b""
-        self._eof = False
-        os.set_blocking(fd, False)
-
-    async def readline(self) -> bytes | None:
-        """The next line without its newline, or None at the end of input."""
-        while b"\n" not in self._buffer:
-            if self._eof:
-                return None
-            await anyio.wait_readable(self._fd)
-            try:
-                chunk = os.read(self._fd, 65536)
-            except BlockingIOError:
-                continue
-            if not chunk:
-                self._eof = True
-                if self._buffer:
-                    self._buffer += b"\n"
-                continue
-            self._buffer += chunk
-        line, _, self._buffer = self._buffer.partition(b"\n")
-        return line
 
 
 def _read_first_line(fd: int) -> bytes:
@@ -199,7 +165,7 @@ class _HostAgent:
             guest.running = False
             self.record(GuestStopped(time.monotonic() if now is None else now, self.name, guest.uuid, reason))
             if reason is StopReason.FENCED:
-                _emit({"event": "guest_stopped", "uuid": guest.uuid, "reason": reason.value})
+                emit({"event": "guest_stopped", "uuid": guest.uuid, "reason": reason.value})
 
     async def _write_loop(self, guest: _Guest, scope: anyio.CancelScope) -> None:
         with scope:
@@ -260,9 +226,9 @@ class _HostAgent:
             if isinstance(exc, ResourceBusyError):
                 reply["resource"] = exc.resource
                 reply["holders"] = [list(h) for h in exc.holders]
-            _emit(reply)
+            emit(reply)
             return
-        _emit({"id": request_id, "ok": True, "result": result})
+        emit({"id": request_id, "ok": True, "result": result})
 
     async def op_start(
         self, uuid: str, disks: Sequence[Sequence[Any]], pid: int | None = None, probe: bool = False
@@ -430,11 +396,11 @@ async def _run_host(spec: Mapping[str, Any]) -> int:
     try:
         async with open_host(spec["config"], event_sink=agent.sink) as host:
             agent.host = host
-            reader = _LineReader(sys.stdin.fileno())
+            reader = LineReader(sys.stdin.fileno())
             async with anyio.create_task_group() as tg:
                 agent.tg = tg
                 coordinator = host.coordinator
-                _emit(
+                emit(
                     {
                         "event": "ready",
                         "pid": os.getpid(),
@@ -448,7 +414,7 @@ async def _run_host(spec: Mapping[str, Any]) -> int:
                         tg.start_soon(agent.serve, json.loads(line))
                 tg.cancel_scope.cancel()  # stdin closed: the driver wants us gone
     except (ActorlockError, OSError) as exc:
-        _emit({"event": "failed", "error": type(exc).__name__, "message": str(exc)})
+        emit({"event": "failed", "error": type(exc).__name__, "message": str(exc)})
         return 1
     finally:
         os.close(fd)
@@ -469,7 +435,7 @@ def host_process_main() -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     for backend in ("asyncio", "trio"):
         anyio.run(_nothing, backend=backend)  # loads both event loops' modules now
-    _emit({"event": "standby", "pid": os.getpid()})
+    emit({"event": "standby", "pid": os.getpid()})
     line = _read_first_line(sys.stdin.fileno())
     if not line.strip():
         return 0
