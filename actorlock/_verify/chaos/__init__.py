@@ -152,7 +152,9 @@ exact story with.
 Split by job: :mod:`.settings` (timings, sizes, fault bounds), :mod:`.codec`
 (history records as JSON lines), :mod:`.agent` (the host process),
 :mod:`.processes` (the driver's handles on host processes, the stall
-helper), :mod:`.driver` (workload, faults, bookkeeping), :mod:`.report`
+helper), :mod:`.core` (the run's shared bookkeeping), :mod:`.workload` (the
+guest operations), :mod:`.faults` (the faults and the recovery from them),
+:mod:`.driver` (the whole driver and the end of a run), :mod:`.report`
 (:class:`ChaosReport`), :mod:`.scripted` (:func:`chaos_hosts`) and :mod:`.run`
 (:func:`run_chaos` and the command line).
 """

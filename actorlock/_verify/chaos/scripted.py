@@ -20,7 +20,8 @@ from ...testing.history import (
     History,
 )
 from .codec import merge_histories
-from .driver import Driver, Slot
+from .core import Slot
+from .driver import Driver
 from .settings import SLACK, TIMING
 
 
