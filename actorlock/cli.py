@@ -119,11 +119,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["chaos"]:
         # Its options belong to the chaos runner, which has its own parser.
-        from .testing.chaos import main_chaos
+        from ._verify.chaos import main_chaos
 
         return main_chaos(argv[1:])
     if argv[:1] == ["explore"]:
-        from .testing.explore import main_explore
+        from ._verify.explore import main_explore
 
         return main_explore(argv[1:])
     args = _parser().parse_args(argv)
@@ -135,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             anyio.run(run_demo, args.lockspace, args.backend, print, backend=backend)
             return 0
         if args.command == "sim":
-            from .testing.scenarios import main_sim
+            from ._verify.scenarios import main_sim
 
             if not 1 <= args.hosts <= 16 or args.scenarios < 1 or args.jobs < 1:
                 print("actorlock sim: --hosts 1..16; --scenarios and --jobs at least 1", file=sys.stderr)

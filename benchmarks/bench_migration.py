@@ -1,8 +1,8 @@
 """Migration handoff latency between two host processes, against its floors.
 
 A guest with 4 exclusive disks ping-pongs between two host coordinators,
-each in its own process (``examples/two_hosts.py``'s host mode with two
-extra ops), on loopback with a file lockspace. One handoff is the libvirt
+each in its own process (:mod:`actorlock._verify.host_processes`' host
+mode with two extra ops), on loopback with a file lockspace. One handoff is the libvirt
 sequence: prepare on the source, register the incoming guest on the
 destination, commit on both sides at once. The source's shutdown after
 each handoff is not timed (it releases nothing: the leases moved).
@@ -28,7 +28,6 @@ Figures and ratios only; nothing is asserted.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import statistics
 import sys
@@ -38,11 +37,11 @@ from collections.abc import Mapping, Sequence
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import anyio
 
+from actorlock._verify import host_processes
 from actorlock.backends.base import HostAdvert
 from actorlock.backends.file import FileLeaseBackend
 from actorlock.model import (
@@ -59,20 +58,6 @@ from actorlock.transport import codec
 from actorlock.transport.zmq import PeerServer, connect, load_keypair
 
 SCRIPT = Path(__file__).resolve()
-EXAMPLE = SCRIPT.parent.parent / "examples" / "two_hosts.py"
-
-
-def _load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("two_hosts_example", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-two_hosts = _load_example()
 
 DISKS = 4
 UUID = "b3e1c0de-0000-4000-8000-00000000be7c"
@@ -124,7 +109,7 @@ async def _answer(identity: bytes, user_id: str | None, frame: bytes) -> bytes:
     return codec.encode(reply)
 
 
-class BenchAgent(two_hosts.HostAgent):
+class BenchAgent(host_processes.HostAgent):
     """The example's host agent with two ops for the wire floor."""
 
     async def op_wire_serve(self) -> dict[str, Any]:
@@ -216,12 +201,12 @@ async def run(args: argparse.Namespace) -> None:
         lockspace.mkdir()
         keys: Mapping[str, Any] = dict.fromkeys(("a", "b"))
         if not args.plaintext:
-            keys = two_hosts.make_keys(workdir, ["a", "b"])
+            keys = host_processes.make_keys(workdir, ["a", "b"])
         async with AsyncExitStack() as stack:
-            guests = await stack.enter_async_context(two_hosts.guest_processes())
+            guests = await stack.enter_async_context(host_processes.guest_processes())
             hosts = {}
             for name, host_id in (("a", 1), ("b", 2)):
-                spawn = two_hosts.spawn_host(
+                spawn = host_processes.spawn_host(
                     name,
                     host_id,
                     lockspace,
@@ -232,7 +217,7 @@ async def run(args: argparse.Namespace) -> None:
                     script=SCRIPT,
                 )
                 hosts[name] = await stack.enter_async_context(spawn)
-            pids = {name: (await two_hosts.start_guest(guests)).pid for name in hosts}
+            pids = {name: (await host_processes.start_guest(guests)).pid for name in hosts}
             a, b = hosts["a"], hosts["b"]
             print(
                 f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, hosts on {args.backend}, "
@@ -271,7 +256,7 @@ async def run(args: argparse.Namespace) -> None:
                     started = time.perf_counter()
                     prepared = await src.call("prepare", uuid=UUID, dest=dst.endpoint)
                     registered = await dst.call("incoming", **guest_args(pids[dst.name]))
-                    out, inn = await two_hosts.concurrently(
+                    out, inn = await host_processes.concurrently(
                         partial(src.call, "commit", uuid=UUID), partial(dst.call, "commit", uuid=UUID)
                     )
                     elapsed = time.perf_counter() - started
@@ -321,8 +306,8 @@ async def run(args: argparse.Namespace) -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "host":
         parser = argparse.ArgumentParser(prog=f"{SCRIPT.name} host")
-        two_hosts.add_host_arguments(parser)
-        sys.exit(two_hosts.host_main(parser.parse_args(sys.argv[2:]), BenchAgent))
+        host_processes.add_host_arguments(parser)
+        sys.exit(host_processes.host_main(parser.parse_args(sys.argv[2:]), BenchAgent))
     parser = argparse.ArgumentParser(
         description=__doc__.splitlines()[0] if __doc__ else None,
         epilog="Floors and ratios are printed from the same run.",

@@ -21,9 +21,7 @@ from pathlib import Path
 import anyio
 import pytest
 
-from actorlock.model import Lease, LeaseMode
-from actorlock.testing import chaos
-from actorlock.testing.chaos import (
+from actorlock._verify.chaos import (
     TIMING,
     ChaosReport,
     chaos_hosts,
@@ -33,6 +31,8 @@ from actorlock.testing.chaos import (
     read_history_file,
     run_chaos,
 )
+from actorlock._verify.chaos import run as chaos_run
+from actorlock.model import Lease, LeaseMode
 from actorlock.testing.checker import Rule, Violation
 from actorlock.testing.history import (
     AcquireRefused,
@@ -215,5 +215,5 @@ def test_the_command_line_exits_non_zero_on_a_violation(monkeypatch: pytest.Monk
     async def found_one(seconds: float, seed: int, hosts: int, out: object, **_: object) -> ChaosReport:
         return ChaosReport(seed, hosts, seconds, seconds, 1, {"start": 1}, {}, 0, 0, 1, 0, 0, (violation,))
 
-    monkeypatch.setattr(chaos, "run_chaos", found_one)
+    monkeypatch.setattr(chaos_run, "run_chaos", found_one)
     assert main_chaos(["--seconds", "1", "--seed", "1"]) == 1

@@ -26,7 +26,8 @@ from actorlock.errors import (
 )
 from actorlock.model import LeaseMode, disk
 from actorlock.testing.checker import Rule
-from actorlock.testing.cluster import SIM_TIMING, Cluster, GuestState, HostState, open_cluster, virtual_clock
+from actorlock.testing.clock import virtual_clock
+from actorlock.testing.cluster import SIM_TIMING, Cluster, GuestState, HostState, open_cluster
 from actorlock.testing.history import (
     AcquireRefused,
     CoordinatorCrashed,

@@ -1,4 +1,4 @@
-"""Exhaustive exploration of the migration handoff (:mod:`actorlock.testing.explore`).
+"""Exhaustive exploration of the migration handoff (:mod:`actorlock._verify.explore`).
 
 Within the default bounds every interleaving of both machines, the model
 lockspace, a lossy network, crashes and a third host keeps the safety rules,
@@ -13,22 +13,7 @@ from __future__ import annotations
 import attrs
 import pytest
 
-from actorlock.errors import ActorlockError
-from actorlock.model import LockState
-from actorlock.protocol import (
-    Effect,
-    Message,
-    MigrationDestination,
-    MigrationSource,
-    Ownership,
-    PrepareReply,
-    QueryBackend,
-    Side,
-    SourceState,
-    Timer,
-    TransferLeases,
-)
-from actorlock.testing.explore import (
+from actorlock._verify.explore import (
     DEFAULT_BOUNDS,
     DEST_HOST,
     DOMAIN,
@@ -50,6 +35,21 @@ from actorlock.testing.explore import (
     machine_key,
     main_explore,
     merge,
+)
+from actorlock.errors import ActorlockError
+from actorlock.model import LockState
+from actorlock.protocol import (
+    Effect,
+    Message,
+    MigrationDestination,
+    MigrationSource,
+    Ownership,
+    PrepareReply,
+    QueryBackend,
+    Side,
+    SourceState,
+    Timer,
+    TransferLeases,
 )
 
 # The protocol's own interleavings only: no budgeted fault, no third host.

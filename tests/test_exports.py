@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import types
 
 import pytest
 
 import actorlock
 import actorlock.errors as errors
+import actorlock.testing
 
 # Programs outside the project import these names: removing or renaming one
 # breaks them, so it must be a deliberate change of this list.
@@ -40,6 +43,54 @@ PUBLIC = {
 }
 
 
+# The kit for testing daemons against simulated hosts (actorlock.testing): as
+# public as the list above, for the programs that test with it.
+PUBLIC_TESTING = {
+    "ALL_CHECKS",
+    "FAULT_KINDS",
+    "SIM_TIMING",
+    "STORAGE_FAULTS",
+    "BackendFactory",
+    "Cluster",
+    "ConformanceError",
+    "EventLog",
+    "EventSink",
+    "FakeClock",
+    "FaultyBackend",
+    "FaultyStateStore",
+    "ForwardingBackend",
+    "GuestState",
+    "History",
+    "HistoryEvent",
+    "HostGoneError",
+    "HostState",
+    "Rule",
+    "Shape",
+    "SimGuest",
+    "SimHost",
+    "SimStorage",
+    "Slowness",
+    "VirtualClock",
+    "Violation",
+    "check",
+    "check_lease_backend",
+    "crash",
+    "freeze",
+    "open_cluster",
+    "saturate_thread_pool",
+    "thaw",
+    "virtual_clock",
+}
+
+
+def _shown(module: types.ModuleType) -> set[str]:
+    return {
+        name
+        for name, value in vars(module).items()
+        if not name.startswith("_") and not isinstance(value, types.ModuleType)
+    }
+
+
 def test_every_public_name_is_exported_and_exists() -> None:
     assert set(actorlock.__all__) == PUBLIC
     assert sorted(actorlock.__all__) == actorlock.__all__
@@ -49,12 +100,25 @@ def test_every_public_name_is_exported_and_exists() -> None:
 
 def test_nothing_public_is_left_out_of_all() -> None:
     # What `from actorlock import *` and the docs promise is what the package shows.
-    shown = {
-        name
-        for name, value in vars(actorlock).items()
-        if not name.startswith("_") and not isinstance(value, types.ModuleType)
-    }
-    assert shown == set(actorlock.__all__)
+    assert _shown(actorlock) == set(actorlock.__all__)
+
+
+def test_the_testing_kit_exports_exactly_its_public_names() -> None:
+    assert set(actorlock.testing.__all__) == PUBLIC_TESTING
+    assert len(actorlock.testing.__all__) == len(PUBLIC_TESTING)
+    for name in actorlock.testing.__all__:
+        assert hasattr(actorlock.testing, name), name
+    assert _shown(actorlock.testing) == PUBLIC_TESTING
+
+
+def test_the_testing_kit_never_loads_the_projects_own_drivers() -> None:
+    # actorlock._verify patches trio's private internals: a user of the kit must not get that.
+    code = (
+        "import sys, actorlock.testing, actorlock.testing.conformance;"
+        "print(sorted(m for m in sys.modules if m.startswith('actorlock._verify')))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
 
 
 def test_the_seed_api_names_are_all_there() -> None:

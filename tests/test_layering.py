@@ -110,8 +110,7 @@ def _importers_of(prefixes: tuple[str, ...]) -> dict[str, set[str]]:
 def test_the_protocol_imports_only_the_model_and_the_errors() -> None:
     allowed = ("actorlock.protocol", "actorlock.model", "actorlock.errors", "actorlock.constants")
     for name in MODULES:
-        # protocol.sim (the pair simulator) imports backends: it moves to the harness.
-        if name.startswith("actorlock.protocol") and name != "actorlock.protocol.sim":
+        if name.startswith("actorlock.protocol"):
             own = {t for t in imports_of(name) if t.startswith("actorlock")}
             assert {t for t in own if not t.startswith(allowed)} == set(), name
             assert not {t for t in imports_of(name) if t.split(".")[0] in ("anyio", "zmq", "trio")}, name
@@ -130,10 +129,25 @@ def test_only_the_backends_take_file_locks() -> None:
 
 @pytest.mark.parametrize("layer", ["actorlock.actors", "actorlock.backends", "actorlock.transport"])
 def test_lower_layers_never_import_the_api_the_seed_layer_the_cli_or_the_harness(layer: str) -> None:
-    upper = ("actorlock.api", "actorlock.lockmanager", "actorlock.cli", "actorlock.testing", "actorlock.demo")
+    upper = (
+        "actorlock.api",
+        "actorlock.lockmanager",
+        "actorlock.cli",
+        "actorlock.testing",
+        "actorlock._verify",
+        "actorlock.demo",
+    )
     for name in MODULES:
         if name.startswith(layer):
             assert {t for t in imports_of(name) if t.startswith(upper)} == set(), name
+
+
+def test_only_the_cli_reaches_the_projects_own_drivers() -> None:
+    # actorlock._verify (chaos, explorer, scenarios) is this project's, not the library's or the kit's.
+    for name in MODULES:
+        if name.startswith("actorlock._verify") or name == "actorlock.cli":
+            continue
+        assert {t for t in imports_of(name) if t.startswith("actorlock._verify")} == set(), name
 
 
 def test_the_domain_actor_and_the_driver_see_the_host_only_through_its_ports() -> None:

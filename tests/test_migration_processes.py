@@ -1,21 +1,19 @@
 """Migrations between host coordinators in separate processes, over real ZeroMQ (CURVE, loopback).
 
-The hosts are ``examples/two_hosts.py host`` processes driven through the
-example's JSON-lines control channel (the example module is loaded from its
-file for its process helpers). Crashes are SIGKILL: nothing is released or
-left, as when a coordinator dies with its machine.
+The hosts are child processes of :mod:`actorlock._verify.host_processes`,
+driven through its JSON-lines control channel (the harness
+``examples/two_hosts.py`` is written over). Crashes are SIGKILL: nothing is
+released or left, as when a coordinator dies with its machine.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from functools import partial
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import anyio
@@ -23,6 +21,7 @@ import anyio.abc
 import pytest
 
 import actorlock
+from actorlock._verify import host_processes
 from actorlock.errors import ResourceBusyError
 from actorlock.lockspace_report import lockspace_report
 
@@ -32,20 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "two_hosts.py"
 
 
-def _load_example() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("two_hosts_example", EXAMPLE)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-two_hosts = _load_example()
-HostError = two_hosts.HostError
-TIMING = two_hosts.TIMING
-PEER = two_hosts.PEER_TIMING
+HostError = host_processes.HostError
+TIMING = host_processes.TIMING
+PEER = host_processes.PEER_TIMING
 RENEW, HOST_DEAD = TIMING["renew_interval"], TIMING["host_dead"]
 
 UUID = "8c0ffee0-1111-4222-8333-444455556666"
@@ -68,7 +56,7 @@ def third_host_config(lockspace: Path) -> dict[str, Any]:
     return {
         "host": {"name": "c", "id": 3},
         "timing": TIMING,
-        "locking": {"backend": "file", "kill_grace": two_hosts.KILL_GRACE},
+        "locking": {"backend": "file", "kill_grace": host_processes.KILL_GRACE},
         "file": {"lockspace_dir": str(lockspace)},
     }
 
@@ -81,7 +69,7 @@ class Cluster:
         self.lockspace = tmp_path / "lockspace"
         self.lockspace.mkdir()
         self.backend = backend
-        self.keys = two_hosts.make_keys(tmp_path, ["a", "b"])
+        self.keys = host_processes.make_keys(tmp_path, ["a", "b"])
         self._stack = stack
         self.guests = guests
 
@@ -91,7 +79,7 @@ class Cluster:
         if state:
             state_dir = self.workdir / f"state-{name}"
             state_dir.mkdir(exist_ok=True)
-        host = two_hosts.spawn_host(
+        host = host_processes.spawn_host(
             name,
             host_id,
             self.lockspace,
@@ -103,13 +91,13 @@ class Cluster:
         return await self._stack.enter_async_context(host)
 
     async def guest(self) -> anyio.abc.Process:
-        return await two_hosts.start_guest(self.guests)
+        return await host_processes.start_guest(self.guests)
 
 
 @asynccontextmanager
 async def cluster(tmp_path: Path, backend: str) -> AsyncIterator[Cluster]:
     async with AsyncExitStack() as stack:
-        guests = await stack.enter_async_context(two_hosts.guest_processes())
+        guests = await stack.enter_async_context(host_processes.guest_processes())
         yield Cluster(tmp_path, backend, stack, guests)
 
 
@@ -132,7 +120,7 @@ async def started_and_prepared(
 
 
 async def commit_both(src: Any, dst: Any) -> None:
-    await two_hosts.concurrently(
+    await host_processes.concurrently(
         partial(src.call, "commit", uuid=UUID), partial(dst.call, "commit", uuid=UUID)
     )
 
@@ -214,7 +202,7 @@ async def test_source_killed_after_prepare_the_destination_fails_and_a_third_hos
                             refusals += 1
                         await anyio.sleep(RENEW)  # polling pace
 
-                await two_hosts.concurrently(destination_commit, watch_a_die)
+                await host_processes.concurrently(destination_commit, watch_a_die)
                 assert refusals >= 3
                 assert dead_at - killed_at >= HOST_DEAD - RENEW
                 assert (await b.call("status", uuid=UUID))["phase"] != "running"

@@ -11,8 +11,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from actorlock._verify.pair import DESTINATION, SOURCE, Fault, Simulation
 from actorlock.protocol import DestinationState, Outcome, Side, SourceState
-from actorlock.protocol.sim import DESTINATION, SOURCE, Fault, Simulation
 
 ACTIONS = (
     "deliver",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from actorlock._verify.pair import DESTINATION, SOURCE, Fault, Simulation
 from actorlock.errors import InvalidParameterError, PeerUnreachableError, StaleLockStateError
 from actorlock.model import Holder, Lease, LeaseMode, LeaseOwner, LeaseRecord, LockState
 from actorlock.protocol import (
@@ -32,7 +33,6 @@ from actorlock.protocol import (
     Timer,
     TransferLeases,
 )
-from actorlock.protocol.sim import DESTINATION, SOURCE, Fault, Simulation
 
 
 def prepared() -> Simulation:

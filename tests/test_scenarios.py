@@ -12,10 +12,22 @@ from typing import Any
 import anyio
 import pytest
 
+from actorlock._verify.scenarios import (
+    ScenarioResult,
+    SimReport,
+    main_sim,
+    run_scenario,
+    run_sim,
+    simulate,
+)
+from actorlock._verify.sensitivity import BASELINE, run_sensitivity, undone_scenario
+from actorlock._verify.sensitivity import main as sensitivity_main
+from actorlock._verify.trio_scheduling import seeded_virtual_clock
 from actorlock.backends import liveness
 from actorlock.errors import InvalidParameterError
 from actorlock.testing.checker import Rule
-from actorlock.testing.cluster import FAULT_KINDS, STORAGE_FAULTS, virtual_clock
+from actorlock.testing.clock import virtual_clock
+from actorlock.testing.cluster import FAULT_KINDS, STORAGE_FAULTS
 from actorlock.testing.history import (
     CoordinatorCrashed,
     FaultInjected,
@@ -28,16 +40,6 @@ from actorlock.testing.history import (
     LeaseHeld,
     StopReason,
 )
-from actorlock.testing.scenarios import (
-    ScenarioResult,
-    SimReport,
-    main_sim,
-    run_scenario,
-    run_sim,
-    simulate,
-)
-from actorlock.testing.sensitivity import BASELINE, run_sensitivity, undone_scenario
-from actorlock.testing.sensitivity import main as sensitivity_main
 
 CI_SEED = 20_240_601
 
@@ -51,7 +53,7 @@ def one_scenario(seed: int, hosts: int = 3, history: History | None = None) -> S
     return anyio.run(
         functools.partial(run_scenario, seed, hosts=hosts, history=history),
         backend="trio",
-        backend_options={"clock": virtual_clock(seed)},
+        backend_options={"clock": seeded_virtual_clock(seed)},
     )
 
 
@@ -207,7 +209,7 @@ def test_worker_processes_give_the_same_report() -> None:
 
 
 # One scenario per fix of issue 7 that flags it once the fix is undone, and is
-# clean with the fix; found with `python -m actorlock.testing.sensitivity`
+# clean with the fix; found with `python -m actorlock._verify.sensitivity`
 # (pick others there if the scenario generator changes).
 FLAGGED_WHEN_UNDONE = {
     "fence-starvation": 20261208,

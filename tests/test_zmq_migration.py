@@ -15,6 +15,7 @@ import anyio.abc
 import attrs
 import pytest
 
+from actorlock._verify.pair import ModelBackend
 from actorlock.errors import PeerError, PeerUnreachableError
 from actorlock.model import DomainIdentity, Holder, HostIdentity, Lease, LeaseMode, LeaseRecord, LockState
 from actorlock.protocol import (
@@ -42,7 +43,6 @@ from actorlock.protocol import (
     VerifyLeases,
     lease_owner,
 )
-from actorlock.protocol.sim import ModelBackend
 from actorlock.transport import codec
 from actorlock.transport.zmq import (
     KeyPair,

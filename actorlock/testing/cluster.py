@@ -78,7 +78,7 @@ once none is left (crashes are recorded as ``HostCrashed`` and
 kind (:data:`FAULT_KINDS`); a coordinator crash while a storage fault is
 active on its host counts as ``restart-in-storage``, otherwise ``restart``.
 
-Clock: run on trio with :func:`virtual_clock` for fast simulated time
+Clock: run on trio with :func:`actorlock.testing.clock.virtual_clock` for fast simulated time
 (repeatable on the memory backend), or in real time. (trio's ``MockClock`` works too, but it
 jumps while a worker thread runs, and coordinators read the boot id and
 guest process start times in threads, so its runs do not repeat.)
@@ -105,7 +105,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import attrs
@@ -162,9 +162,6 @@ from .history import (
     StopReason,
 )
 
-if TYPE_CHECKING:
-    from trio.abc import Clock
-
 __all__ = [
     "FAULT_KINDS",
     "SIM_TIMING",
@@ -177,7 +174,6 @@ __all__ = [
     "SimHost",
     "SimStorage",
     "open_cluster",
-    "virtual_clock",
 ]
 
 E = TypeVar("E", bound=HistoryEvent)
@@ -1467,77 +1463,3 @@ def _backend_factory(
         )
 
     return file
-
-
-def virtual_clock(seed: int | None = None) -> Clock:
-    """A trio clock for fast, repeatable simulations.
-
-    Pass it as ``anyio.run(..., backend="trio", backend_options={"clock":
-    virtual_clock()})`` (or from an ``anyio_backend`` fixture). Like
-    ``trio.testing.MockClock(autojump_threshold=0)``, time stands still while
-    any task can run and jumps to the next deadline when all are blocked, so
-    simulated seconds cost no real time. Unlike MockClock it never jumps
-    while a worker thread is running: host coordinators read their boot id
-    (and guests' process start times) in threads, and a clock that jumps
-    meanwhile advances by however long the thread took in real time, so a
-    run would not repeat. With ``seed``, trio's choice among tasks runnable
-    at the same instant is seeded too (best effort: it uses trio internals).
-
-    trio is imported here, lazily: actorlock's library code uses anyio only,
-    and a custom clock is a trio feature.
-    """
-    import trio
-    import trio.abc
-    import trio.testing
-
-    class _VirtualClock(trio.abc.Clock):
-        def __init__(self) -> None:
-            self._now = 0.0
-
-        def start_clock(self) -> None:
-            if seed is not None:
-                _seed_trio_scheduler(seed)
-
-        def current_time(self) -> float:
-            return self._now
-
-        def deadline_to_sleep_time(self, deadline: float) -> float:
-            # trio asks this only when no task is runnable.
-            if deadline <= self._now:
-                return 0.0
-            if _threads_busy(trio):
-                # Wait (in real time) for the thread to report back; time stands still.
-                return 0.001
-            if deadline == float("inf"):
-                return 3600.0  # nothing will ever wake up: a real deadlock, let it show
-            self._now = deadline
-            return 0.0
-
-    return _VirtualClock()
-
-
-def _threads_busy(trio: Any) -> bool:
-    # Counts every trio.to_thread.run_sync in flight, whatever its limiter.
-    try:
-        return bool(trio.testing.active_thread_count())
-    except RuntimeError:  # pragma: no cover - asked outside a run
-        return False
-
-
-def _seed_trio_scheduler(seed: int) -> None:
-    """Make trio's choice among simultaneously runnable tasks repeatable.
-
-    trio shuffles each batch of runnable tasks with a module-level random
-    generator; its Hypothesis plugin makes that deterministic the same way
-    (sort the batch by task creation order, shuffle with a seeded generator).
-    Both names are private, so this is best effort: without them a scenario
-    still runs, it just may not repeat event for event.
-    """
-    try:
-        from trio._core import _run
-    except ImportError:  # pragma: no cover - trio reorganised
-        return
-    generator = getattr(_run, "_r", None)
-    if isinstance(generator, random.Random) and hasattr(_run, "_ALLOW_DETERMINISTIC_SCHEDULING"):
-        _run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
-        generator.seed(seed)

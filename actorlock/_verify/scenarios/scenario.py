@@ -1,107 +1,21 @@
-"""Seeded random scenarios on a simulated cluster, judged by the safety checker.
-
-One *scenario* (:func:`run_scenario`) opens a :class:`~actorlock.testing.cluster.Cluster`
-of N hosts sharing a handful of disks (``hosts + 1`` of them, so contention
-is real) and runs, concurrently:
-
-- one worker per host, doing what libvirt would ask its coordinator
-  (:data:`OPERATION_WEIGHTS`): start guests on one or two disks (a quarter of
-  them shared), stop them, hotplug and unplug disks, pause guests
-  (``Domain.pause``) and resume them with their saved state; a host that is
-  not up gets no calls meanwhile;
-- one chaos worker injecting 2 to 5 faults (:data:`FAULT_WEIGHTS`), at most
-  one at a time per host and mostly on hosts that run guests, each healed
-  after a random while:
-
-  - host crash, then (usually) a rejoin as a new host process after a
-    random downtime; some hosts stay down to the end (two always stay up);
-  - coordinator crash, restarted (and its guests re-attached) before its
-    lease expires;
-  - host pause (guests frozen too), short enough for the guests to be
-    fenced on waking before another host could take over (at most
-    ``host_dead - fence_timeout - renew_interval``), so sometimes past
-    ``lease_timeout`` (the guests are then fenced on waking) and sometimes not;
-  - backend faults (:data:`BACKEND_FAULTS`): renewals, acquisitions or
-    releases failing or stalling, alone or together; each operation heals
-    at its own time;
-  - storage faults with a duration (issue 7), which may overlap each other
-    and backend faults on one host: all of the host's storage I/O stalled
-    for up to ``storage_stall`` lease_timeouts; one backend operation
-    (:data:`SLOW_OPERATIONS`) slowed by up to ``io_timeout`` per call, before
-    or after reaching storage; the process's worker-thread pool saturated;
-    the host's state-store writes slowed by up to ``slow_state`` io_timeouts;
-    a delay of up to ``read_delay`` io_timeouts between reading host records
-    and judging their liveness (memory backend). Within some of them
-    (``restart_inside``, and always for a slow join) the coordinator crashes
-    at a random point and is restarted, as ``crash_coordinator`` does.
-    Storage trouble comes together (``stall_inside``): a saturated pool
-    comes with a stall of the same host's storage (issue 7, path 1), and a
-    slow state store meets a stall or renewals that time out just after the
-    host was asked to start a guest (path 3); a host whose judgements are
-    delayed keeps trying to take a disk a healthy host's guest uses (path 4);
-- for every fault, "HA" workers on other hosts that try to restart each
-  disk of the faulty host's running guests until they get it: they are what
-  brings takeovers right to the edge of ``host_dead``. During a storage
-  fault, disks the host's guests take meanwhile are hunted too, and while
-  the worker pool is saturated the hunters try with probes (which need no
-  worker thread) instead of guest starts.
-
-Then everything is healed (``FaultsHealed``), fenced and half-done guests
-are tidied away, and every up host probes every disk three times,
-``host_dead`` plus two renewals apart: the refusals are the evidence the
-checker's rule 5 needs to judge that leases of hosts that stayed down were
-taken over. A snapshot of the lease records (``LeaseHeld``) is taken last and
-:func:`~actorlock.testing.checker.check` judges the whole history.
-
-Not generated, on purpose (known gaps, not bugs):
-
-- a coordinator that crashes and is not restarted within ``lease_timeout``:
-  nothing fences its guests (no supervisor yet; docs/timing.md, "What is not
-  covered yet");
-- a host paused for longer than ``host_dead - fence_timeout -
-  renew_interval``: its guests resume writing the instant it wakes, while
-  its failure action takes up to ``fence_timeout``, and another host may
-  take their disks ``host_dead`` after the last renewal; only a watchdog
-  that resets a host that stopped renewing (sanlock's wdmd) closes that.
-
-The summary counts the faults by kind (``faults: storage-stall=N slow-io=N
-...``, :data:`~actorlock.testing.cluster.FAULT_KINDS`).
-
-Every scenario is a function of its seed: scenario ``i`` of a run with seed
-``S`` has seed ``S + i`` and is re-run alone with ``actorlock sim --hosts N
---scenarios 1 --seed S+i``. :func:`simulate` (and :func:`main_sim`) run each
-scenario in its own trio run on a
-:func:`~actorlock.testing.cluster.virtual_clock`: on the memory backend a
-re-run repeats it event for event. On the file backend the hosts' storage
-threads really run at once and race for real locks, so a re-run follows the
-same plan but may order simultaneous storage operations differently.
-:func:`run_sim` runs all the scenarios in the caller's event loop, for
-embedding.
-"""
+"""One random scenario on a simulated cluster, judged by the checker: :func:`run_scenario`."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import logging
-import multiprocessing
 import random
 import shutil
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from types import MappingProxyType
 from typing import Any
 
 import anyio
 import attrs
 
-from ..errors import ActorlockError, InvalidParameterError
-from ..model import Resource, disk
-from .checker import Violation
-from .cluster import (
-    FAULT_KINDS,
+from ...errors import ActorlockError, InvalidParameterError
+from ...model import Resource, disk
+from ...testing.cluster import (
     SIM_TIMING,
     Cluster,
     GuestState,
@@ -109,238 +23,18 @@ from .cluster import (
     HostState,
     SimGuest,
     open_cluster,
-    virtual_clock,
 )
-from .faults import Shape
-from .history import History, HistoryEvent, HostEvent, HostJoined
-
-__all__ = [
-    "BACKEND_FAULTS",
-    "FAULT_WEIGHTS",
-    "OPERATION_WEIGHTS",
-    "SLOW_OPERATIONS",
-    "ScenarioAnomaly",
-    "ScenarioResult",
-    "ScenarioSettings",
-    "ScenarioViolation",
-    "SimReport",
-    "main_sim",
-    "run_scenario",
-    "run_sim",
-    "simulate",
-]
-
-Out = Callable[[str], Any]
-
-# How often each guest operation is picked among those that apply.
-# "migrate" is the extension point for Cluster.migrate (weight 0 until it exists).
-OPERATION_WEIGHTS: Mapping[str, float] = MappingProxyType(
-    {
-        "start": 4.0,
-        "stop": 2.0,
-        "hotplug": 2.0,
-        "unplug": 1.5,
-        "pause": 1.5,
-        "resume": 2.0,
-        "migrate": 0.0,
-    }
+from ...testing.faults import Shape
+from ...testing.history import History, HistoryEvent, HostEvent, HostJoined
+from .results import ScenarioAnomaly, ScenarioResult, ScenarioViolation
+from .settings import (
+    BACKEND_FAULTS,
+    FAULT_WEIGHTS,
+    OPERATION_WEIGHTS,
+    SLOW_OPERATIONS,
+    STORAGE_KINDS,
+    ScenarioSettings,
 )
-
-FAULT_WEIGHTS: Mapping[str, float] = MappingProxyType(
-    {
-        "crash_host": 2.0,
-        "crash_coordinator": 2.0,
-        "pause_host": 2.0,
-        "backend": 3.0,
-        # Storage faults with a duration (issue 7); Cluster.fault_counts spells them with dashes.
-        "storage_stall": 2.5,
-        "slow_io": 3.0,
-        "pool_saturated": 1.5,
-        "slow_state": 2.0,
-        "read_delay": 3.0,
-    }
-)
-
-# The faults that last a while on a host's storage path and may overlap each other.
-_STORAGE_KINDS = ("storage_stall", "slow_io", "pool_saturated", "slow_state", "read_delay")
-
-# Backend operations -> weight, for the "slow_io" fault: one operation, or a
-# coordinator's start-up path (each of its calls slowed). A slow join only matters
-# to a coordinator that restarts meanwhile, so one is always restarted inside it.
-SLOW_OPERATIONS: Mapping[tuple[str, ...], float] = MappingProxyType(
-    {
-        ("renew",): 3.0,
-        ("join",): 1.5,
-        ("hosts", "join", "renew"): 2.0,
-        ("acquire",): 2.0,
-        ("hosts",): 1.0,
-        ("records",): 1.0,
-        ("release",): 1.0,
-    }
-)
-
-# (fail or stall, backend operations) -> weight, for the "backend" fault. Renewal
-# faults weigh most: they are the ones that make a host lose its leases.
-BACKEND_FAULTS: Mapping[tuple[str, tuple[str, ...]], float] = MappingProxyType(
-    {
-        ("fail", ("renew",)): 3.0,
-        ("stall", ("renew",)): 2.0,
-        ("fail", ("acquire",)): 1.0,
-        ("stall", ("acquire",)): 1.0,
-        ("fail", ("release",)): 1.0,
-        ("stall", ("release",)): 1.0,
-        ("fail", ("renew", "acquire", "release")): 2.0,
-        # An acquisition held up until after the lease expired must be rolled back.
-        ("stall", ("renew", "acquire")): 1.0,
-    }
-)
-
-
-@attrs.frozen
-class ScenarioSettings:
-    """The knobs of the scenario generator (times in simulated seconds).
-
-    Attributes:
-        guests_per_host: guest uuids each host cycles through.
-        extra_disks: disks beyond one per host in the shared pool.
-        ops_per_host: inclusive range of guest operations per host worker.
-        op_gap: mean pause between one host's operations.
-        faults: inclusive range of faults the chaos worker tries to inject.
-        fault_gap: mean pause between two faults.
-        shared_ratio: chance that a disk is attached shared.
-        rejoin_ratio: chance that a crashed host comes back before the end.
-        fence_delay: how long, at most, a fenced guest takes to stop, as a
-            fraction of ``fence_timeout`` (it writes until it does).
-        budget: a scenario that runs longer is reported as an anomaly.
-        storage_stall: longest storage stall, in lease_timeouts.
-        storage_fault: longest slow-io, pool-saturated, slow-state and
-            read-delay fault, in lease_timeouts.
-        slow_state: longest extra time of one state-store write, in io_timeouts.
-        read_delay: longest delay between a read and its judgement, in io_timeouts.
-        restart_inside: chance that the coordinator crashes and restarts
-            inside a storage fault (always inside a slow join).
-        stall_inside: chance that a saturated pool comes with a storage stall
-            of the same host (its lease I/O is what filled the pool), and that
-            a slow state store meets one.
-    """
-
-    guests_per_host: int = 3
-    extra_disks: int = 1
-    ops_per_host: tuple[int, int] = (8, 16)
-    op_gap: float = 0.12
-    faults: tuple[int, int] = (2, 5)
-    fault_gap: float = 0.3
-    shared_ratio: float = 0.25
-    rejoin_ratio: float = 0.75
-    fence_delay: float = 0.9
-    budget: float = 120.0
-    storage_stall: float = 4.0
-    storage_fault: float = 4.0
-    slow_state: float = 1.5
-    read_delay: float = 1.0
-    restart_inside: float = 0.35
-    stall_inside: float = 0.6
-
-
-@attrs.frozen
-class ScenarioViolation:
-    """A checker violation and the scenario that produced it."""
-
-    seed: int
-    hosts: int
-    backend: str
-    violation: Violation
-
-    @property
-    def rerun(self) -> str:
-        """The command that runs this scenario alone."""
-        return _rerun(self.seed, self.hosts, self.backend)
-
-
-@attrs.frozen
-class ScenarioAnomaly:
-    """Something that kept a scenario from being judged whole (an error, a hang)."""
-
-    seed: int
-    hosts: int
-    backend: str
-    problem: str
-
-    @property
-    def rerun(self) -> str:
-        """The command that runs this scenario alone."""
-        return _rerun(self.seed, self.hosts, self.backend)
-
-
-@attrs.frozen
-class ScenarioResult:
-    """What one scenario did and what the checker found.
-
-    Attributes:
-        digest: a hash of the history (host incarnations left out, they are
-            random): equal digests mean the same events at the same times.
-    """
-
-    seed: int
-    hosts: int
-    backend: str
-    operations: int
-    faults: int
-    events: int
-    sim_seconds: float
-    violations: tuple[ScenarioViolation, ...]
-    anomalies: tuple[ScenarioAnomaly, ...]
-    digest: str
-    fault_counts: tuple[tuple[str, int], ...] = ()
-
-
-@attrs.frozen
-class SimReport:
-    """The outcome of a randomized run (:func:`run_sim`, :func:`simulate`).
-
-    Attributes:
-        scenarios_run: scenarios completed.
-        faults_injected: crashes, pauses, backend and storage faults injected.
-        operations_done: calls made into the coordinators (guest operations,
-            probes, re-attachments).
-        violations: every checker violation, with the seed of its scenario.
-        anomalies: scenarios that failed or hung instead of finishing.
-        events: history events recorded, all scenarios together.
-        sim_seconds: simulated time, all scenarios together.
-        digest: a hash of every scenario's history, in order.
-        fault_counts: faults injected by kind (every kind of
-            :data:`~actorlock.testing.cluster.FAULT_KINDS`, in that order).
-        wall_seconds: real time taken (not compared).
-    """
-
-    scenarios_run: int
-    faults_injected: int
-    operations_done: int
-    violations: tuple[ScenarioViolation, ...]
-    anomalies: tuple[ScenarioAnomaly, ...] = ()
-    events: int = 0
-    sim_seconds: float = 0.0
-    digest: str = ""
-    fault_counts: tuple[tuple[str, int], ...] = ()
-    wall_seconds: float = attrs.field(default=0.0, eq=False)
-
-    @property
-    def ok(self) -> bool:
-        """No violation and no anomaly."""
-        return not self.violations and not self.anomalies
-
-    @property
-    def faults_line(self) -> str:
-        """``faults: storage-stall=N slow-io=N ...``: every fault kind with its count."""
-        return "faults: " + " ".join(f"{kind}={count}" for kind, count in self.fault_counts)
-
-
-def _rerun(seed: int, hosts: int, backend: str) -> str:
-    extra = f" --backend {backend}" if backend != "memory" else ""
-    return f"actorlock sim --hosts {hosts} --scenarios 1 --seed {seed}{extra}"
-
-
-# --- one scenario -------------------------------------------------------------------
 
 
 class _Scenario:
@@ -433,7 +127,7 @@ class _Scenario:
                     # dangerous cases combine them (a slow state save while renewals stall).
                     busy = [
                         (1 + 3 * sum(g.running for g in self.cluster.guests(h)))
-                        * (3 if kind in _STORAGE_KINDS and self.cluster.storage_faults(h) else 1)
+                        * (3 if kind in STORAGE_KINDS and self.cluster.storage_faults(h) else 1)
                         for h in candidates
                     ]
                     await self._inject(rng, tg, kind, rng.choices(candidates, busy)[0])
@@ -442,7 +136,7 @@ class _Scenario:
         cluster = self.cluster
         if cluster.host(name).state is not HostState.UP:
             return False
-        if kind in _STORAGE_KINDS:
+        if kind in STORAGE_KINDS:
             # Storage faults overlap each other and backend faults, never the same kind twice.
             label = kind.replace("_", "-")
             if kind == "pool_saturated" and (
@@ -471,7 +165,7 @@ class _Scenario:
         cluster, timing = self.cluster, self.timing
         victims = self._victims(name)
         duration = 0.0
-        if kind in _STORAGE_KINDS:
+        if kind in STORAGE_KINDS:
             await self._inject_storage(rng, tg, kind, name, victims)
             return
         if kind == "crash_host":
@@ -833,7 +527,7 @@ async def run_scenario(
 ) -> ScenarioResult:
     """Run one scenario, a function of ``seed``, and judge its history.
 
-    Run it on trio with a :func:`~actorlock.testing.cluster.virtual_clock`
+    Run it on trio with a :func:`~actorlock.testing.clock.virtual_clock`
     (fast; repeatable on the memory backend) or in real time.
 
     Args:
@@ -913,188 +607,3 @@ def _digest(events: Sequence[HistoryEvent]) -> str:
         h.update(repr(event).encode())
         h.update(b"\n")
     return h.hexdigest()[:16]
-
-
-# --- many scenarios ---------------------------------------------------------------
-
-
-class _Tally:
-    """Adds scenario results up and prints progress sparingly."""
-
-    def __init__(self, out: Out, hosts: int, scenarios: int, seed: int, backend: str) -> None:
-        self.out = out
-        self.total = scenarios
-        self.every = max(1, scenarios // 10)
-        self.results: list[ScenarioResult] = []
-        self.started = time.perf_counter()
-        last = seed + scenarios - 1
-        out(f"simulating {scenarios} scenarios on {hosts} hosts ({backend} backend), seeds {seed}..{last}")
-
-    def add(self, result: ScenarioResult) -> None:
-        self.results.append(result)
-        if result.violations:
-            self.out(
-                f"scenario seed {result.seed}: {len(result.violations)} violation(s); "
-                f"re-run: {_rerun(result.seed, result.hosts, result.backend)}"
-            )
-            for found in result.violations:
-                v = found.violation
-                self.out(f"  rule {v.rule.value} ({v.rule.name.lower()}): {v.message}")
-        for anomaly in result.anomalies:
-            self.out(f"scenario seed {anomaly.seed}: {anomaly.problem}; re-run: {anomaly.rerun}")
-        done = len(self.results)
-        if done % self.every == 0 and done < self.total:
-            report = self.report()
-            self.out(
-                f"  {done}/{self.total} scenarios, {report.faults_injected} faults, "
-                f"{report.operations_done} operations, {len(report.violations)} violations"
-            )
-
-    def report(self) -> SimReport:
-        rs = self.results
-        digest = hashlib.sha256("".join(r.digest for r in rs).encode()).hexdigest()[:16]
-        counts = dict.fromkeys(FAULT_KINDS, 0)
-        for r in rs:
-            for kind, count in r.fault_counts:
-                counts[kind] = counts.get(kind, 0) + count
-        return SimReport(
-            scenarios_run=len(rs),
-            faults_injected=sum(r.faults for r in rs),
-            operations_done=sum(r.operations for r in rs),
-            violations=tuple(v for r in rs for v in r.violations),
-            anomalies=tuple(a for r in rs for a in r.anomalies),
-            events=sum(r.events for r in rs),
-            sim_seconds=sum(r.sim_seconds for r in rs),
-            digest=digest,
-            fault_counts=tuple(counts.items()),
-            wall_seconds=time.perf_counter() - self.started,
-        )
-
-    def finish(self) -> SimReport:
-        report = self.report()
-        self.out(f"scenarios: {report.scenarios_run}")
-        self.out(f"faults injected: {report.faults_injected}")
-        self.out(report.faults_line)
-        self.out(f"operations: {report.operations_done}")
-        self.out(f"simulated {report.sim_seconds:.1f}s in {report.wall_seconds:.1f}s")
-        self.out(f"anomalies: {len(report.anomalies)}")
-        self.out(f"violations: {len(report.violations)}")
-        return report
-
-
-def _check_args(hosts: int, scenarios: int, backend: str, jobs: int = 1) -> None:
-    if hosts < 3:
-        raise InvalidParameterError(f"hosts must be at least 3, got {hosts}")
-    if scenarios < 0:
-        raise InvalidParameterError(f"scenarios must not be negative, got {scenarios}")
-    if backend not in ("memory", "file"):
-        raise InvalidParameterError(f"backend must be memory or file, got {backend!r}")
-    if jobs < 1:
-        raise InvalidParameterError(f"jobs must be at least 1, got {jobs}")
-
-
-async def run_sim(
-    *,
-    hosts: int,
-    scenarios: int,
-    seed: int,
-    out: Out = print,
-    backend: str = "memory",
-    settings: ScenarioSettings | None = None,
-) -> SimReport:
-    """Run ``scenarios`` random scenarios (seeds ``seed``, ``seed + 1``...) in this event loop.
-
-    Prints a header, progress about ten times, each violating scenario
-    (with the command that re-runs it) and a summary ending with the line
-    ``violations: V``. Run it on trio with a virtual clock for speed::
-
-        anyio.run(functools.partial(run_sim, hosts=3, scenarios=100, seed=1),
-                  backend="trio", backend_options={"clock": virtual_clock()})
-
-    :func:`simulate` does that with one trio run per scenario, so that a
-    scenario repeats exactly when re-run alone.
-    """
-    _check_args(hosts, scenarios, backend)
-    tally = _Tally(out, hosts, scenarios, seed, backend)
-    for i in range(scenarios):
-        tally.add(await run_scenario(seed + i, hosts=hosts, backend=backend, settings=settings))
-    return tally.finish()
-
-
-def simulate(
-    *,
-    hosts: int,
-    scenarios: int,
-    seed: int,
-    out: Out = print,
-    backend: str = "memory",
-    settings: ScenarioSettings | None = None,
-    real_time: bool = False,
-    jobs: int = 1,
-) -> SimReport:
-    """Like :func:`run_sim`, but each scenario in a trio run of its own.
-
-    Args:
-        real_time: run on the real clock instead of a
-            :func:`~actorlock.testing.cluster.virtual_clock` seeded with the
-            scenario's seed. The virtual clock is fast and, on the memory
-            backend, repeats a scenario event for event; it stands still
-            while storage I/O runs, so real time is what explores slow
-            storage on the file backend.
-        jobs: scenarios run at once, in worker processes; on the memory
-            backend the report is the same as with one.
-
-    The other arguments are :func:`run_sim`'s.
-    """
-    _check_args(hosts, scenarios, backend, jobs)
-    tally = _Tally(out, hosts, scenarios, seed, backend)
-    runs = [(seed + i, hosts, backend, settings, real_time) for i in range(scenarios)]
-    if jobs == 1 or scenarios < 2:
-        for run in runs:
-            tally.add(_scenario_alone(run))
-    else:
-        # spawn, not fork: the parent may have trio's worker threads running.
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(jobs, mp_context=context, initializer=_quiet_logs) as pool:
-            for result in pool.map(_scenario_alone, runs, chunksize=4):
-                tally.add(result)
-    return tally.finish()
-
-
-_Run = tuple[int, int, str, ScenarioSettings | None, bool]
-
-
-def _scenario_alone(run: _Run) -> ScenarioResult:
-    seed, hosts, backend, settings, real_time = run
-    options: dict[str, Any] = {} if real_time else {"clock": virtual_clock(seed)}
-    scenario = functools.partial(run_scenario, seed, hosts=hosts, backend=backend, settings=settings)
-    return anyio.run(scenario, backend="trio", backend_options=options)
-
-
-def _quiet_logs() -> None:
-    """Keep the coordinators' warnings about injected faults off the terminal."""
-    logger = logging.getLogger("actorlock")
-    logger.addHandler(logging.NullHandler())
-    logger.propagate = False
-
-
-def main_sim(
-    hosts: int, scenarios: int, seed: int, out: Out = print, backend: str = "memory", jobs: int = 1
-) -> int:
-    """The ``actorlock sim`` command: :func:`simulate`, then an exit status.
-
-    The coordinators' log messages (thousands of expected warnings about
-    injected faults) are silenced for the duration.
-
-    Returns:
-        0 when no scenario broke a rule or failed to finish, 1 otherwise.
-    """
-    logger = logging.getLogger("actorlock")
-    handlers, propagate = list(logger.handlers), logger.propagate
-    _quiet_logs()
-    try:
-        report = simulate(hosts=hosts, scenarios=scenarios, seed=seed, out=out, backend=backend, jobs=jobs)
-    finally:
-        logger.handlers[:] = handlers
-        logger.propagate = propagate
-    return 0 if report.ok else 1

@@ -13,6 +13,11 @@ its caller heard COMMITTED. :meth:`Simulation.check_invariants` says that a
 running guest's host owns every lease and that each lease has exactly one
 holder; :meth:`Simulation.check_agreement` says that, once everything has
 settled, each live side's outcome matches the lockspace.
+
+The lockspace's rules, the guests' and the carrying out of effects are the
+ones the explorer uses too (:mod:`.migration_world`,
+:mod:`.effect_interpreter`); this module keeps one mutable world and lets
+the caller choose every step.
 """
 
 from __future__ import annotations
@@ -23,65 +28,73 @@ from collections.abc import Sequence
 
 import attrs
 
-from ..backends.rules import plan_transfer
 from ..errors import ActorlockError, BackendError, LeaseLostError
 from ..model import DomainIdentity, Holder, HostIdentity, Lease, LeaseMode, LeaseOwner, LeaseRecord, LockState
-from ._errors import MigrationLeasesLostError
-from .effects import (
-    ArmTimer,
+from ..protocol import (
     Call,
-    CancelTimer,
     CompleteCaller,
     Discard,
     DropPending,
     Effect,
+    Message,
+    MigrationDestination,
+    MigrationSource,
+    Outcome,
     Ownership,
+    Prepare,
     QueryBackend,
-    Reply,
-    SendToPeer,
+    Request,
+    Response,
     Side,
     Timer,
+    Timing,
     TransferLeases,
     VerifyLeases,
+    judge_ownership,
+    lease_owner,
 )
-from .machine import MigrationDestination, MigrationSource, Timing
-from .messages import Message, Outcome, Prepare, Request, Response
-from .ownership import judge_ownership, lease_owner, verify_lock_state
-
-SOURCE = "source"
-DESTINATION = "destination"
+from .effect_interpreter import carry_out
+from .migration_world import (
+    DESTINATION,
+    SOURCE,
+    BackendCall,
+    Lockspace,
+    guest_at_commit,
+    guest_hears,
+    peer_of,
+    query_result,
+    transfer_result,
+    verify_result,
+)
 
 
 class ModelBackend:
-    """The lockspace, reduced to what migration touches: records and atomic transfer."""
+    """The lockspace, reduced to what migration touches: records and atomic transfer.
+
+    Mutable (a test may overwrite a record); its rules are the shared
+    :class:`~actorlock._verify.migration_world.Lockspace`'s.
+    """
 
     def __init__(self, records: dict[str, LeaseRecord]) -> None:
         self.records = dict(records)
         self.transfers = 0
+        self.rules = Lockspace()
 
     def verify(self, effect: VerifyLeases) -> ActorlockError | None:
-        return verify_lock_state(self.records.values(), effect.owner, effect.lock_state)
+        return self.rules.verify(tuple(self.records.values()), effect)
 
     def transfer(self, effect: TransferLeases) -> LockState:
-        # The real rule, as every backend applies it; the source's incarnation
-        # is whatever its entries carry in this model.
+        # The source's incarnation is whatever its entries carry in this model.
         incarnation = next(
             (h.incarnation for r in self.records.values() for h in r.holders if h.owner == effect.source), ""
         )
-        updated, moved = plan_transfer(
-            self.records,
-            effect.source,
-            incarnation,
-            effect.destination,
-            effect.destination_incarnation,
-            effect.leases,
-        )
-        self.records.update(updated)
+        written, moved = self.rules.transfer(tuple(self.records.values()), effect, incarnation)
+        self.records.update((record.key, record) for record in written)
         self.transfers += 1
-        return LockState.of(moved)
+        return moved
 
     def query(self, effect: QueryBackend) -> Ownership:
-        return judge_ownership(self.records.values(), effect.source, effect.destination, effect.keys)
+        return self.rules.query(tuple(self.records.values()), effect)
 
     def side(self, source: LeaseOwner, destination: LeaseOwner) -> Side:
         return judge_ownership(self.records.values(), source, destination, self.records).side
@@ -133,7 +146,7 @@ class Host:
 @attrs.define
 class PendingOp:
     role: str
-    effect: VerifyLeases | TransferLeases | QueryBackend
+    effect: BackendCall
 
 
 class Simulation:
@@ -227,8 +240,7 @@ class Simulation:
         host = self.hosts[role]
         assert host.machine is not None
         host.called = "commit"
-        if role == SOURCE and host.guest == "running":
-            host.guest = "paused"  # switchover: the source guest stops before it confirms
+        host.guest = guest_at_commit(role, host.guest)
         self._run(role, host.machine.commit_requested(now=self.now))
 
     def cancel(self, role: str) -> None:
@@ -402,48 +414,46 @@ class Simulation:
         self._run(packet.to, host.machine.receive(message, now=self.now))
 
     def _run(self, role: str, effects: list[Effect]) -> None:
+        carry_out(role, effects, self, before_each=self._note)
+
+    def _note(self, role: str, effect: Effect) -> None:
+        self.trace.append(f"{self.now:7.3f} {role}: {effect!r}")
+
+    # --- the effects, as the driver carries them out (EffectHandler) ---
+
+    def send_request(self, role: str, message: Request) -> None:
+        ex = Exchange(len(self.exchanges), role, message, self.now + self.request_timeout)
+        self.exchanges[ex.id] = ex
+        self.net.append(Packet(ex.id, peer_of(role), message))
+
+    def send_reply(self, role: str, message: Response) -> None:
+        for ex_id in self.hosts[role].waiting.pop(message.seq, []):
+            self.net.append(Packet(ex_id, peer_of(role), message))
+
+    def arm_timer(self, role: str, timer: Timer, at: float) -> None:
+        self.hosts[role].timers[timer] = at
+
+    def cancel_timer(self, role: str, timer: Timer) -> None:
+        self.hosts[role].timers.pop(timer, None)
+
+    def start_backend_call(self, role: str, effect: BackendCall) -> None:
+        if self.defer_backend:
+            self.pending_ops.append(PendingOp(role, effect))
+        else:
+            self._perform(role, effect)
+
+    def answer_caller(self, role: str, effect: CompleteCaller) -> None:
         host = self.hosts[role]
-        other = DESTINATION if role == SOURCE else SOURCE
-        for effect in effects:
-            self.trace.append(f"{self.now:7.3f} {role}: {effect!r}")
-            match effect:
-                case SendToPeer(message=message):
-                    ex = Exchange(len(self.exchanges), role, message, self.now + self.request_timeout)
-                    self.exchanges[ex.id] = ex
-                    self.net.append(Packet(ex.id, other, message))
-                case Reply(message=message):
-                    for ex_id in host.waiting.pop(message.seq, []):
-                        self.net.append(Packet(ex_id, other, message))
-                case ArmTimer(timer=timer, at=at):
-                    host.timers[timer] = at
-                case CancelTimer(timer=timer):
-                    host.timers.pop(timer, None)
-                case VerifyLeases() | TransferLeases() | QueryBackend():
-                    if self.defer_backend:
-                        self.pending_ops.append(PendingOp(role, effect))
-                    else:
-                        self._perform(role, effect)
-                case CompleteCaller():
-                    host.answers.append(effect)
-                    self._guest_hears(host, effect)
-                case DropPending():
-                    host.dropped.append(effect)
-                case Discard():
-                    host.discarded.append(effect)
+        host.answers.append(effect)
+        host.guest = guest_hears(role, host.guest, host.called, effect)
 
-    def _guest_hears(self, host: Host, answer: CompleteCaller) -> None:
-        if answer.call is not Call.COMPLETE:
-            return
-        committed = answer.outcome is Outcome.COMMITTED
-        if host.role == SOURCE:
-            if committed or isinstance(answer.error, MigrationLeasesLostError):
-                host.guest = "stopped"
-            elif host.guest == "paused":
-                host.guest = "running"
-        elif committed and host.called == "commit":
-            host.guest = "running"
+    def drop_pending(self, role: str, effect: DropPending) -> None:
+        self.hosts[role].dropped.append(effect)
 
-    def _perform(self, role: str, effect: VerifyLeases | TransferLeases | QueryBackend) -> None:
+    def discard_message(self, role: str, effect: Discard) -> None:
+        self.hosts[role].discarded.append(effect)
+
+    def _perform(self, role: str, effect: BackendCall) -> None:
         fault = self.faults.pop(0) if self.faults else Fault.NONE
         host = self.hosts[role]
         machine = host.machine
@@ -454,11 +464,9 @@ class Simulation:
         lost = BackendError(f"backend fault ({fault.value})")
         match effect:
             case VerifyLeases():
-                assert isinstance(machine, MigrationDestination)
                 result = lost if fault is not Fault.NONE else self.backend.verify(effect)
-                self._run(role, machine.verify_done(result, now=now))
+                self._run(role, verify_result(result, now)(machine))
             case TransferLeases():
-                assert isinstance(machine, MigrationSource)
                 outcome: LockState | ActorlockError = lost
                 if fault is not Fault.BEFORE:
                     try:
@@ -467,9 +475,9 @@ class Simulation:
                         outcome = exc
                     if fault is Fault.AFTER:
                         outcome = lost
-                self._run(role, machine.transfer_done(outcome, now=now))
+                self._run(role, transfer_result(outcome, now)(machine))
             case QueryBackend():
                 answer: Ownership | ActorlockError = (
                     lost if fault is not Fault.NONE else self.backend.query(effect)
                 )
-                self._run(role, machine.query_done(answer, now=now))
+                self._run(role, query_result(answer, now)(machine))

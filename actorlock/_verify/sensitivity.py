@@ -1,9 +1,9 @@
 """Sensitivity of the random scenarios: with each fix of issue 7 undone, do they flag it?
 
 A safety harness finds only what it models. For each of the four fixes of
-issue 7, :data:`~actorlock.testing.undo_fixes.UNDO_FIXES` has a context
+issue 7, :data:`~actorlock._verify.undo_fixes.UNDO_FIXES` has a context
 manager that puts the old code back for the duration of a block; this
-module runs the random scenarios of :mod:`actorlock.testing.scenarios`
+module runs the random scenarios of :mod:`actorlock._verify.scenarios`
 (the same ones ``actorlock sim`` runs, seeds ``S``, ``S + 1``...) with one
 fix undone at a time, and counts how many of them flag a violation (or an
 anomaly: a scenario that failed or hung). A fix the scenarios do not flag
@@ -11,7 +11,7 @@ is one the simulator cannot see.
 
 Run it as::
 
-    python -m actorlock.testing.sensitivity --scenarios 300 --seed 20261206
+    python -m actorlock._verify.sensitivity --scenarios 300 --seed 20261206
 
 It first runs the scenarios with every fix in place (the baseline, which
 must be clean), then once per fix, and prints one line per run::
@@ -43,8 +43,8 @@ from typing import Any
 import anyio
 import attrs
 
-from .cluster import virtual_clock
 from .scenarios import ScenarioResult, ScenarioSettings, run_scenario
+from .trio_scheduling import seeded_virtual_clock
 from .undo_fixes import UNDO_FIXES
 
 __all__ = ["BASELINE", "FixSensitivity", "main", "run_sensitivity", "undone_scenario"]
@@ -112,7 +112,7 @@ def undone_scenario(
         return anyio.run(
             functools.partial(run_scenario, seed, hosts=hosts, settings=settings),
             backend="trio",
-            backend_options={"clock": virtual_clock(seed)},
+            backend_options={"clock": seeded_virtual_clock(seed)},
         )
 
 
@@ -199,9 +199,9 @@ def run_sensitivity(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m actorlock.testing.sensitivity",
+        prog="python -m actorlock._verify.sensitivity",
         description=(
-            "Undo each fix of issue 7 in turn (actorlock.testing.undo_fixes) and count how many random "
+            "Undo each fix of issue 7 in turn (actorlock._verify.undo_fixes) and count how many random "
             "scenarios (those of 'actorlock sim') flag a violation; exit 1 unless the baseline is clean "
             "and every undone fix is flagged."
         ),

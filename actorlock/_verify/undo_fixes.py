@@ -3,7 +3,7 @@
 A safety harness finds only the faults it models. To show that the
 simulator models these, each context manager below puts one fix back to the
 code it replaced (by patching, for the duration of the block only), and the
-random scenarios must then flag violations (:mod:`actorlock.testing.sensitivity`
+random scenarios must then flag violations (:mod:`actorlock._verify.sensitivity`
 counts how many). Nothing here is imported by the library itself.
 """
 
