@@ -34,6 +34,7 @@ from ..constants import FailureAction
 from ..errors import (
     ActorlockError,
     ConfigError,
+    CorruptStateError,
     LeaseLostError,
     LockspaceLostError,
     NotSupportedError,
@@ -253,8 +254,23 @@ class HostCoordinator:
             )
         self._boot_id = await anyio.to_thread.run_sync(read_boot_id)
         persisted = await self.store.load_host()
-        domains = await self.store.load_domains()
         same_boot = persisted is not None and bool(self._boot_id) and persisted.boot_id == self._boot_id
+        try:
+            domains = await self.store.load_domains()
+        except CorruptStateError as exc:
+            # Going on without a domain is safe only if its guest cannot be
+            # running: after a reboot. Otherwise its leases would expire
+            # under a guest nobody fences.
+            rebooted = persisted is not None and bool(persisted.boot_id and self._boot_id) and not same_boot
+            if not rebooted:
+                raise CorruptStateError(
+                    exc.path,
+                    f"{exc.problem}; the guest it describes may still be running on this boot: "
+                    "make sure it is stopped, then move the file out of the state_dir",
+                    exc.readable,
+                ) from exc
+            log.warning("host %s: skipping unreadable state after a reboot: %s", self.identity.name, exc)
+            domains = list(exc.readable)
         identity = (self.identity.name, self.identity.id)
         mine = persisted is not None and (persisted.name, persisted.id) == identity
         lost_results: dict[str, str] = {}
