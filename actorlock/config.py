@@ -117,6 +117,9 @@ class LockingConfig:
 @attrs.frozen
 class FileConfig:
     lockspace_dir: Path | None = None
+    # Empty: lockspace files are the owner's only (0600/0700). A group name:
+    # 0660/0770 in that group, for coordinators running as different users.
+    group: str = ""
 
 
 @attrs.frozen
