@@ -106,6 +106,10 @@ class LockingConfig:
     # None: libvirt's default, required exactly when disks are not leased automatically.
     require_lease_for_disks: bool | None = None
     kill_grace: float = 3.0
+    # Resolve symlinks in disk paths before they become lease keys, so that a
+    # link and its target are one disk. Off by default: it reads the file
+    # system (bounded by io_timeout), and hosts must agree on it.
+    resolve_disk_symlinks: bool = False
 
     @property
     def leases_required(self) -> bool:
