@@ -34,6 +34,7 @@ from ..constants import FailureAction
 from ..errors import (
     ActorlockError,
     ConfigError,
+    CorruptRecordError,
     CorruptStateError,
     LeaseLostError,
     LockspaceLostError,
@@ -364,15 +365,29 @@ class HostCoordinator:
         keys = sorted({lease.key for d in running for lease in d.leases})
         reasons: dict[str, str] = {}
         records: dict[str, LeaseRecord] | None = None
+        corrupt: dict[str, str] = {}
         with anyio.move_on_after(max(self._expires_at - self._clock(), 1e-6)):
             try:
                 records = {r.key: r for r in await self.backend.records(keys)}
+            except CorruptRecordError:
+                # One bad record must cost only the domains holding it: read key by key.
+                found: dict[str, LeaseRecord] = {}
+                for key in keys:
+                    try:
+                        found.update((r.key, r) for r in await self.backend.records([key]))
+                    except CorruptRecordError as exc:
+                        log.error("host %s: cannot read a lease back: %s", self.identity.name, exc)
+                        corrupt[key] = str(exc)
+                records = found
             except ActorlockError as exc:
                 log.error("host %s: cannot read leases back after resuming: %s", self.identity.name, exc)
         for state in running:
             owner = self.owner_for(state.identity)
-            if records is None:
-                reasons[state.identity.uuid] = "its leases could not be read back after a restart"
+            bad = [corrupt[lease.key] for lease in state.leases if lease.key in corrupt]
+            if records is None or bad:
+                reasons[state.identity.uuid] = "its leases could not be read back after a restart" + (
+                    f" ({'; '.join(bad)})" if bad else ""
+                )
                 continue
             missing = []
             for lease in state.leases:
