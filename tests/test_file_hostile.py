@@ -171,6 +171,8 @@ async def test_a_special_file_in_place_of_a_record_is_refused_naming_it(tmp_path
     with pytest.raises(CorruptRecordError) as caught:
         await b.acquire(OWNER_B, [excl("x")])
     assert caught.value.path == str(path)
+    why = {"directory": "a directory", "fifo": "a FIFO", "symlink": "symbolic link", "huge": "larger than"}
+    assert why[kind] in caught.value.problem
     if before is not None:
         assert snapshot(tmp_path) == before
 

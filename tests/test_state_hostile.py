@@ -137,3 +137,5 @@ async def test_a_special_file_in_place_of_host_json_is_refused(tmp_path: Path, k
     with pytest.raises(CorruptRecordError) as caught:
         await FileStateStore(tmp_path).load_host()
     assert caught.value.path == str(target)
+    why = {"directory": "a directory", "fifo": "a FIFO", "symlink": "symbolic link"}
+    assert why[kind] in caught.value.problem
