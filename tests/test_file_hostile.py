@@ -313,3 +313,13 @@ async def test_an_acquisition_within_the_limit_still_works(tmp_path: Path) -> No
     leases = await a.acquire(OWNER_A, [excl(f"d{i}") for i in range(100)])
     assert len(leases) == 100
 
+
+
+async def test_a_world_writable_sticky_root_is_refused(tmp_path: Path) -> None:
+    space = tmp_path / "space"
+    space.mkdir()
+    space.chmod(0o1777)
+    with pytest.raises(LockspaceError) as caught:
+        await backend(space).open()
+    assert caught.value.path == str(space)
+    assert os.listdir(space) == []

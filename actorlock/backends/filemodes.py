@@ -83,7 +83,8 @@ def check_lockspace(root: str, subdirs: tuple[str, ...], meta: str, modes: Modes
     cannot write guarantees nobody swaps an entry between our stat and chmod.
     """
     st = os.stat(root)
-    if modes.others_can_write(st) and not st.st_mode & stat.S_ISVTX:
+    # Even with the sticky bit: another user could create hosts/ or leases/ first.
+    if modes.others_can_write(st):
         raise _refuse(root, st)
     me = os.geteuid()
     paths = [meta]
