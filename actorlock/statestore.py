@@ -54,7 +54,11 @@ class DomainPhase:
     PAUSED = "paused"  # leases released, lock state saved
     LOST = "lost"  # leases lost, failure action ran
 
-    ALL = frozenset({REGISTERED, RUNNING, PAUSED, LOST})
+    # Every phase a domain actor may be saved in (its own constants included:
+    # "migrated", and "undefined"/"stopped" if a save races a shutdown). A
+    # state file with any other phase is refused as corrupt: a new persisted
+    # phase must be added here.
+    ALL = frozenset({REGISTERED, RUNNING, PAUSED, LOST, "migrated", "undefined", "stopped"})
 
 
 @attrs.frozen

@@ -139,3 +139,9 @@ async def test_a_special_file_in_place_of_host_json_is_refused(tmp_path: Path, k
     assert caught.value.path == str(target)
     why = {"directory": "a directory", "fifo": "a FIFO", "symlink": "symbolic link"}
     assert why[kind] in caught.value.problem
+
+
+def test_every_phase_a_domain_actor_saves_is_known() -> None:
+    from actorlock.actors import domain
+
+    assert {domain.UNDEFINED, domain.STOPPED, domain.MIGRATED} <= DomainPhase.ALL
