@@ -323,3 +323,22 @@ async def test_a_world_writable_sticky_root_is_refused(tmp_path: Path) -> None:
         await backend(space).open()
     assert caught.value.path == str(space)
     assert os.listdir(space) == []
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo", "symlink"])
+async def test_a_special_file_in_place_of_a_lock_file_is_refused_naming_it(tmp_path: Path, kind: str) -> None:
+    a = await joined(tmp_path, A)
+    await a.acquire(OWNER_A, [excl("kept")])
+    lock = lease_json(tmp_path, "x").with_suffix(".lock")
+    if kind == "directory":
+        lock.mkdir()
+    elif kind == "fifo":
+        os.mkfifo(lock)
+    else:
+        lock.symlink_to(tmp_path / "hosts" / "1.lock")
+    with pytest.raises(CorruptRecordError) as caught:
+        await a.acquire(OWNER_A, [excl("kept"), excl("x")])
+    assert caught.value.path == str(lock)
+    (kept,) = await a.records(["kept"])
+    assert [h.owner for h in kept.holders] == [OWNER_A]
+    assert await a.records(["x"]) == []
