@@ -31,9 +31,9 @@ from .backends import make_backend
 from .backends.base import LeaseBackend
 from .clock import host_clock
 from .config import Config, load_config
-from .errors import MigrationError
+from .errors import BackendTimeoutError, MigrationError
 from .events import EventSink
-from .model import DomainIdentity, HostView, LeaseRecord, LockState, Resource
+from .model import DomainIdentity, HostView, LeaseRecord, LockState, Resource, resolve_disk_symlinks
 from .statestore import FileStateStore, MemoryStateStore, StateStore
 
 T = TypeVar("T")
@@ -66,17 +66,36 @@ class Domain:
         paused); a later :meth:`start` takes them. With ``state`` (from
         :meth:`pause`) the same leases are re-taken only if nobody held them since.
         """
-        return await self._ask(AcquireObject(tuple(resources), pid, register_only, state), DomainStatus)
+        wanted = await self._resolved(tuple(resources))
+        return await self._ask(AcquireObject(wanted, pid, register_only, state), DomainStatus)
 
     async def pause(self) -> LockState:
         """Release every lease and return the state to resume with."""
         return await self._ask(ReleaseAll(save_state=True), LockState)
 
     async def hotplug(self, resource: Resource) -> DomainStatus:
-        return await self._ask(AcquireResource(resource), DomainStatus)
+        (resolved,) = await self._resolved((resource,))
+        return await self._ask(AcquireResource(resolved), DomainStatus)
 
     async def unplug(self, resource: Resource) -> DomainStatus:
-        return await self._ask(ReleaseResource(resource), DomainStatus)
+        (resolved,) = await self._resolved((resource,))
+        return await self._ask(ReleaseResource(resolved), DomainStatus)
+
+    async def _resolved(self, resources: tuple[Resource, ...]) -> tuple[Resource, ...]:
+        """``resources`` with disk symlinks resolved, when ``[locking] resolve_disk_symlinks`` says so."""
+        config = self._coordinator.config
+        if not config.locking.resolve_disk_symlinks:
+            return resources
+        # realpath may hang on unreachable shared storage: bounded, and in a worker thread.
+        try:
+            with anyio.fail_after(config.timing.io_timeout):
+                return await anyio.to_thread.run_sync(
+                    resolve_disk_symlinks, resources, abandon_on_cancel=True
+                )
+        except TimeoutError:
+            raise BackendTimeoutError(
+                f"resolving disk symlinks took longer than io_timeout={config.timing.io_timeout}s"
+            ) from None
 
     async def attach(self) -> int:
         """Re-attach after a restart: the guest pid, checked alive, leases checked held."""

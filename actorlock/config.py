@@ -13,6 +13,8 @@ scheduling_delay`` (docs/timing.md has the derivation, and why
 
 from __future__ import annotations
 
+import math
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -27,6 +29,15 @@ BACKENDS = ("file", "memory", "nop")
 # Monotonic clocks of two hosts may tick at slightly different rates (NTP slews
 # by up to 500 ppm); the margin below covers that many times over.
 CLOCK_RATE_MARGIN = 0.01
+# Shortest timing value accepted. Every renewal and lease operation is a
+# worker-thread round trip ending in an fsync (milliseconds on real storage),
+# and a loaded event loop runs timers that late: a 1e-9 s renew_interval would
+# renew back to back and starve everything else without renewing any faster.
+MIN_INTERVAL = 0.01
+# The last fifth of fence_timeout belongs to SIGKILL: the kernel needs time to
+# tear a guest down (freeing a large guest's memory takes a while) and the
+# fence to see it gone before another host may take over.
+SIGKILL_SHARE = 0.2
 
 
 @attrs.frozen
@@ -58,6 +69,13 @@ class TimingConfig:
         for name in names:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"timing.{name}", f"must be a positive number, got {getattr(self, name)}")
+            if getattr(self, name) < MIN_INTERVAL:
+                raise ConfigError(
+                    f"timing.{name}",
+                    f"must be at least {MIN_INTERVAL} s (each renewal or lease operation is an "
+                    f"fsynced write through a worker thread; shorter would only load the host), "
+                    f"got {getattr(self, name)}",
+                )
         if not 0 <= self.scheduling_delay < self.lease_timeout:
             raise ConfigError(
                 "timing.scheduling_delay",
@@ -88,6 +106,10 @@ class LockingConfig:
     # None: libvirt's default, required exactly when disks are not leased automatically.
     require_lease_for_disks: bool | None = None
     kill_grace: float = 3.0
+    # Resolve symlinks in disk paths before they become lease keys, so that a
+    # link and its target are one disk. Off by default: it reads the file
+    # system (bounded by io_timeout), and hosts must agree on it.
+    resolve_disk_symlinks: bool = False
 
     @property
     def leases_required(self) -> bool:
@@ -99,6 +121,9 @@ class LockingConfig:
 @attrs.frozen
 class FileConfig:
     lockspace_dir: Path | None = None
+    # Empty: lockspace files are the owner's only (0600/0700). A group name:
+    # 0660/0770 in that group, for coordinators running as different users.
+    group: str = ""
 
 
 @attrs.frozen
@@ -188,6 +213,29 @@ def _parse(data: Mapping[str, Any]) -> Config:
     return Config(**sections)
 
 
+def _normalized(config: Config) -> Config:
+    """``config`` with every value checked and converted as if it came from TOML.
+
+    A Config built in code skips :func:`_parse`: a string or an int too large
+    for a float would otherwise surface as a raw TypeError or OverflowError in
+    the arithmetic of the checks.
+    """
+    sections: dict[str, Any] = {}
+    for section, cls in _SECTIONS.items():
+        body = getattr(config, section)
+        if not isinstance(body, cls):
+            raise ConfigError(section, f"must be a {cls.__name__}, got {type(body).__name__}")
+        values: dict[str, Any] = {}
+        for field in attrs.fields(cls):
+            value = getattr(body, field.name)
+            optional = str(field.type).endswith("| None")
+            values[field.name] = value if optional and value is None else _convert(
+                f"{section}.{field.name}", field.type, value
+            )
+        sections[section] = attrs.evolve(body, **values)
+    return Config(**sections)
+
+
 def _convert(key: str, annotation: object, value: Any) -> Any:
     kind = str(annotation)
     if kind == "bool":
@@ -205,7 +253,15 @@ def _convert(key: str, annotation: object, value: Any) -> Any:
     if kind == "float":
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ConfigError(key, f"must be a number of seconds, got {value!r}")
-        return float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:
+            # str() of such an int may itself refuse (int_max_str_digits): say its size instead.
+            bits = int(value).bit_length()
+            raise ConfigError(key, f"must be a finite number of seconds, got a {bits}-bit integer") from None
+        if not math.isfinite(seconds):
+            raise ConfigError(key, f"must be a finite number of seconds, got {value!r}")
+        return seconds
     if kind == "str":
         if not isinstance(value, str):
             raise ConfigError(key, f"must be a string, got {value!r}")
@@ -228,6 +284,7 @@ def _convert(key: str, annotation: object, value: Any) -> Any:
 
 
 def _validated(config: Config) -> Config:
+    config = _normalized(config)
     config.timing.validate()
     if not config.host.name:
         raise ConfigError("host.name", "must not be empty")
@@ -236,11 +293,13 @@ def _validated(config: Config) -> Config:
     if config.locking.backend not in BACKENDS:
         choices = ", ".join(BACKENDS)
         raise ConfigError("locking.backend", f"must be one of {choices}, got {config.locking.backend!r}")
-    if not 0 < config.locking.kill_grace < config.timing.fence_timeout:
+    kill_by = config.timing.fence_timeout * (1 - SIGKILL_SHARE)
+    if not 0 < config.locking.kill_grace <= kill_by:
         raise ConfigError(
             "locking.kill_grace",
-            f"must be positive and below timing.fence_timeout ({config.timing.fence_timeout}) so "
-            f"SIGKILL follows SIGTERM before another host may take over, got {config.locking.kill_grace}",
+            f"must be positive and at most {1 - SIGKILL_SHARE:g} * timing.fence_timeout = {kill_by:g} so "
+            f"SIGKILL follows SIGTERM with time left for the guest to die before another host may "
+            f"take over, got {config.locking.kill_grace}",
         )
     peer = config.peer
     for name in (
@@ -260,6 +319,33 @@ def _validated(config: Config) -> Config:
         raise ConfigError(
             "peer.key_file", "a peer endpoint needs a CURVE key file (actorlock keygen), or plaintext = true"
         )
+    _check_peer_addresses(peer)
     if not config.memory.lockspace:
         raise ConfigError("memory.lockspace", "must not be empty")
     return config
+
+
+# ZeroMQ's Z85 alphabet; a CURVE public key is 32 bytes, 40 characters.
+_Z85 = re.compile(r"[0-9a-zA-Z.\-:+=^!/*?&<>()\[\]{}@%$#]{40}")
+_TCP = re.compile(r"tcp://(?:\[[0-9A-Fa-f:.]+\]|[^\s/:\[\]]+):(\*|[0-9]{1,5})")
+
+
+def _check_peer_addresses(peer: PeerConfig) -> None:
+    for key in peer.allowed_keys:
+        if not _Z85.fullmatch(key):
+            raise ConfigError("peer.allowed_keys", f"{key!r} is not a 40-character Z85 CURVE public key")
+    endpoint = peer.endpoint
+    if not endpoint:
+        return
+    tcp = _TCP.fullmatch(endpoint)
+    if tcp is not None:
+        if tcp.group(1) != "*" and not 0 < int(tcp.group(1)) <= 65535:
+            raise ConfigError("peer.endpoint", f"port of {endpoint!r} is not in 1..65535")
+        return
+    for scheme in ("ipc://", "inproc://"):
+        rest = endpoint[len(scheme) :]
+        if endpoint.startswith(scheme) and rest and not rest.isspace():
+            return
+    raise ConfigError(
+        "peer.endpoint", f"must be tcp://HOST:PORT, ipc://PATH or inproc://NAME, got {endpoint!r}"
+    )

@@ -192,6 +192,21 @@ class CorruptRecordError(BackendError):
         return cls(str(fields.get("path", "")), str(fields.get("problem", message)))._with_text(message)
 
 
+class CorruptStateError(CorruptRecordError):
+    """A file in the state_dir cannot be decoded.
+
+    Attributes:
+        readable: the domain states that were read fine, for a caller that
+            may safely go on without the bad one (after a reboot).
+    """
+
+    code = "corrupt-state"
+
+    def __init__(self, path: str, problem: str, readable: Sequence[Any] = ()) -> None:
+        super().__init__(path, problem)
+        self.readable = tuple(readable)
+
+
 class BackendTimeoutError(BackendError):
     """The lease backend did not answer within its I/O timeout."""
 

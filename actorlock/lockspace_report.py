@@ -10,7 +10,7 @@ import anyio
 import attrs
 
 from .backends.file import FileLeaseBackend
-from .errors import LockspaceError
+from .errors import CorruptStateError, LockspaceError
 from .model import HostRecord, HostState, LeaseRecord
 from .statestore import FileStateStore
 
@@ -32,6 +32,8 @@ class LockspaceReport:
     records: tuple[LeaseRecord, ...]
     # From a host's state_dir (--state-dir): (host id, domain uuid) -> guest pid or None.
     guests: tuple[tuple[int, str, int | None], ...] = ()
+    # Entries the report skipped, (path, problem): stray, corrupt or special files.
+    damaged: tuple[tuple[str, str], ...] = ()
 
     def fencing_of(self, host_id: int, domain: str) -> str:
         """How a loss would stop this holder's guest, as far as the state_dir tells."""
@@ -82,6 +84,7 @@ class LockspaceReport:
                 }
                 for r in self.records
             ],
+            "damaged": [{"path": path, "problem": problem} for path, problem in self.damaged],
         }
 
     def to_text(self) -> str:
@@ -111,6 +114,9 @@ class LockspaceReport:
                     )
                 )
         lines += _table(lease_rows) if self.records else ["no lease records"]
+        if self.damaged:
+            lines += ["", f"{len(self.damaged)} bad entries, skipped above:"]
+            lines += [f"BAD {path}: {problem}" for path, problem in self.damaged]
         return "\n".join(lines)
 
 
@@ -125,8 +131,9 @@ async def lockspace_report(path: Path, observe: float, state_dir: Path | None = 
     With ``state_dir`` (one host's), its domains' guest pids are shown next to their leases.
     """
     guests: tuple[tuple[int, str, int | None], ...] = ()
+    damaged: list[tuple[str, str]] = []
     if state_dir is not None:
-        guests = await _guests_of(state_dir)
+        guests = await _guests_of(state_dir, damaged)
     backend = FileLeaseBackend(path, host_dead=_NEVER)
     try:
         lockspace_id = await backend.lockspace_id()
@@ -135,6 +142,7 @@ async def lockspace_report(path: Path, observe: float, state_dir: Path | None = 
             await anyio.sleep(observe)
         last = {v.record.id: v.record for v in await backend.hosts()} if observe > 0 else first
         records = await backend.records()
+        damaged += [(exc.path, exc.problem) for exc in await backend.damaged()]
     finally:
         await backend.aclose()
     hosts = []
@@ -150,14 +158,21 @@ async def lockspace_report(path: Path, observe: float, state_dir: Path | None = 
         else:
             liveness = f"not renewing for {observe:g}s+"
         hosts.append(HostLine(record, liveness))
-    return LockspaceReport(str(path), lockspace_id, tuple(hosts), tuple(records), guests)
+    return LockspaceReport(str(path), lockspace_id, tuple(hosts), tuple(records), guests, tuple(damaged))
 
 
-async def _guests_of(state_dir: Path) -> tuple[tuple[int, str, int | None], ...]:
+async def _guests_of(
+    state_dir: Path, damaged: list[tuple[str, str]]
+) -> tuple[tuple[int, str, int | None], ...]:
     if not await anyio.to_thread.run_sync(state_dir.is_dir):
         raise LockspaceError(str(state_dir), "is not a state directory (no such directory)")
     store = FileStateStore(state_dir)
     host = await store.load_host()
     if host is None:
         raise LockspaceError(str(state_dir), "holds no host.json: not a coordinator's state_dir")
-    return tuple((host.id, d.identity.uuid, d.pid) for d in await store.load_domains())
+    try:
+        domains = await store.load_domains()
+    except CorruptStateError as exc:
+        domains = list(exc.readable)
+        damaged.append((exc.path, exc.problem))
+    return tuple((host.id, d.identity.uuid, d.pid) for d in domains)

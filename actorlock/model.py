@@ -5,7 +5,8 @@ from __future__ import annotations
 import enum
 import json
 import os
-from collections.abc import Iterable
+import posixpath
+from collections.abc import Iterable, Sequence
 
 import attrs
 
@@ -62,15 +63,44 @@ class DomainIdentity:
     id: int = -1
 
 
+def _check_disk_path(inst: Resource, attr: attrs.Attribute[str], value: str) -> None:
+    _check_nonempty(inst, attr, value)
+    if inst.type is ResourceType.DISK and not value.startswith("/"):
+        raise InvalidParameterError(
+            f"disk path {value!r} must be absolute: "
+            "a relative path names different files on different hosts"
+        )
+
+
+def normalize_disk_path(path: str) -> str:
+    """``path`` without ``//``, ``.`` and ``..`` (lexically, as libvirt's paths are compared).
+
+    Symlinks are not resolved here (no I/O): every host must name a shared
+    disk by the same path, or enable ``[locking] resolve_disk_symlinks``.
+    """
+    normal = posixpath.normpath(path)
+    # POSIX lets "//" at the start mean something else; on Linux it does not.
+    return "/" + normal.lstrip("/")
+
+
+def resolve_disk_symlinks(resources: Sequence[Resource]) -> tuple[Resource, ...]:
+    """Each disk with its path's symlinks resolved (file system I/O: call from a worker thread)."""
+    return tuple(
+        attrs.evolve(r, name=os.path.realpath(r.name)) if r.type is ResourceType.DISK else r
+        for r in resources
+    )
+
+
 @attrs.frozen
 class Resource:
     """One thing a guest registers: a disk path or an explicit lease.
 
     Readonly resources are never locked; shared ones take a shared lease.
+    A disk's path must be absolute; its key is the normalized path.
     """
 
     type: ResourceType
-    name: str = attrs.field(validator=_check_nonempty)
+    name: str = attrs.field(validator=_check_disk_path)
     flags: ResourceFlags = ResourceFlags.NONE
     lockspace: str = attrs.field(default="", validator=_check_text)
     path: str = attrs.field(default="", validator=_check_text)
@@ -80,7 +110,7 @@ class Resource:
     def key(self) -> str:
         """The lockspace-wide key of the lease protecting this resource."""
         if self.type is ResourceType.DISK:
-            return "disk:" + os.path.normpath(self.name)
+            return "disk:" + normalize_disk_path(self.name)
         return f"lease:{self.lockspace}/{self.name}"
 
     @property

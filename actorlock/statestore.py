@@ -1,6 +1,9 @@
 """What a host coordinator persists so a restart can re-attach running guests.
 
-Files are replaced atomically (temp + rename) but not fsynced: they only
+Files are private to the coordinator's user (0600 in 0700 directories: they
+show guest pids and disk paths), read without following symlinks or
+blocking on special files, and replaced atomically (temp + rename) but not
+fsynced: they only
 have to survive a crash of the coordinator process, which keeps the page
 cache. A crash of the whole host kills the guests too, and a new boot id
 then tells the restarted coordinator that every lease is gone anyway.
@@ -11,6 +14,12 @@ write may still finish later in its worker thread, so each write carries a
 generation number per file and renames its temporary file only if no newer
 write or delete of that file was issued meanwhile: a late write never
 replaces a newer state.
+
+A file that cannot be read is an error naming it, never skipped silently:
+the host must not forget a guest it may be running. ``load_domains`` raises
+:class:`~actorlock.errors.CorruptStateError` carrying the domains it could
+read, and the host decides whether going on without the bad one is safe
+(only after a reboot, when no guest of the previous run can still run).
 """
 
 from __future__ import annotations
@@ -18,6 +27,7 @@ from __future__ import annotations
 import enum
 import itertools
 import json
+import math
 import os
 import secrets
 import threading
@@ -29,8 +39,12 @@ import anyio
 import attrs
 
 from .constants import ResourceFlags, ResourceType
-from .errors import CorruptRecordError, LockspaceError
+from .errors import CorruptRecordError, CorruptStateError, LockspaceError
 from .model import DomainIdentity, Lease, LeaseMode, Resource
+from .safefile import read_regular
+
+# A domain's state is a few KB even with hundreds of disks.
+MAX_STATE_FILE = 4 << 20
 
 
 class DomainPhase(enum.StrEnum):
@@ -131,7 +145,10 @@ class FileStateStore:
 
     def _replace(self, path: Path, data: Any, generation: int) -> None:
         tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+        # O_EXCL never follows a symlink planted under the temporary name.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(data, indent=1, sort_keys=True))
         with self._renames:
             if self._issued.get(path) != generation:
                 tmp.unlink(missing_ok=True)  # overtaken by a newer write: this one is stale
@@ -148,7 +165,10 @@ class FileStateStore:
 
     def _prepare(self) -> None:
         try:
-            self._domains.mkdir(parents=True, exist_ok=True)
+            self._domains.mkdir(mode=0o700, parents=True, exist_ok=True)
+            # An existing state_dir from before may be world-readable: tighten it.
+            for directory in (self.root, self._domains):
+                os.chmod(directory, 0o700, follow_symlinks=False)
         except OSError as exc:
             raise LockspaceError(str(self.root), f"cannot create state directory: {exc.strerror}") from None
 
@@ -156,20 +176,21 @@ class FileStateStore:
         await anyio.to_thread.run_sync(self._prepare)
 
     async def load_host(self) -> HostPersisted | None:
-        data = await anyio.to_thread.run_sync(_read_json, self.root / "host.json")
+        path = self.root / "host.json"
+        data = await anyio.to_thread.run_sync(_read_json, path)
         if data is None:
             return None
-        try:
-            renewed_at = data.get("renewed_at")
-            return HostPersisted(
-                str(data["name"]),
-                int(data["id"]),
-                str(data["incarnation"]),
-                boot_id=str(data.get("boot_id", "")),
-                renewed_at=None if renewed_at is None else float(renewed_at),
-            )
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CorruptRecordError(str(self.root / "host.json"), f"bad field: {exc}") from None
+        fields = _Checked(path, data)
+        renewed_at = fields.get("renewed_at", (int, float), optional=True)
+        if renewed_at is not None and not math.isfinite(renewed_at):
+            raise CorruptRecordError(str(path), f"field 'renewed_at' is not finite: {renewed_at}")
+        return HostPersisted(
+            fields.get("name", str),
+            fields.get("id", int),
+            fields.get("incarnation", str),
+            boot_id=fields.get("boot_id", str, optional=True) or "",
+            renewed_at=None if renewed_at is None else float(renewed_at),
+        )
 
     async def save_host(self, host: HostPersisted) -> None:
         path = self.root / "host.json"
@@ -178,10 +199,17 @@ class FileStateStore:
     async def load_domains(self) -> list[DomainState]:
         def load() -> list[DomainState]:
             out = []
+            bad: list[CorruptRecordError] = []
             for path in sorted(self._domains.glob("*.json")):
-                data = _read_json(path)
-                if data is not None:
-                    out.append(_decode_domain(path, data))
+                try:
+                    data = _read_json(path)
+                    if data is not None:
+                        out.append(_decode_domain(path, data))
+                except CorruptRecordError as exc:
+                    bad.append(exc)
+            if bad:
+                more = f" (and {len(bad) - 1} more unreadable state files)" if len(bad) > 1 else ""
+                raise CorruptStateError(bad[0].path, bad[0].problem + more, out)
             return out
 
         return await anyio.to_thread.run_sync(load)
@@ -201,13 +229,39 @@ def _safe_name(uuid: str) -> str:
 
 def _read_json(path: Path) -> Any:
     try:
-        text = path.read_text()
-    except FileNotFoundError:
+        data = read_regular(str(path), MAX_STATE_FILE)
+    except OSError as exc:
+        raise CorruptRecordError(str(path), f"cannot be read: {exc.strerror or exc}") from None
+    if data is None:
         return None
     try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CorruptRecordError(str(path), f"is not UTF-8 text: {exc}") from None
+    try:
         return json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:
         raise CorruptRecordError(str(path), f"not JSON: {exc}") from None
+
+
+class _Checked:
+    """Typed access to the fields of one decoded JSON object; errors name the file and field."""
+
+    def __init__(self, path: Path, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise CorruptRecordError(str(path), f"is not a JSON object: {type(data).__name__}")
+        self._path = path
+        self._data: dict[str, Any] = data
+
+    def get(self, name: str, kind: type[Any] | tuple[type[Any], ...], *, optional: bool = False) -> Any:
+        value = self._data.get(name)
+        if value is None:
+            if optional:
+                return None
+            raise CorruptRecordError(str(self._path), f"missing field {name!r}")
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise CorruptRecordError(str(self._path), f"field {name!r} has a bad value {value!r}")
+        return value
 
 
 def encode_resource(r: Resource) -> dict[str, Any]:
@@ -257,6 +311,10 @@ def _decode_phase(raw: Any) -> DomainPhase:
 
 
 def _decode_domain(path: Path, d: Any) -> DomainState:
+    if not isinstance(d, dict):
+        raise CorruptRecordError(str(path), f"is not a JSON object: {type(d).__name__}")
+    if d.get("phase") not in {phase.value for phase in PERSISTED_PHASES}:
+        raise CorruptRecordError(str(path), f"unknown phase {d.get('phase')!r}")
     try:
         return DomainState(
             identity=DomainIdentity(str(d["uuid"]), str(d["name"]), int(d["id"])),
@@ -266,5 +324,5 @@ def _decode_domain(path: Path, d: Any) -> DomainState:
             resources=tuple(decode_resource(r) for r in d["resources"]),
             leases=tuple(Lease(str(k), LeaseMode(m), int(t)) for k, m, t in d["leases"]),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise CorruptRecordError(str(path), f"bad domain state: {exc}") from None

@@ -312,9 +312,11 @@ async def test_corrupt_lease_record_raises_and_changes_nothing(tmp_path: Path, c
     with pytest.raises(CorruptRecordError) as info:
         await b.acquire(OWNER_B, [excl("good"), excl("bad")])
     assert info.value.path == str(path)
+    # A listing skips the bad record and reports it (issue 10); operations on it still fail.
+    assert [r.key for r in await b.records()] == ["good"]
+    assert [e.path for e in await b.damaged()] == [str(path)]
     for operation in (
         b.records(["bad"]),
-        b.records(),
         a.release(OWNER_A, ["good", "bad"]),
         a.acquire(OWNER_A, [excl("bad")]),
     ):
@@ -348,8 +350,9 @@ async def test_corrupt_host_record_of_a_holder_blocks_the_acquisition(tmp_path: 
     with pytest.raises(CorruptRecordError) as info:
         await b.acquire(OWNER_B, [excl("w"), excl("x")])
     assert info.value.path == str(host_file)
-    with pytest.raises(CorruptRecordError):
-        await b.hosts()
+    # A listing skips the bad record and reports it (issue 10).
+    assert [v.record.id for v in await b.hosts()] == [2]
+    assert [e.path for e in await b.damaged()] == [str(host_file)]
     assert snapshot(tmp_path) == before
 
 

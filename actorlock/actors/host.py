@@ -31,7 +31,15 @@ from ..backends.base import BackendCapabilities, LeaseBackend
 from ..clock import host_clock
 from ..config import Config
 from ..constants import FailureAction
-from ..errors import ActorlockError, ConfigError, LeaseLostError, LockspaceLostError, NotSupportedError
+from ..errors import (
+    ActorlockError,
+    ConfigError,
+    CorruptRecordError,
+    CorruptStateError,
+    LeaseLostError,
+    LockspaceLostError,
+    NotSupportedError,
+)
 from ..events import (
     EventSink,
     HostEvent,
@@ -271,9 +279,24 @@ class HostCoordinator:
             )
         self.membership.boot_id = await anyio.to_thread.run_sync(read_boot_id)
         persisted = await self.store.load_host()
-        domains = await self.store.load_domains()
         boot_id = self.membership.boot_id
         same_boot = persisted is not None and bool(boot_id) and persisted.boot_id == boot_id
+        try:
+            domains = await self.store.load_domains()
+        except CorruptStateError as exc:
+            # Going on without a domain is safe only if its guest cannot be
+            # running: after a reboot. Otherwise its leases would expire
+            # under a guest nobody fences.
+            rebooted = persisted is not None and bool(persisted.boot_id and boot_id) and not same_boot
+            if not rebooted:
+                raise CorruptStateError(
+                    exc.path,
+                    f"{exc.problem}; the guest it describes may still be running on this boot: "
+                    "make sure it is stopped, then move the file out of the state_dir",
+                    exc.readable,
+                ) from exc
+            log.warning("host %s: skipping unreadable state after a reboot: %s", self.identity.name, exc)
+            domains = list(exc.readable)
         identity = (self.identity.name, self.identity.id)
         mine = persisted is not None and (persisted.name, persisted.id) == identity
         lost_results: dict[str, str] = {}
@@ -331,15 +354,29 @@ class HostCoordinator:
         keys = sorted({lease.key for d in running for lease in d.leases})
         reasons: dict[str, str] = {}
         records: dict[str, LeaseRecord] | None = None
+        corrupt: dict[str, str] = {}
         with anyio.move_on_after(max(self.lifeline.seconds_to_expiry(), 1e-6)):
             try:
                 records = {r.key: r for r in await self.backend.records(keys)}
+            except CorruptRecordError:
+                # One bad record must cost only the domains holding it: read key by key.
+                found: dict[str, LeaseRecord] = {}
+                for key in keys:
+                    try:
+                        found.update((r.key, r) for r in await self.backend.records([key]))
+                    except CorruptRecordError as exc:
+                        log.error("host %s: cannot read a lease back: %s", self.identity.name, exc)
+                        corrupt[key] = str(exc)
+                records = found
             except ActorlockError as exc:
                 log.error("host %s: cannot read leases back after resuming: %s", self.identity.name, exc)
         for state in running:
             owner = self.owner_for(state.identity)
-            if records is None:
-                reasons[state.identity.uuid] = "its leases could not be read back after a restart"
+            bad = [corrupt[lease.key] for lease in state.leases if lease.key in corrupt]
+            if records is None or bad:
+                reasons[state.identity.uuid] = "its leases could not be read back after a restart" + (
+                    f" ({'; '.join(bad)})" if bad else ""
+                )
                 continue
             missing = []
             for lease in state.leases:

@@ -34,6 +34,7 @@ def make_backend(config: Config, *, clock: Callable[[], float] = host_clock) -> 
             poll_interval=poll,
             clock=clock,
             io_timeout=config.timing.io_timeout,
+            group=config.file.group,
         )
     if kind == "nop":
         from .nop import NopLeaseBackend

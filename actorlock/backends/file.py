@@ -35,6 +35,14 @@ does not drop the lock (POSIX ``lockf`` locks would fail on both counts).
 Keys are locked in sorted order, so multi-resource requests cannot deadlock.
 Readers that only list (``records``, ``hosts``) take no lock: a rename
 exposes a whole record at once.
+
+The lockspace may hold hostile or broken entries (filemodes and safefile
+modules): files and directories are private (0600/0700, or 0660/0770 with
+a configured group), a lockspace others can write is refused, no symlink
+is followed, no open blocks on a FIFO, reads stop at a size cap. Listings
+(``hosts``, ``records`` without keys) skip an entry they cannot decode, log
+it once and report it by :meth:`FileLeaseBackend.damaged`; an operation on
+a resource or host whose record is bad fails naming that file.
 """
 
 from __future__ import annotations
@@ -44,8 +52,10 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import math
 import os
+import resource
 import secrets
 import stat
 import struct
@@ -82,20 +92,30 @@ from ..model import (
     LeaseRecord,
     LeaseRequest,
 )
+from ..safefile import open_regular, read_capped
 from .base import BackendCapabilities, HostAdvert
+from .filemodes import Modes, check_lockspace, resolve_group
 from .liveness import LivenessObserver, wait_for_id_free
+from .mounts import MOUNTINFO, local_lock_option
 from .rules import normalize_requests, plan_acquire, plan_release, plan_transfer
 
 __all__ = ["FORMAT_VERSION", "FileLeaseBackend", "lease_file_name"]
 
 T = TypeVar("T")
 
+log = logging.getLogger(__name__)
+
 FORMAT_VERSION = 1
 
 _META = "lockspace.json"
 _HOSTS = "hosts"
 _LEASES = "leases"
-_READ_CHUNK = 1 << 16
+# A record is one line of JSON: even a disk shared by thousands of domains
+# stays far below this; a bigger file is not ours and is not read whole.
+MAX_RECORD_SIZE = 16 << 20
+# Descriptors left for everything else (renewals, sockets, the state store)
+# when one operation holds a lock file per resource.
+_FD_RESERVE = 64
 
 # Older Pythons lack the names; the values are fixed in the Linux ABI.
 _LINUX = sys.platform.startswith("linux")
@@ -153,8 +173,48 @@ def _unlock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
+def _open_lock(path: str, modes: Modes, create: bool) -> int:
+    try:
+        return open_regular(path, os.O_RDWR)
+    except FileNotFoundError:
+        if not create:
+            raise
+    try:
+        fd = open_regular(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, modes.file_mode)
+    except FileExistsError:
+        return open_regular(path, os.O_RDWR)  # created meanwhile by another host
+    try:
+        modes.new_file(fd)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _check_descriptors(path: str, count: int) -> None:
+    """Refuse up front an operation that would run out of file descriptors.
+
+    Each lock is an open file description and closing it drops the lock, so
+    an operation holds one descriptor per resource until it is done; running
+    out half-way would also starve the renewals of descriptors.
+    """
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or count + _FD_RESERVE <= soft // 2:
+        return  # the common case, without counting open descriptors
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 0
+    if in_use + count + _FD_RESERVE > soft:
+        raise BackendError(
+            f"lockspace {os.path.dirname(os.path.dirname(path))}: one operation on {count} resources "
+            f"needs {count} open files at once (one lock file each), but RLIMIT_NOFILE is {soft} with "
+            f"{in_use} in use and {_FD_RESERVE} kept for renewals: raise the limit or split the request"
+        )
+
+
 @contextlib.contextmanager
-def _locked(paths: Sequence[str], *, create: bool = True) -> Iterator[set[str]]:
+def _locked(paths: Sequence[str], modes: Modes, *, create: bool = True) -> Iterator[set[str]]:
     """Hold exclusive locks on ``paths`` (in the given order); yield the ones locked.
 
     Lock files are opened per operation rather than cached: measured on ext4,
@@ -167,11 +227,12 @@ def _locked(paths: Sequence[str], *, create: bool = True) -> Iterator[set[str]]:
     """
     fds: list[int] = []
     locked: set[str] = set()
+    if len(paths) > 1:
+        _check_descriptors(paths[0], len(paths))
     try:
         for path in paths:
-            flags = os.O_RDWR | os.O_CLOEXEC | (os.O_CREAT if create else 0)
             try:
-                fd = os.open(path, flags, 0o644)
+                fd = _open_lock(path, modes, create)
             except FileNotFoundError:
                 if create:
                     raise
@@ -192,21 +253,19 @@ def _locked(paths: Sequence[str], *, create: bool = True) -> Iterator[set[str]]:
 
 
 def _read_file(path: str) -> bytes | None:
-    """The whole file, or None when absent."""
+    """The whole record file, or None when absent.
+
+    Raises:
+        CorruptRecordError: ``path`` is a symlink, a directory, a FIFO or
+            another special file, or larger than MAX_RECORD_SIZE.
+    """
     for attempt in range(3):
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = open_regular(path, os.O_RDONLY)
         except FileNotFoundError:
             return None
         try:
-            chunks: list[bytes] = []
-            while True:
-                chunk = os.read(fd, _READ_CHUNK)
-                chunks.append(chunk)
-                # Records are replaced by rename, never written in place, so a
-                # short read is the end of the file: saves one read() call.
-                if len(chunk) < _READ_CHUNK:
-                    return b"".join(chunks)
+            return read_capped(fd, path, MAX_RECORD_SIZE)
         except OSError as exc:
             # NFS: the name may have been renamed over on another client after
             # we opened the old inode; opening again finds the new one.
@@ -217,7 +276,7 @@ def _read_file(path: str) -> bytes | None:
     raise AssertionError("unreachable")
 
 
-def _write_temps(items: Sequence[tuple[str, bytes]]) -> list[str]:
+def _write_temps(items: Sequence[tuple[str, bytes]], modes: Modes) -> list[str]:
     """Write each ``data`` durably to a fresh temporary file next to its ``final`` path.
 
     All files are written before the first fsync: on a journaling file system
@@ -229,8 +288,9 @@ def _write_temps(items: Sequence[tuple[str, bytes]]) -> list[str]:
         for final, data in items:
             directory, name = os.path.split(final)
             tmp = os.path.join(directory, f".{name}.{secrets.token_hex(6)}.tmp")
-            fds.append(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644))
+            fds.append(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, modes.file_mode))
             temps.append(tmp)
+            modes.new_file(fds[-1])
             view = memoryview(data)
             while view:
                 view = view[os.write(fds[-1], view) :]
@@ -261,7 +321,7 @@ def _fsync_dir(directory: str) -> None:
 _Write = tuple[str, bytes, bytes | None]
 
 
-def _replace(directory: str, writes: Sequence[_Write], cancel: threading.Event) -> None:
+def _replace(directory: str, writes: Sequence[_Write], cancel: threading.Event, modes: Modes) -> None:
     """Replace records: ``(path, new bytes, bytes read before or None)`` each.
 
     All temporary files are written and synced before the first rename, and
@@ -270,7 +330,7 @@ def _replace(directory: str, writes: Sequence[_Write], cancel: threading.Event) 
     """
     if not writes:
         return
-    pending = _write_temps([(path, data) for path, data, _ in writes])
+    pending = _write_temps([(path, data) for path, data, _ in writes], modes)
     try:
         if cancel.is_set():
             raise _Abandoned
@@ -282,7 +342,7 @@ def _replace(directory: str, writes: Sequence[_Write], cancel: threading.Event) 
                 done.append((path, before))
             _fsync_dir(directory)
         except BaseException:
-            _undo(directory, done)
+            _undo(directory, done, modes)
             raise
     finally:
         for tmp in pending:
@@ -290,14 +350,14 @@ def _replace(directory: str, writes: Sequence[_Write], cancel: threading.Event) 
                 os.unlink(tmp)
 
 
-def _undo(directory: str, done: Sequence[tuple[str, bytes | None]]) -> None:
+def _undo(directory: str, done: Sequence[tuple[str, bytes | None]], modes: Modes) -> None:
     # Best effort: the storage is already failing, and the caller raises anyway.
     for path, before in reversed(done):
         with contextlib.suppress(OSError):
             if before is None:
                 os.unlink(path)
             else:
-                (tmp,) = _write_temps([(path, before)])
+                (tmp,) = _write_temps([(path, before)], modes)
                 os.rename(tmp, path)
     with contextlib.suppress(OSError):
         _fsync_dir(directory)
@@ -317,6 +377,8 @@ def _os_error(root: str, exc: OSError) -> BackendError:
     problem = problems.get(exc.errno or 0)
     if problem is not None:
         return LockspaceError(path, problem)
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return BackendError(f"lockspace {root}: {path}: {exc.strerror} (RLIMIT_NOFILE is too low)")
     return BackendError(f"lockspace {root}: {path}: {exc.strerror or exc}")
 
 
@@ -436,7 +498,7 @@ def _encode_lease(record: LeaseRecord) -> bytes:
     return _encode("lease", {"key": record.key, "token": record.token, "holders": holders})
 
 
-def _decode_lease(path: str, data: bytes, stem: str) -> LeaseRecord:
+def _decode_lease(path: str, stem: str, data: bytes) -> LeaseRecord:
     fields = _load(path, data, "lease")
     key = fields.text("key", nonempty=True)
     if lease_file_name(key) != stem:
@@ -444,7 +506,20 @@ def _decode_lease(path: str, data: bytes, stem: str) -> LeaseRecord:
     token = fields.integer("token", 0)
     holders = tuple(_decode_holder(path, value, token) for value in fields.array("holders"))
     fields.finish()
+    _check_consistent(path, holders)
     return LeaseRecord(key, token, holders)
+
+
+def _check_consistent(path: str, holders: Sequence[Holder]) -> None:
+    """Refuse a well-formed record no correct writer produces: trusting it could grant a disk twice."""
+    exclusive = [h for h in holders if h.mode is LeaseMode.EXCLUSIVE]
+    if exclusive and len(holders) > 1:
+        who = ", ".join(f"{h.owner.domain} on {h.owner.host} ({h.mode.value})" for h in holders)
+        problem = f"holders contradict each other (an exclusive one among others): {who}"
+        raise CorruptRecordError(path, problem)
+    entries = [(h.owner, h.incarnation) for h in holders]
+    if len(set(entries)) != len(entries):
+        raise CorruptRecordError(path, "holders contradict each other: one holder listed twice")
 
 
 def _decode_holder(path: str, value: object, record_token: int) -> Holder:
@@ -513,6 +588,12 @@ def _decode_host(path: str, data: bytes, host_id: int) -> HostRecord:
     return record
 
 
+def _decode_named_host(path: str, stem: str, data: bytes) -> HostRecord:
+    if not (stem.isascii() and stem.isdigit()) or stem != str(int(stem)):
+        raise CorruptRecordError(path, "file name is not a host id (a stray file): skipped")
+    return _decode_host(path, data, int(stem))
+
+
 def _decode_meta(path: str, data: bytes) -> str:
     fields = _load(path, data, "lockspace")
     lockspace_id = fields.text("id", nonempty=True)
@@ -561,6 +642,10 @@ class FileLeaseBackend:
         clock: this observer's clock, read on the event loop thread only.
         io_timeout: seconds an operation may take before it raises
             :class:`~actorlock.errors.BackendTimeoutError`; None waits forever.
+        group: a group name: files are 0660 and directories 0770 in that
+            group (hosts running as different users); empty: owner only.
+        mountinfo: the mount table read at join to refuse an NFS mount whose
+            locks stay local to this client.
     """
 
     kind = "file"
@@ -574,6 +659,8 @@ class FileLeaseBackend:
         poll_interval: float = 0.1,
         clock: Callable[[], float] = host_clock,
         io_timeout: float | None = None,
+        group: str = "",
+        mountinfo: str = MOUNTINFO,
     ) -> None:
         if not host_dead > 0:
             raise InvalidParameterError(f"host_dead must be positive, got {host_dead}")
@@ -594,6 +681,11 @@ class FileLeaseBackend:
         self._lockspace_id: str | None = None
         self._closed = False
         self._liveness_limiter: anyio.CapacityLimiter | None = None
+        self._group = group
+        self._mountinfo = mountinfo
+        self._modes = Modes()
+        # Entries a listing skipped and logged: each is logged once, not per listing.
+        self._reported: set[tuple[str, str]] = set()
 
     def __repr__(self) -> str:
         return f"<FileLeaseBackend {self.path!r}>"
@@ -659,20 +751,29 @@ class FileLeaseBackend:
         missing: list[str] = []
         for directory in (root, self._hosts_dir, self._leases_dir):
             try:
-                sub = os.stat(directory)
+                # lstat below the root: a symlinked hosts/ or leases/ would
+                # lead every write out of the lockspace.
+                sub = os.stat(directory) if directory == root else os.lstat(directory)
             except FileNotFoundError:
                 missing.append(directory)
                 continue
+            if stat.S_ISLNK(sub.st_mode):
+                raise LockspaceError(directory, "is a symbolic link: refused (never followed)")
             if not stat.S_ISDIR(sub.st_mode):
                 raise LockspaceError(directory, "is not a directory")
             problem = _unwritable(directory)
             if problem is not None:
                 raise LockspaceError(directory, problem)
+        self._modes = modes = Modes(resolve_group(self._group))
         meta = os.path.join(root, _META)
         try:
+            check_lockspace(root, (self._hosts_dir, self._leases_dir), meta, modes)
             for directory in missing:
-                with contextlib.suppress(FileExistsError):
-                    os.mkdir(directory, 0o755)
+                try:
+                    os.mkdir(directory, modes.dir_mode)
+                except FileExistsError:
+                    continue
+                modes.new_dir(directory)
             data = _read_file(meta)
             if data is None:
                 data = self._create_meta(meta)
@@ -683,7 +784,7 @@ class FileLeaseBackend:
         self._lockspace_id = _decode_meta(meta, data)
 
     def _create_meta(self, meta: str) -> bytes:
-        (tmp,) = _write_temps([(meta, _encode("lockspace", {"id": uuid.uuid4().hex}))])
+        (tmp,) = _write_temps([(meta, _encode("lockspace", {"id": uuid.uuid4().hex}))], self._modes)
         try:
             # link() fails if the name exists, so racing creators agree on the
             # first complete file; rename would let the last one win.
@@ -702,6 +803,45 @@ class FileLeaseBackend:
         if data is None:
             raise LockspaceError(meta, "vanished while the lockspace was being created")
         return data
+
+    def _check_mount_sync(self) -> None:
+        found = local_lock_option(self.path, self._mountinfo)
+        if found is not None:
+            mount_point, option = found
+            raise LockspaceError(
+                self.path,
+                f"is on an NFS mount ({mount_point}) with option {option}: its locks stay local to "
+                "this host, so two hosts could both be granted a disk; mount it with network locks",
+            )
+
+    def _listing(
+        self, directory: str, decode: Callable[[str, str, bytes], T]
+    ) -> tuple[list[T], list[CorruptRecordError]]:
+        """Decode every record in ``directory``; the ones that fail are returned apart, not raised.
+
+        ``decode(path, stem, data)`` checks the name and the content.
+        """
+        found: list[T] = []
+        bad: list[CorruptRecordError] = []
+        for name in sorted(os.listdir(directory)):
+            if name.startswith(".") or name.endswith(".lock"):
+                continue
+            path = os.path.join(directory, name)
+            try:
+                if not name.endswith(".json"):
+                    raise CorruptRecordError(path, "is not a record (a stray file): skipped")
+                data = _read_file(path)
+                if data is not None:
+                    found.append(decode(path, name[: -len(".json")], data))
+            except CorruptRecordError as exc:
+                bad.append(exc)
+        return found, bad
+
+    def _report(self, bad: Sequence[CorruptRecordError]) -> None:
+        for exc in bad:
+            if (exc.path, exc.problem) not in self._reported:
+                self._reported.add((exc.path, exc.problem))
+                log.warning("lockspace %s: skipping a bad entry: %s", self.path, exc)
 
     def _lease_paths(self, key: str) -> tuple[str, str, str]:
         stem = lease_file_name(key)
@@ -726,14 +866,14 @@ class FileLeaseBackend:
             path, _, stem = self._lease_paths(key)
             data = raw[key] = _read_file(path)
             if data is not None:
-                records[key] = _decode_lease(path, data, stem)
+                records[key] = _decode_lease(path, stem, data)
         return records, raw
 
     def _write_leases_sync(
         self, updated: Mapping[str, LeaseRecord], raw: Mapping[str, bytes | None], cancel: threading.Event
     ) -> None:
         writes = [(self._lease_paths(k)[0], _encode_lease(r), raw[k]) for k, r in updated.items()]
-        _replace(self._leases_dir, writes, cancel)
+        _replace(self._leases_dir, writes, cancel, self._modes)
 
     def _judge(
         self,
@@ -811,6 +951,7 @@ class FileLeaseBackend:
         async def read() -> HostRecord | None:
             return await self._run(lambda cancel: self._read_host_sync(host.id), limiter=self._liveness())
 
+        await self._run(lambda cancel: self._check_mount_sync())
         previous = await wait_for_id_free(read, incarnation, self._observer, self._poll)
         record = HostRecord(
             name=host.name,
@@ -826,7 +967,7 @@ class FileLeaseBackend:
 
         def swap(cancel: threading.Event) -> None:
             path, lock = self._host_paths(host.id)
-            with _locked([lock]):
+            with _locked([lock], self._modes):
                 raw = _read_file(path)
                 current = None if raw is None else _decode_host(path, raw, host.id)
                 # We judged ``previous``; anything else means another host
@@ -834,7 +975,7 @@ class FileLeaseBackend:
                 if current != previous:
                     who = "" if current is None else f" by {current.name!r} ({current.incarnation})"
                     raise HostIdInUseError(f"host id {host.id} was written{who} while joining")
-                _replace(self._hosts_dir, [(path, data, raw)], cancel)
+                _replace(self._hosts_dir, [(path, data, raw)], cancel, self._modes)
 
         await self._run(swap, limiter=self._liveness())
         self._host, self._incarnation = host, incarnation
@@ -851,7 +992,7 @@ class FileLeaseBackend:
 
         def renew(cancel: threading.Event) -> HostRecord:
             path, lock = self._host_paths(host.id)
-            with _locked([lock]):
+            with _locked([lock], self._modes):
                 raw = _read_file(path)
                 me = None if raw is None else _decode_host(path, raw, host.id)
                 if me is None or me.incarnation != incarnation:
@@ -866,7 +1007,7 @@ class FileLeaseBackend:
                     peer_endpoint=advert.peer_endpoint,
                     public_key=advert.public_key,
                 )
-                _replace(self._hosts_dir, [(path, _encode_host(new), raw)], cancel)
+                _replace(self._hosts_dir, [(path, _encode_host(new), raw)], cancel, self._modes)
             return new
 
         return await self._run(renew, limiter=self._liveness())
@@ -880,12 +1021,12 @@ class FileLeaseBackend:
 
         def leave(cancel: threading.Event) -> None:
             path, lock = self._host_paths(host.id)
-            with _locked([lock]):
+            with _locked([lock], self._modes):
                 raw = _read_file(path)
                 me = None if raw is None else _decode_host(path, raw, host.id)
                 if me is not None and me.incarnation == incarnation:
                     left = attrs.evolve(me, counter=me.counter + 1, state=HostState.LEFT)
-                    _replace(self._hosts_dir, [(path, _encode_host(left), raw)], cancel)
+                    _replace(self._hosts_dir, [(path, _encode_host(left), raw)], cancel, self._modes)
 
         if clean:
             await self._run(leave)
@@ -894,22 +1035,23 @@ class FileLeaseBackend:
     async def hosts(self) -> list[HostView]:
         """Every host record, judged by this observer, sorted by host id."""
 
-        def read(cancel: threading.Event) -> list[HostRecord]:
-            found: list[HostRecord] = []
-            for name in sorted(os.listdir(self._hosts_dir)):
-                if name.startswith(".") or not name.endswith(".json"):
-                    continue
-                path = os.path.join(self._hosts_dir, name)
-                stem = name[: -len(".json")]
-                if not (stem.isascii() and stem.isdigit()) or stem != str(int(stem)):
-                    raise CorruptRecordError(path, "file name is not a host id")
-                data = _read_file(path)
-                if data is not None:
-                    found.append(_decode_host(path, data, int(stem)))
-            return sorted(found, key=lambda r: r.id)
-
         read_at = self._observer.now()
-        return [self._observer.observe(record, read_at) for record in await self._run(read)]
+        found, bad = await self._run(lambda cancel: self._listing(self._hosts_dir, _decode_named_host))
+        self._report(bad)
+        return [self._observer.observe(record, read_at) for record in sorted(found, key=lambda r: r.id)]
+
+    async def damaged(self) -> list[CorruptRecordError]:
+        """Entries of the hosts and leases folders that listings skip: stray, corrupt or special files.
+
+        Each error names its file; ``actorlock leases`` shows them.
+        """
+
+        def read(cancel: threading.Event) -> list[CorruptRecordError]:
+            _, bad_hosts = self._listing(self._hosts_dir, _decode_named_host)
+            _, bad_leases = self._listing(self._leases_dir, _decode_lease)
+            return bad_hosts + bad_leases
+
+        return await self._run(read)
 
     async def acquire(self, owner: LeaseOwner, requests: Sequence[LeaseRequest]) -> tuple[Lease, ...]:
         """Take every requested lease or none; see :meth:`LeaseBackend.acquire`."""
@@ -920,7 +1062,7 @@ class FileLeaseBackend:
 
         def acquire(cancel: threading.Event) -> tuple[Lease, ...]:
             locks = [self._lease_paths(req.key)[1] for req in wanted]
-            with _locked(locks):
+            with _locked(locks, self._modes):
                 records, raw = self._read_leases_sync([req.key for req in wanted])
                 alive = self._judge(owner, wanted, records, read_at, cancel)
                 updated, leases = plan_acquire(
@@ -937,7 +1079,7 @@ class FileLeaseBackend:
 
         def release(cancel: threading.Event) -> None:
             paths = {self._lease_paths(k)[1]: k for k in ordered}
-            with _locked(list(paths), create=False) as locked:
+            with _locked(list(paths), self._modes, create=False) as locked:
                 present = [paths[lock] for lock in locked]
                 records, raw = self._read_leases_sync(present)
                 self._write_leases_sync(plan_release(records, owner, present), raw, cancel)
@@ -962,7 +1104,7 @@ class FileLeaseBackend:
         keys = sorted({lease.key for lease in leases})
 
         def transfer(cancel: threading.Event) -> tuple[Lease, ...]:
-            with _locked([self._lease_paths(k)[1] for k in keys]):
+            with _locked([self._lease_paths(k)[1] for k in keys], self._modes):
                 records, raw = self._read_leases_sync(keys)
                 updated, moved = plan_transfer(
                     records, source, incarnation, destination, destination_incarnation, leases
@@ -982,17 +1124,15 @@ class FileLeaseBackend:
             if wanted is not None:
                 records, _ = self._read_leases_sync(wanted)
                 return [records[k] for k in wanted if k in records]
-            found: list[LeaseRecord] = []
-            for name in os.listdir(self._leases_dir):
-                if name.startswith(".") or not name.endswith(".json"):
-                    continue
-                path = os.path.join(self._leases_dir, name)
-                data = _read_file(path)
-                if data is not None:
-                    found.append(_decode_lease(path, data, name[: -len(".json")]))
+            found, bad = self._listing(self._leases_dir, _decode_lease)
+            skipped.extend(bad)
             return sorted(found, key=lambda r: r.key)
 
-        return await self._run(read)
+        skipped: list[CorruptRecordError] = []
+        try:
+            return await self._run(read)
+        finally:
+            self._report(skipped)
 
     async def aclose(self) -> None:
         """Refuse further operations. Idempotent; no descriptor outlives an operation."""
