@@ -6,7 +6,8 @@ over this one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +19,7 @@ from .actors.messages import (
     AcquireObject,
     AcquireResource,
     Attach,
+    BindGuest,
     CompleteMigration,
     DomainStatus,
     Inquire,
@@ -31,11 +33,13 @@ from .backends import make_backend
 from .backends.base import LeaseBackend
 from .clock import host_clock
 from .config import Config, load_config
-from .errors import MigrationError
+from .errors import MigrationError, NotSupportedError, SupervisorError
 from .model import DomainIdentity, HostView, LeaseRecord, LockState, Resource
 from .statestore import FileStateStore, MemoryStateStore, StateStore
 
 T = TypeVar("T")
+
+SPAWN_TIMEOUT = 10.0  # a supervisor's connection, welcome and guest start
 
 
 class Domain:
@@ -80,6 +84,45 @@ class Domain:
     async def attach(self) -> int:
         """Re-attach after a restart: the guest pid, checked alive, leases checked held."""
         return await self._ask(Attach(), int)
+
+    async def spawn(self, argv: Sequence[str]) -> int:
+        """Run the guest ``argv`` under its supervisor; return the guest's pid once it runs.
+
+        Call it once the domain holds its leases (after :meth:`start`). The
+        supervisor (``actorlock-supervisor``) outlives this process: it kills
+        the guest by the lease deadline if no coordinator renews, and the guest
+        dies with it. Needs ``host.state_dir`` (the control socket lives there).
+        """
+        from .supervisor import supervisor_path
+
+        service = self._coordinator.supervisors
+        if service is None or not service.serving:
+            raise NotSupportedError("guest supervision needs host.state_dir (its control socket lives there)")
+        if not argv:
+            raise SupervisorError("spawn needs the guest's command line")
+        command = [supervisor_path(), *service.args(self.identity.uuid, detach=True), *argv]
+        with anyio.fail_after(SPAWN_TIMEOUT + 1.0):
+            # --detach: this waits only until the guest runs; the supervisor is not our child.
+            done = await anyio.run_process(
+                command, stdin=subprocess.DEVNULL, stdout=None, stderr=None, check=False
+            )
+        if done.returncode != 0:
+            raise SupervisorError(
+                f"the supervisor of {self.identity.uuid} did not start {argv[0]!r} (exit {done.returncode})"
+            )
+        guest = await service.wait_child(self.identity.uuid, within=SPAWN_TIMEOUT)
+        await self._ask(BindGuest(guest.guest_pid), DomainStatus)
+        return guest.guest_pid
+
+    async def child(self) -> int:
+        """The pid of the guest that a supervisor started for this domain (get_child), waiting
+        for it to register; also records it as the domain's guest."""
+        service = self._coordinator.supervisors
+        if service is None:
+            raise NotSupportedError("guest supervision needs host.state_dir (its control socket lives there)")
+        guest = await service.wait_child(self.identity.uuid, within=SPAWN_TIMEOUT)
+        await self._ask(BindGuest(guest.guest_pid), DomainStatus)
+        return guest.guest_pid
 
     async def shutdown(self) -> None:
         """The guest has stopped: release everything and forget the domain."""

@@ -41,6 +41,7 @@ from .messages import (
     AcquireObject,
     AcquireResource,
     Attach,
+    BindGuest,
     CompleteMigration,
     DomainStatus,
     Inquire,
@@ -96,6 +97,8 @@ class DomainActor(Actor[Any]):
                 return await self._release_all(save_state)
             case Attach():
                 return await self._attach()
+            case BindGuest(pid):  # [supervisor]
+                return await self._bind_guest(pid)
             case Shutdown():
                 return await self._shutdown()
             case Inquire():
@@ -214,6 +217,17 @@ class DomainActor(Actor[Any]):
         if self.phase == DomainPhase.RUNNING:
             await self._verify_held()
         return self.pid
+
+    async def _bind_guest(self, pid: int) -> DomainStatus:
+        """[supervisor] Record the guest its supervisor started, as a start with ``pid`` would."""
+        start = await process_start_time(pid)
+        if start is None:
+            raise GuestNotRunningError(f"{self.name}: guest pid {pid} is not running")
+        self.pid, self.pid_start = pid, start
+        if self.phase != UNDEFINED:
+            await self._save()
+        self._publish()
+        return self._status()
 
     async def _shutdown(self) -> None:
         if self._migrating_out():
@@ -347,6 +361,7 @@ class DomainActor(Actor[Any]):
             if committed:
                 self.leases = {}
                 self.phase = MIGRATED
+                self.host.supervisor_release(self.identity.uuid)  # [supervisor]
                 await self._save()
                 self._publish()
             return

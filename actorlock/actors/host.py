@@ -51,6 +51,7 @@ from ..model import (
     LeaseRequest,
 )
 from ..statestore import DomainPhase, DomainState, HostPersisted, StateStore
+from ..supervisor.service import SupervisorService
 from .domain import DomainActor
 from .fencing import FenceBoard, FenceTarget
 from .mailbox import ActorRef, open_mailbox, run_actor
@@ -145,6 +146,18 @@ class HostCoordinator:
         self._keys: KeyPair | None = None
         self._migrations: dict[str, MigrationDriver] = {}
         self.lockspace_id = ""
+        # [supervisor] issue 9: guests' supervisors, fed a deadline after each renewal.
+        self.supervisors: SupervisorService | None = None
+        if config.host.state_dir is not None and clock is host_clock:
+            self.supervisors = SupervisorService(
+                config.host.state_dir,
+                host=config.host.name,
+                expires_at=lambda: self._expires_at if self.live else 0.0,
+                action=config.locking.failure_action.value,
+                kill_grace=config.locking.kill_grace,
+                fence_timeout=config.timing.fence_timeout,
+            )
+        self.fences.supervisor = self.supervisors
 
     # -- public -------------------------------------------------------------
 
@@ -228,6 +241,11 @@ class HostCoordinator:
         """What a loss fences for domain ``uuid`` (None: nothing held); fenced at once while lost."""
         self.fences.publish(uuid, target)
 
+    def supervisor_release(self, uuid: str) -> None:
+        """[supervisor] The domain's leases moved away: its supervisor no longer enforces our deadline."""
+        if self.supervisors is not None:
+            self.supervisors.release(uuid)
+
     def domain_stopped(self, uuid: str, actor: DomainActor) -> None:
         entry = self._domains.get(uuid)
         if entry is not None and entry[1] is actor:
@@ -298,6 +316,8 @@ class HostCoordinator:
                 if uuid in lost_results:
                     actor.lost_reason += f"; failure action: {lost_results[uuid]}"
             self._spawn(actor)
+        if self.supervisors is not None:  # [supervisor] after start: welcomes carry a real deadline
+            await self._tg.start(self.supervisors.serve, name=f"supervisors {self.identity.name}")
         self._tg.start_soon(self._renew_loop, name=f"renew {self.identity.name}")
         self._tg.start_soon(self._journal_loop, name=f"renewal journal {self.identity.name}")
         self.emit("joined", incarnation=self.incarnation, resumed=self.resumed)
@@ -699,6 +719,8 @@ class HostCoordinator:
                 self._lost = False
                 self.fences.lockspace_regained()
                 self.emit("lockspace_regained")
+            if self.supervisors is not None:  # [supervisor] never waits
+                self.supervisors.renewed(self._expires_at)
 
     def _lockspace_lost(self, reason: str) -> None:
         self._lost = True
