@@ -75,7 +75,8 @@ async def main():
                 while service.guest("vm1") is None or not service.guest("vm1").connected:
                     await anyio.sleep(0.02)
         guest = host.coordinator.supervisors.guest("vm1")
-        print(json.dumps({"pid": pid, "supervisor": guest.supervisor_pid, "resumed": host.resumed}), flush=True)
+        info = {"pid": pid, "supervisor": guest.supervisor_pid, "resumed": host.resumed}
+        print(json.dumps(info), flush=True)
         await anyio.sleep_forever()
 anyio.run(main, backend=backend)
 """
@@ -178,7 +179,8 @@ async def test_a_coordinator_killed_for_good_has_its_guest_killed_before_another
                         tg.start_soon(guest_dies)
                         tg.start_soon(b_takes_over)
                 assert events["guest dead"] < events["taken over"]
-                print(f"guest dead {events['guest dead'] - events['killed']:.3f}s after the coordinator's kill")
+                took = events["guest dead"] - events["killed"]
+                print(f"guest dead {took:.3f}s after the coordinator's kill")
         finally:
             cleanup(info)
 
