@@ -36,6 +36,7 @@ from .config import Config, load_config
 from .errors import MigrationError, NotSupportedError, SupervisorError
 from .model import DomainIdentity, HostView, LeaseRecord, LockState, Resource
 from .statestore import FileStateStore, MemoryStateStore, StateStore
+from .supervisor.service import SupervisorService
 
 T = TypeVar("T")
 
@@ -226,11 +227,14 @@ async def open_host(
     pause_callback: PauseCallback | None = None,
     event_sink: EventSink | None = None,
     clock: Callable[[], float] = host_clock,
+    supervisors: SupervisorService | None = None,
 ) -> AsyncIterator[Host]:
     """Run a host coordinator for the duration of the block.
 
     On exit the host stops renewing and leaves the lockspace; guests that still
     hold leases keep them, so a restarted coordinator can re-attach in time.
+    ``supervisors`` replaces the guest supervisors' service (the simulator's
+    stand-in); by default there is one when ``host.state_dir`` is set.
     """
     cfg = load_config(config)
     lease_backend = backend if backend is not None else make_backend(cfg, clock=clock)
@@ -247,7 +251,14 @@ async def open_host(
     error: Exception | None = None
     async with anyio.create_task_group() as tg:
         coordinator = HostCoordinator(
-            cfg, lease_backend, store, tg, pause_callback=pause_callback, event_sink=event_sink, clock=clock
+            cfg,
+            lease_backend,
+            store,
+            tg,
+            pause_callback=pause_callback,
+            event_sink=event_sink,
+            clock=clock,
+            supervisors=supervisors,
         )
         try:
             await coordinator.start()

@@ -108,6 +108,7 @@ class HostCoordinator:
         clock: Callable[[], float] = host_clock,
         peer_endpoint: str = "",
         public_key: str = "",
+        supervisors: SupervisorService | None = None,
     ) -> None:
         self.config = config
         self.identity = HostIdentity(config.host.name, config.host.id)
@@ -147,8 +148,8 @@ class HostCoordinator:
         self._migrations: dict[str, MigrationDriver] = {}
         self.lockspace_id = ""
         # [supervisor] issue 9: guests' supervisors, fed a deadline after each renewal.
-        self.supervisors: SupervisorService | None = None
-        if config.host.state_dir is not None and clock is host_clock:
+        self.supervisors: SupervisorService | None = supervisors
+        if supervisors is None and config.host.state_dir is not None and clock is host_clock:
             self.supervisors = SupervisorService(
                 config.host.state_dir,
                 host=config.host.name,
