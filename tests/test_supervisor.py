@@ -18,7 +18,7 @@ from actorlock.errors import NotSupportedError, ProtocolError, SupervisorError
 from actorlock.supervisor import messages, wire
 from actorlock.testing.faults import FaultyBackend
 
-from .support import host_config, unique
+from .support import TIMING, host_config, unique
 
 pytestmark = pytest.mark.anyio
 
@@ -162,3 +162,53 @@ def test_the_control_wire_is_strict() -> None:
         wire.FrameBuffer().feed((wire.MAX_FRAME + 1).to_bytes(4, "big"))
     with pytest.raises(ProtocolError):
         messages.encode(messages.Exited(1, 0, "x" * (wire.MAX_TEXT + 1)))
+
+
+async def test_a_migrated_guest_runs_under_the_destination_supervisor_and_the_source_is_released(
+    tmp_path: Path,
+) -> None:
+    space = unique()
+    peer = {"endpoint": "tcp://127.0.0.1:*", "plaintext": True, "retry_interval": 0.05}
+    cfg_a = state_config(tmp_path, "a", 1, lockspace=space)
+    cfg_b = state_config(tmp_path, "b", 2, lockspace=space)
+    cfg_a["peer"] = cfg_b["peer"] = peer
+    supervisors: list[subprocess.Popen[bytes]] = []
+
+    def run_supervisor(manager: actorlock.LockManager) -> None:
+        argv = [manager.get_supervisor_path(), *manager.get_supervisor_args(), "sleep", "60"]
+        supervisors.append(subprocess.Popen(argv))
+
+    try:
+        async with actorlock.plugin_load("memory", cfg_a) as a, actorlock.plugin_load("memory", cfg_b) as b:
+            source = await a.new_manager(ObjectType.DOMAIN)
+            source.set_parameter("uuid", "vm")
+            source.register_resource(ResourceType.DISK, "/d/1.img")
+            await source.acquire_object()
+            run_supervisor(source)
+            with anyio.fail_after(WAIT):
+                source_pid = await source.get_child()
+            await source.prepare_migrate(b.host.coordinator.peer_endpoint)
+            dest = await b.new_manager(ObjectType.DOMAIN, actorlock.NewFlags.MIGRATE)
+            dest.set_parameter("uuid", "vm")
+            dest.register_resource(ResourceType.DISK, "/d/1.img")
+            run_supervisor(dest)  # the incoming guest, under the destination's own supervisor
+            with anyio.fail_after(WAIT):
+                dest_pid = await dest.get_child()
+            assert parent_of(dest_pid) == supervisors[1].pid
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(dest.complete_migrate_in, 0)
+                tg.start_soon(source.complete_migrate_in, 0)
+            released = a.host.coordinator.supervisors.guest("vm")  # type: ignore[union-attr]
+            assert released is not None
+            assert released.released
+            assert (await dest.inquire()).pid == dest_pid
+        # Both coordinators are gone now. The source's supervisor holds no deadline any
+        # more; the destination's does, and kills its guest at it.
+        with anyio.fail_after(WAIT):
+            await wait_gone(dest_pid)
+        await anyio.sleep(2 * TIMING["lease_timeout"])
+        assert alive(source_pid)
+    finally:
+        for supervisor in supervisors:
+            supervisor.kill()
+            supervisor.wait()
