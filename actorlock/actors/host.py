@@ -52,6 +52,7 @@ from ..model import (
 )
 from ..statestore import DomainPhase, DomainState, HostPersisted, StateStore
 from ..supervisor.service import SupervisorService
+from ..supervisor.watchdog import Watchdog
 from .domain import DomainActor
 from .fencing import FenceBoard, FenceTarget
 from .mailbox import ActorRef, open_mailbox, run_actor
@@ -159,6 +160,10 @@ class HostCoordinator:
                 fence_timeout=config.timing.fence_timeout,
             )
         self.fences.supervisor = self.supervisors
+        # [supervisor] issue 9: the host watchdog, petted while every held lease is fresh.
+        self.watchdog: Watchdog | None = None
+        if config.watchdog.device is not None:
+            self.watchdog = Watchdog(config.watchdog.device, host=config.host.name)
 
     # -- public -------------------------------------------------------------
 
@@ -319,6 +324,9 @@ class HostCoordinator:
             self._spawn(actor)
         if self.supervisors is not None:  # [supervisor] after start: welcomes carry a real deadline
             await self._tg.start(self.supervisors.serve, name=f"supervisors {self.identity.name}")
+        if self.watchdog is not None:  # [supervisor]
+            await self._tg.start(self.watchdog.run, name=f"watchdog {self.identity.name}")
+            self.watchdog.pet()
         self._tg.start_soon(self._renew_loop, name=f"renew {self.identity.name}")
         self._tg.start_soon(self._journal_loop, name=f"renewal journal {self.identity.name}")
         self.emit("joined", incarnation=self.incarnation, resumed=self.resumed)
@@ -635,6 +643,8 @@ class HostCoordinator:
             a.phase in (DomainPhase.RUNNING, DomainPhase.LOST) for _, a in self._domains.values()
         )
         self._started = False
+        if self.watchdog is not None:  # [supervisor] guests left running keep it armed
+            self.watchdog.disarm = not holding
         with anyio.move_on_after(self.config.timing.io_timeout, shield=True):
             try:
                 await self.backend.leave(clean=not holding)
@@ -722,6 +732,8 @@ class HostCoordinator:
                 self.emit("lockspace_regained")
             if self.supervisors is not None:  # [supervisor] never waits
                 self.supervisors.renewed(self._expires_at)
+            if self.watchdog is not None and not self.fences.unfenced:  # [supervisor] never waits
+                self.watchdog.pet()
 
     def _lockspace_lost(self, reason: str) -> None:
         self._lost = True
