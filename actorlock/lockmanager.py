@@ -362,11 +362,13 @@ class LockManager:
         """The guest pid: after a restart (ATTACH) verified alive and still holding its leases;
         on an incoming migration (MIGRATE) the pid set with ``set_parameter("pid")``.
 
-        [supervisor] Without a "pid" parameter (and not ATTACH), the guest is the one
-        the supervisor named by get_supervisor_path/args started: this waits (bounded)
-        until it registers, and raises SupervisorError if the supervisor exits first.
+        [supervisor] On a host with supervision (host.state_dir), without a "pid"
+        parameter and not ATTACH, the guest is the one the supervisor named by
+        get_supervisor_path/args started: this waits (bounded) until it registers,
+        and raises SupervisorError if the supervisor exits first.
         """
-        if not self.flags & NewFlags.ATTACH and self._params.get("pid") is None:
+        supervised = self._plugin.host.coordinator.supervisors is not None
+        if supervised and not self.flags & NewFlags.ATTACH and self._params.get("pid") is None:
             domain = self._domain()
             if self.flags & NewFlags.MIGRATE and (await domain.status()).phase == "undefined":
                 await domain.start(self._resources.values(), register_only=True)

@@ -212,3 +212,11 @@ async def test_a_migrated_guest_runs_under_the_destination_supervisor_and_the_so
         for supervisor in supervisors:
             supervisor.kill()
             supervisor.wait()
+
+
+async def test_a_guest_that_cannot_be_run_fails_spawn_clearly(tmp_path: Path) -> None:
+    async with actorlock.open_host(state_config(tmp_path)) as host:
+        vm = host.domain("u1")
+        await vm.start([actorlock.disk("/d/1.img")])
+        with anyio.fail_after(WAIT), pytest.raises(SupervisorError, match="did not start"):
+            await vm.spawn([str(tmp_path / "no-such-guest")])

@@ -124,24 +124,36 @@ def _start_time(pid: int) -> int:
     return int(raw[raw.rfind(b")") + 2 :].split()[19])
 
 
-def _spawn(argv: list[str]) -> int:
-    """Fork and exec the guest; it is SIGKILLed by the kernel if this process dies."""
+def _spawn(argv: list[str]) -> tuple[int, str]:
+    """Fork and exec the guest; it is SIGKILLed by the kernel if this process dies.
+
+    Returns (pid, "") once the exec has happened (a close-on-exec pipe closes),
+    so the pid reported is the guest program's; or (pid, why) if it failed.
+    """
     parent = os.getpid()
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
     pid = os.fork()
     if pid:
-        return pid
-    try:  # the child: only async-signal-safe-enough work until exec
+        os.close(write_end)
+        try:
+            failure = os.read(read_end, 512)  # EOF at the exec; the child is our own, never stuck here
+        finally:
+            os.close(read_end)
+        return pid, failure.decode(errors="replace")
+    try:  # the child: only what exec needs
+        os.close(read_end)
         import ctypes  # imported here: the child's memory is replaced by exec
 
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-            os._exit(126)
-        if os.getppid() != parent:  # the supervisor died before prctl took effect
-            os._exit(126)
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG)")
+        if os.getppid() != parent:
+            raise ProcessLookupError("the supervisor died before the guest started")
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         os.execvp(argv[0], argv)
-    except BaseException:
-        pass
+    except BaseException as exc:
+        with contextlib.suppress(BaseException):
+            os.write(write_end, f"cannot run {argv[0]!r}: {exc}".encode()[:512])
     os._exit(127)
 
 
@@ -277,7 +289,12 @@ class Supervisor:
         if self.expires_at <= now():
             _log("the host's lease is not fresh: not starting the guest")
             return 2
-        self.guest_pid = _spawn(self.guest_argv)
+        pid, failure = _spawn(self.guest_argv)
+        if failure:
+            os.waitpid(pid, 0)
+            _log(failure)
+            return 127
+        self.guest_pid = pid
         self.pidfd = os.pidfd_open(self.guest_pid)
         self.guest_start = _start_time(self.guest_pid)
         self.send("started", guest_pid=self.guest_pid, guest_start=self.guest_start)
