@@ -348,6 +348,17 @@ async def test_a_coordinator_that_stays_down_has_its_guest_stopped_by_the_superv
         assert cluster.check() == []
 
 
+async def test_a_supervised_guest_survives_a_coordinator_restarted_in_time() -> None:
+    async with open_cluster(3, supervised=True) as cluster:
+        guest = await cluster.start_guest("h1", "vm1", [D1])
+        await cluster.crash_coordinator("h1")
+        await cluster.restart_coordinator("h1")
+        await anyio.sleep(3 * LEASE_TIMEOUT)  # the restarted coordinator's renewals push the deadline on
+        assert guest.running
+        assert not await cluster.probe("h2", D1)
+        assert cluster.check() == []
+
+
 async def test_a_host_paused_past_host_dead_wakes_up_beside_the_new_owner_and_storage_refuses_it() -> None:
     """No process on a frozen host can stop its guests' first write on waking: storage that checks
     fencing tokens refuses it (docs/timing.md). Random runs keep pauses under host_dead -
