@@ -90,18 +90,19 @@ class Domain:
         """Run the guest ``argv`` under its supervisor; return the guest's pid once it runs.
 
         Call it once the domain holds its leases (after :meth:`start`). The
-        supervisor (``actorlock-supervisor``) outlives this process: it kills
+        supervisor (``actorlock-supervisor``'s code, started without its console
+        script's site processing) outlives this process: it kills
         the guest by the lease deadline if no coordinator renews, and the guest
         dies with it. Needs ``host.state_dir`` (the control socket lives there).
         """
-        from .supervisor import supervisor_path
+        from .supervisor import supervisor_command
 
         service = self._coordinator.supervisors
         if service is None or not service.serving:
             raise NotSupportedError("guest supervision needs host.state_dir (its control socket lives there)")
         if not argv:
             raise SupervisorError("spawn needs the guest's command line")
-        command = [supervisor_path(), *service.args(self.identity.uuid, detach=True), *argv]
+        command = [*supervisor_command(), *service.args(self.identity.uuid, detach=True), *argv]
         with anyio.fail_after(SPAWN_TIMEOUT + 1.0):
             # --detach: this waits only until the guest runs; the supervisor is not our child.
             done = await anyio.run_process(

@@ -16,7 +16,14 @@ import sysconfig
 from ..errors import NotSupportedError
 from .service import SOCKET_NAME, SupervisedGuest, SupervisorService
 
-__all__ = ["EXECUTABLE", "SOCKET_NAME", "SupervisedGuest", "SupervisorService", "supervisor_path"]
+__all__ = [
+    "EXECUTABLE",
+    "SOCKET_NAME",
+    "SupervisedGuest",
+    "SupervisorService",
+    "supervisor_command",
+    "supervisor_path",
+]
 
 EXECUTABLE = "actorlock-supervisor"
 
@@ -34,3 +41,18 @@ def supervisor_path() -> str:
     raise NotSupportedError(
         f"{EXECUTABLE} is not installed next to {sys.executable}: reinstall actorlock (pip install)"
     )
+
+
+@functools.cache
+def supervisor_command() -> list[str]:
+    """The same supervisor, started without the console script (``Domain.spawn`` uses it).
+
+    ``python -I -S shim.py --site DIR``: no site processing, which the console
+    script's interpreter does (tens of ms, and ~2 MiB kept for the guest's life);
+    msgpack, its one dependency, is found in DIR.
+    """
+    import msgpack
+
+    site = os.path.dirname(os.path.dirname(os.path.abspath(msgpack.__file__)))
+    shim = os.path.join(os.path.dirname(os.path.abspath(__file__)), "shim.py")
+    return [sys.executable, "-I", "-S", shim, "--site", site]

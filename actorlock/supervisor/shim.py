@@ -30,7 +30,6 @@ importing the actorlock package (``actorlock_supervisor.py``). A blocking
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import os
 import select
@@ -38,13 +37,24 @@ import signal
 import socket
 import sys
 import time
-from types import ModuleType
-from typing import Any, Final
+
+# Not `from typing import ...`: typing (and the re it imports) costs ~15 ms and
+# ~1 MiB per guest; annotations are strings here, read only by type checkers.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import ModuleType
+    from typing import Any, Final
 
 if __package__:
     from . import wire
-else:  # loaded alone by actorlock_supervisor.py: load the sibling the same way
+else:  # loaded alone: load the sibling the same way
     import importlib.util
+
+    if __name__ == "__main__" and sys.argv[1:2] == ["--site"]:
+        # Domain.spawn's fast start, `python -I -S shim.py --site DIR ...`: no site
+        # processing (the console script's costs tens of ms), msgpack from DIR.
+        sys.path.append(sys.argv[2])
+        del sys.argv[1:3]
 
     _spec = importlib.util.spec_from_file_location(
         "actorlock_supervisor_wire", os.path.join(os.path.dirname(__file__), "wire.py")
@@ -54,7 +64,7 @@ else:  # loaded alone by actorlock_supervisor.py: load the sibling the same way
     wire: ModuleType = importlib.util.module_from_spec(_spec)  # type: ignore[no-redef]
     _spec.loader.exec_module(wire)
 
-CLOCK: Final = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
+CLOCK: Final[int] = getattr(time, "CLOCK_BOOTTIME", time.CLOCK_MONOTONIC)
 CONNECT_TIMEOUT: Final = 5.0  # the first connection and welcome, before any guest runs
 RECONNECT_INTERVAL: Final = 0.1
 PR_SET_PDEATHSIG: Final = 1
@@ -152,8 +162,10 @@ def _spawn(argv: list[str]) -> tuple[int, str]:
         signal.signal(signal.SIGPIPE, signal.SIG_DFL)
         os.execvp(argv[0], argv)
     except BaseException as exc:
-        with contextlib.suppress(BaseException):
+        try:  # noqa: SIM105 - contextlib costs an import per guest
             os.write(write_end, f"cannot run {argv[0]!r}: {exc}".encode()[:512])
+        except BaseException:
+            pass
     os._exit(127)
 
 
@@ -276,8 +288,10 @@ class Supervisor:
             self.signal(signal.SIGSTOP)
 
     def signal(self, sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
+        try:  # noqa: SIM105 - contextlib costs an import per guest
             signal.pidfd_send_signal(self.pidfd, sig)
+        except ProcessLookupError:
+            pass
 
     def run(self, ready_fd: int | None) -> int:
         try:
@@ -299,8 +313,10 @@ class Supervisor:
         self.guest_start = _start_time(self.guest_pid)
         self.send("started", guest_pid=self.guest_pid, guest_start=self.guest_start)
         if ready_fd is not None:
-            with contextlib.suppress(OSError):  # the caller is gone: the guest is supervised all the same
+            try:  # noqa: SIM105 - contextlib costs an import per guest
                 os.write(ready_fd, b"%d\n" % self.guest_pid)
+            except OSError:
+                pass  # the caller is gone: the guest is supervised all the same
             os.close(ready_fd)
         return self.loop()
 
@@ -369,3 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     os.setsid()
     code = supervisor.run(write_end)
     os._exit(code)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
