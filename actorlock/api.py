@@ -6,7 +6,8 @@ over this one.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +20,7 @@ from .actors.messages import (
     AcquireObject,
     AcquireResource,
     Attach,
+    BindGuest,
     CompleteMigration,
     DomainStatus,
     Inquire,
@@ -31,12 +33,16 @@ from .backends import make_backend
 from .backends.base import LeaseBackend
 from .clock import host_clock
 from .config import Config, load_config
-from .errors import BackendTimeoutError, MigrationError
+from .errors import BackendTimeoutError, MigrationError, NotSupportedError, SupervisorError
 from .events import EventSink
 from .model import DomainIdentity, HostView, LeaseRecord, LockState, Resource, resolve_disk_symlinks
 from .statestore import FileStateStore, MemoryStateStore, StateStore
+from .supervisor.service import SupervisorService
+from .supervisor.watchdog import Watchdog
 
 T = TypeVar("T")
+
+SPAWN_TIMEOUT = 10.0  # a supervisor's connection, welcome and guest start
 
 
 class Domain:
@@ -100,6 +106,46 @@ class Domain:
     async def attach(self) -> int:
         """Re-attach after a restart: the guest pid, checked alive, leases checked held."""
         return await self._ask(Attach(), int)
+
+    async def spawn(self, argv: Sequence[str]) -> int:
+        """Run the guest ``argv`` under its supervisor; return the guest's pid once it runs.
+
+        Call it once the domain holds its leases (after :meth:`start`). The
+        supervisor (``actorlock-supervisor``'s code, started without its console
+        script's site processing) outlives this process: it kills
+        the guest by the lease deadline if no coordinator renews, and the guest
+        dies with it. Needs ``host.state_dir`` (the control socket lives there).
+        """
+        from .supervisor import supervisor_command
+
+        service = self._coordinator.supervisors
+        if service is None or not service.serving:
+            raise NotSupportedError("guest supervision needs host.state_dir (its control socket lives there)")
+        if not argv:
+            raise SupervisorError("spawn needs the guest's command line")
+        command = [*supervisor_command(), *service.args(self.identity.uuid, detach=True), *argv]
+        with anyio.fail_after(SPAWN_TIMEOUT + 1.0):
+            # --detach: this waits only until the guest runs; the supervisor is not our child.
+            done = await anyio.run_process(
+                command, stdin=subprocess.DEVNULL, stdout=None, stderr=None, check=False
+            )
+        if done.returncode != 0:
+            raise SupervisorError(
+                f"the supervisor of {self.identity.uuid} did not start {argv[0]!r} (exit {done.returncode})"
+            )
+        guest = await service.wait_child(self.identity.uuid, within=SPAWN_TIMEOUT)
+        await self._ask(BindGuest(guest.guest_pid), DomainStatus)
+        return guest.guest_pid
+
+    async def child(self) -> int:
+        """The pid of the guest that a supervisor started for this domain (get_child), waiting
+        for it to register; also records it as the domain's guest."""
+        service = self._coordinator.supervisors
+        if service is None:
+            raise NotSupportedError("guest supervision needs host.state_dir (its control socket lives there)")
+        guest = await service.wait_child(self.identity.uuid, within=SPAWN_TIMEOUT)
+        await self._ask(BindGuest(guest.guest_pid), DomainStatus)
+        return guest.guest_pid
 
     async def shutdown(self) -> None:
         """The guest has stopped: release everything and forget the domain."""
@@ -187,6 +233,16 @@ class Host:
         """Where peers reach this host (the bound endpoint): pass it to ``prepare_migration``."""
         return self._coordinator.peer_endpoint
 
+    @property
+    def supervisors(self) -> SupervisorService | None:
+        """The service the guests' supervisors talk to (None without a state_dir)."""
+        return self._coordinator.supervisors
+
+    @property
+    def watchdog(self) -> Watchdog | None:
+        """The host watchdog this coordinator pets ([watchdog] device), if configured."""
+        return self._coordinator.watchdog
+
     def incoming_migration(self, uuid: str) -> str | None:
         """The id of a migration of domain ``uuid`` into this host still in progress, if any."""
         driver = self._coordinator.migrations.incoming_for(uuid)
@@ -222,11 +278,14 @@ async def open_host(
     pause_callback: PauseCallback | None = None,
     event_sink: EventSink | None = None,
     clock: Callable[[], float] = host_clock,
+    supervisors: SupervisorService | None = None,
 ) -> AsyncIterator[Host]:
     """Run a host coordinator for the duration of the block.
 
     On exit the host stops renewing and leaves the lockspace; guests that still
     hold leases keep them, so a restarted coordinator can re-attach in time.
+    ``supervisors`` replaces the guest supervisors' service (the simulator's
+    stand-in); by default there is one when ``host.state_dir`` is set.
     """
     cfg = load_config(config)
     lease_backend = backend if backend is not None else make_backend(cfg, clock=clock)
@@ -243,7 +302,14 @@ async def open_host(
     error: Exception | None = None
     async with anyio.create_task_group() as tg:
         coordinator = HostCoordinator(
-            cfg, lease_backend, store, tg, pause_callback=pause_callback, event_sink=event_sink, clock=clock
+            cfg,
+            lease_backend,
+            store,
+            tg,
+            pause_callback=pause_callback,
+            event_sink=event_sink,
+            clock=clock,
+            supervisors=supervisors,
         )
         try:
             await coordinator.start()

@@ -147,6 +147,37 @@ class PeerConfig:
 
 
 @attrs.frozen
+class WatchdogConfig:
+    """A host watchdog petted only while every held lease is fresh (sanlock's wdmd does the same).
+
+    A host whose coordinator is stuck, or whose fences do not confirm, stops
+    petting, and the device resets the host ``fire_timeout`` after the last
+    pet: before ``host_dead`` (validated).
+    """
+
+    device: Path | None = None  # e.g. /dev/watchdog; None: no watchdog
+    fire_timeout: float = 10.0  # the device's timeout: it resets the host this long after the last pet
+
+    def validate(self, timing: TimingConfig) -> None:
+        if self.device is None:
+            return
+        if self.fire_timeout < timing.lease_timeout:
+            raise ConfigError(
+                "watchdog.fire_timeout",
+                f"must be at least timing.lease_timeout ({timing.lease_timeout}) so it never fires "
+                f"while the lease is still valid, got {self.fire_timeout}",
+            )
+        floor = (timing.lease_timeout + self.fire_timeout + timing.scheduling_delay) * (1 + CLOCK_RATE_MARGIN)
+        if timing.host_dead < floor:
+            raise ConfigError(
+                "timing.host_dead",
+                f"must be at least (lease_timeout + watchdog.fire_timeout + scheduling_delay) * "
+                f"{1 + CLOCK_RATE_MARGIN} = {floor:.3f} so the watchdog resets a stuck host before "
+                f"another may take over, got {timing.host_dead}",
+            )
+
+
+@attrs.frozen
 class Config:
     """The whole configuration of one host coordinator."""
 
@@ -156,6 +187,7 @@ class Config:
     file: FileConfig = FileConfig()
     memory: MemoryConfig = MemoryConfig()
     peer: PeerConfig = PeerConfig()
+    watchdog: WatchdogConfig = WatchdogConfig()
 
 
 def load_config(source: str | Path | Mapping[str, Any] | Config | None = None) -> Config:
@@ -192,6 +224,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "file": FileConfig,
     "memory": MemoryConfig,
     "peer": PeerConfig,
+    "watchdog": WatchdogConfig,
 }
 
 
@@ -286,6 +319,7 @@ def _convert(key: str, annotation: object, value: Any) -> Any:
 def _validated(config: Config) -> Config:
     config = _normalized(config)
     config.timing.validate()
+    config.watchdog.validate(config.timing)
     if not config.host.name:
         raise ConfigError("host.name", "must not be empty")
     if not 1 <= config.host.id <= 2000:

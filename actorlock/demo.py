@@ -3,7 +3,10 @@
 Three simulated hosts share one lockspace (a temporary directory unless one
 is given): host-a and host-b are peers (CURVE-authenticated ZeroMQ on
 loopback), host-c stands for every other host and must be refused whenever
-it reaches for vm1's disk. ``sleep`` processes stand in for QEMU.
+it reaches for vm1's disk. ``sleep`` processes stand in for QEMU; vm1's run
+under the supervisor each host names (``get_supervisor_path``/``args``, then
+``get_child``), as libvirt runs QEMU, so a coordinator that died for good
+would not leave them running past its lease.
 """
 
 from __future__ import annotations
@@ -77,6 +80,16 @@ class Demo:
         manager.set_parameter("name", name)
         return manager
 
+    async def supervised(self, stack: contextlib.AsyncExitStack, manager: LockManager) -> tuple[Process, int]:
+        """Run a stand-in QEMU under the manager's supervisor, as libvirt does; (supervisor, guest pid).
+
+        The supervisor is this process's child (the daemon's role), stopped and
+        reaped when ``stack`` closes; stopping it stops its guest.
+        """
+        argv = [manager.get_supervisor_path(), *manager.get_supervisor_args(), "sleep", "300"]
+        supervisor = await stack.enter_async_context(_guest(argv))
+        return supervisor, await manager.get_child()
+
     async def refused(self, plugin: LockManagerPlugin, when: str) -> None:
         """host-c reaches for vm1's disk: it must be refused."""
         vm2 = await self.manager(plugin, VM2, "vm2")
@@ -105,8 +118,8 @@ def _leases(status: Any) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _guest() -> AsyncIterator[Process]:
-    async with await anyio.open_process(["sleep", "300"]) as qemu:
+async def _guest(argv: list[str] | None = None) -> AsyncIterator[Process]:
+    async with await anyio.open_process(argv or ["sleep", "300"], stdin=None, stdout=None) as qemu:
         try:
             yield qemu
         finally:
@@ -130,19 +143,19 @@ async def run_demo(lockspace: Path | None, backend: str, out: Callable[[str], An
 
         await anyio.to_thread.run_sync(prepare)
         out(f"actorlock demo: {backend} lockspace at {root / 'lockspace'}")
-        async with _guest() as qemu_a, _guest() as qemu_b:
+        async with contextlib.AsyncExitStack() as guests:
             async with plugin_load(backend, demo.config("host-b", 2, peer="host-a")) as plugin_b:
                 demo.say("host-b", "plugin loaded (joined the lockspace, peer service up)")
                 async with plugin_load(backend, demo.config("host-c", 3)) as plugin_c:
                     demo.say("host-c", "plugin loaded (joined the lockspace)")
-                    await _single_host(demo, plugin_b, plugin_c, qemu_a, qemu_b)
+                    await _single_host(demo, plugin_b, plugin_c, guests)
                 demo.say("host-c", "plugin unloaded")
             demo.say("host-b", "plugin unloaded")
         await demo.show_leases()
 
 
 async def _single_host(
-    demo: Demo, plugin_b: LockManagerPlugin, plugin_c: LockManagerPlugin, qemu_a: Process, qemu_b: Process
+    demo: Demo, plugin_b: LockManagerPlugin, plugin_c: LockManagerPlugin, guests: contextlib.AsyncExitStack
 ) -> None:
     say = demo.say
     a_cfg = demo.config("host-a", 1, peer="host-b")
@@ -150,11 +163,11 @@ async def _single_host(
         say("host-a", "plugin loaded (joined the lockspace, peer service up)")
 
         vm1 = await demo.manager(plugin_a, VM1, "vm1")
-        vm1.set_parameter("pid", qemu_a.pid)
         vm1.register_resource(ResourceType.DISK, VM1_DISK)
         vm1.register_resource(ResourceType.DISK, VM1_ISO, ResourceFlags.READONLY)
         await vm1.acquire_object(AcquireFlags.REGISTER_ONLY)
-        say("host-a", f"vm1 registered, guest pid {qemu_a.pid} started paused (no leases yet)")
+        qemu_a, pid = await demo.supervised(guests, vm1)
+        say("host-a", f"vm1 registered, guest pid {pid} started paused under supervisor {qemu_a.pid}")
         status = await vm1.acquire_object()
         say("host-a", f"vm1 CPUs started: leases {_leases(status)}; readonly ISO not locked")
         await demo.show_leases()
@@ -179,7 +192,7 @@ async def _single_host(
         pid = await vm1.get_child()
         status = await vm1.inquire()
         say("host-a", f"vm1 re-attached: guest pid {pid}, leases {_leases(status)} (same tokens: no gap)")
-        await _migrations(demo, plugin_a, plugin_b, plugin_c, vm1, qemu_a, qemu_b)
+        await _migrations(demo, plugin_a, plugin_b, plugin_c, vm1, qemu_a, guests)
     say("host-a", "plugin unloaded")
 
 
@@ -190,24 +203,24 @@ async def _migrations(
     plugin_c: LockManagerPlugin,
     vm1_a: LockManager,
     qemu_a: Process,
-    qemu_b: Process,
+    guests: contextlib.AsyncExitStack,
 ) -> None:
     say = demo.say
     b_uri = plugin_b.host.peer_endpoint
     await vm1_a.prepare_migrate(b_uri)
     say("host-a", f"vm1 prepare_migrate({b_uri}): host-b verified the offered leases")
     vm1_b = await demo.manager(plugin_b, VM1, "vm1", NewFlags.MIGRATE)
-    vm1_b.set_parameter("pid", qemu_b.pid)
     vm1_b.register_resource(ResourceType.DISK, VM1_DISK)
     vm1_b.register_resource(ResourceType.DISK, VM1_ISO, ResourceFlags.READONLY)
-    say("host-b", f"vm1 incoming: guest pid {await vm1_b.get_child()} started paused")
+    qemu_b, pid_b = await demo.supervised(guests, vm1_b)
+    say("host-b", f"vm1 incoming: guest pid {pid_b} started paused under its own supervisor")
     await demo.refused(plugin_c, "during the migration")
     async with anyio.create_task_group() as tg:
         tg.start_soon(vm1_b.complete_migrate_in, 0)
         tg.start_soon(vm1_a.complete_migrate_in, 0)
     status = await vm1_b.inquire()
     say("host-b", f"vm1 migrated in: leases {_leases(status)} (one atomic transfer, tokens bumped)")
-    qemu_a.terminate()
+    qemu_a.terminate()  # the source's supervisor, released from host-a's deadline by the commit
     await qemu_a.wait()
     await vm1_a.shutdown()
     await vm1_a.free()
@@ -217,12 +230,11 @@ async def _migrations(
     a_uri = plugin_a.host.peer_endpoint
     await vm1_b.prepare_migrate(a_uri)
     say("host-b", f"vm1 prepare_migrate({a_uri}) back to host-a")
-    async with _guest() as qemu_a2:
+    async with contextlib.AsyncExitStack() as incoming:
         vm1_a = await demo.manager(plugin_a, VM1, "vm1", NewFlags.MIGRATE)
-        vm1_a.set_parameter("pid", qemu_a2.pid)
         vm1_a.register_resource(ResourceType.DISK, VM1_DISK)
         vm1_a.register_resource(ResourceType.DISK, VM1_ISO, ResourceFlags.READONLY)
-        await vm1_a.get_child()
+        await demo.supervised(incoming, vm1_a)
         say("host-a", "vm1 incoming; then QEMU's migration fails: both sides cancel")
         async with anyio.create_task_group() as tg:
             tg.start_soon(vm1_a.complete_migrate_in, MigrateFlags.CANCEL)

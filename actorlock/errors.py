@@ -222,6 +222,12 @@ class GuestNotRunningError(ActorlockError):
     code = "guest-not-running"
 
 
+class SupervisorError(ActorlockError):
+    """A guest's supervisor did not start it, exited first, or is not available."""
+
+    code = "supervisor"
+
+
 class ActorStoppedError(ActorlockError, RuntimeError):
     """The actor has stopped; it takes no more messages."""
 

@@ -58,6 +58,7 @@ from .config import BACKENDS, Config, load_config
 from .constants import AcquireFlags, MigrateFlags, NewFlags, ObjectType, ResourceFlags, ResourceType
 from .errors import InvalidParameterError, InvalidStateError, NotSupportedError
 from .model import DomainIdentity, LockState, Resource
+from .supervisor.service import SupervisorService
 
 PARAMETERS = ("id", "uuid", "name", "pid", "uri")
 
@@ -359,7 +360,21 @@ class LockManager:
 
     async def get_child(self) -> int:
         """The guest pid: after a restart (ATTACH) verified alive and still holding its leases;
-        on an incoming migration (MIGRATE) the pid set with ``set_parameter("pid")``."""
+        on an incoming migration (MIGRATE) the pid set with ``set_parameter("pid")``.
+
+        On a host with supervision (host.state_dir), without a "pid"
+        parameter and not ATTACH, the guest is the one the supervisor named by
+        get_supervisor_path/args started: this waits (bounded) until it registers,
+        and raises SupervisorError if the supervisor exits first.
+        """
+        supervised = self._plugin.host.supervisors is not None
+        if supervised and not self.flags & NewFlags.ATTACH and self._params.get("pid") is None:
+            domain = self._domain()
+            if self.flags & NewFlags.MIGRATE and (await domain.status()).phase == "undefined":
+                await domain.start(self._resources.values(), register_only=True)
+            child = await domain.child()
+            self._params["pid"] = child
+            return child
         if self.flags & NewFlags.MIGRATE:
             pid = self._params.get("pid")
             if pid is None:
@@ -382,10 +397,15 @@ class LockManager:
         self._freed = True
 
     def get_supervisor_path(self) -> str:
-        raise NotSupportedError("a lease supervisor is not available in this build yet")
+        """The supervisor executable to run the guest under: ``[path, *args, *guest_argv]``."""
+        from .supervisor import supervisor_path
+
+        self._service()
+        return supervisor_path()
 
     def get_supervisor_args(self) -> list[str]:
-        raise NotSupportedError("a lease supervisor is not available in this build yet")
+        """The supervisor's arguments (control socket, uuid, then ``--``); the guest's argv follows."""
+        return self._service().args(self.identity.uuid)
 
     async def prepare_migrate(self, dest_uri: str) -> None:
         """Source: offer the guest's leases to the coordinator at ``dest_uri`` (its peer endpoint).
@@ -408,6 +428,15 @@ class LockManager:
         )
 
     # -- internals ----------------------------------------------------------
+
+    def _service(self) -> SupervisorService:
+        self._check_open()
+        service = self._plugin.host.supervisors
+        if service is None:
+            raise NotSupportedError(
+                "guest supervision needs host.state_dir (the supervisors' control socket lives there)"
+            )
+        return service
 
     def _check_open(self) -> None:
         if self._freed:

@@ -184,6 +184,7 @@ class FakeHost:
     migrations: FakeMigrations = attrs.Factory(FakeMigrations)
     events: list[HostEvent] = attrs.Factory(list)
     stopped: list[str] = attrs.Factory(list)
+    released: list[str] = attrs.Factory(list)
     io_timeout: float = 5.0
     locking: LockingConfig = attrs.Factory(LockingConfig)
 
@@ -199,6 +200,7 @@ class FakeHost:
             host_name=HOST,
             owner_for=owner_for,
             stopped=lambda uuid, actor: self.stopped.append(uuid),
+            release_guest=self.released.append,
         )
 
 

@@ -337,28 +337,41 @@ async def test_the_checker_catches_a_host_that_ignores_losing_its_leases() -> No
         assert {Rule.EXCLUSIVE_OVERLAP, Rule.STALE_TOKEN_WRITE} <= rules
 
 
-@pytest.mark.xfail(
-    strict=True, reason="documented gap: no supervisor fences for a coordinator that stays down"
-)
-async def test_a_coordinator_that_stays_down_leaves_its_guest_unfenced() -> None:
-    """docs/timing.md "What is not covered yet"; the random runs do not generate this."""
-    async with open_cluster(3) as cluster:
-        await cluster.start_guest("h1", "vm1", [D1])
+async def test_a_coordinator_that_stays_down_has_its_guest_stopped_by_the_supervisor() -> None:
+    """Issue 9: the supervisor stops the guest at the last deadline its coordinator pushed."""
+    async with open_cluster(3, supervised=True) as cluster:
+        guest = await cluster.start_guest("h1", "vm1", [D1])
         await cluster.crash_coordinator("h1")
-        await take_over(cluster, "h2", D1)
+        taken_at = await take_over(cluster, "h2", D1)
         await anyio.sleep(3 * RENEW)
+        assert guest.state is GuestState.FENCED
+        assert not writes_by(cluster, "h1", "vm1", after=taken_at)
         assert cluster.check() == []
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: no watchdog resets a host that stopped renewing")
-async def test_a_host_paused_past_host_dead_wakes_up_beside_the_new_owner() -> None:
-    """Why the random runs keep host pauses under host_dead - fence_timeout - renew_interval."""
-    async with open_cluster(3) as cluster:
-        await cluster.start_guest("h1", "vm1", [D1])
+async def test_a_supervised_guest_survives_a_coordinator_restarted_in_time() -> None:
+    async with open_cluster(3, supervised=True) as cluster:
+        guest = await cluster.start_guest("h1", "vm1", [D1])
+        await cluster.crash_coordinator("h1")
+        await cluster.restart_coordinator("h1")
+        await anyio.sleep(3 * LEASE_TIMEOUT)  # the restarted coordinator's renewals push the deadline on
+        assert guest.running
+        assert not await cluster.probe("h2", D1)
+        assert cluster.check() == []
+
+
+async def test_a_host_paused_past_host_dead_wakes_up_beside_the_new_owner_and_storage_refuses_it() -> None:
+    """No process on a frozen host can stop its guests' first write on waking: storage that checks
+    fencing tokens refuses it (docs/timing.md). Random runs keep pauses under host_dead -
+    fence_timeout - renew_interval, as storage without that check needs."""
+    async with open_cluster(3, supervised=True, fencing_storage=True) as cluster:
+        guest = await cluster.start_guest("h1", "vm1", [D1])
         assert not await cluster.probe("h2", D1)
         await cluster.pause_host("h1")
         await take_over(cluster, "h2", D1)
         await cluster.resume_host("h1")
+        await anyio.sleep(3 * RENEW)
+        assert guest.state is GuestState.FENCED
         assert cluster.check() == []
 
 

@@ -45,6 +45,7 @@ from .messages import (
     AcquireObject,
     AcquireResource,
     Attach,
+    BindGuest,
     CompleteMigration,
     DomainStatus,
     Inquire,
@@ -104,6 +105,8 @@ class DomainActor(Actor[Any]):
                 return await self._release_all(save_state)
             case Attach():
                 return await self._attach()
+            case BindGuest(pid):
+                return await self._bind_guest(pid)
             case Shutdown():
                 return await self._shutdown()
             case Inquire():
@@ -226,6 +229,17 @@ class DomainActor(Actor[Any]):
             await self._verify_held()
         return self.pid
 
+    async def _bind_guest(self, pid: int) -> DomainStatus:
+        """Record the guest its supervisor started, as a start with ``pid`` would."""
+        start = await process_start_time(pid)
+        if start is None:
+            raise GuestNotRunningError(f"{self.name}: guest pid {pid} is not running")
+        self.pid, self.pid_start = pid, start
+        if self.phase != P.UNDEFINED:
+            await self._save()
+        self._publish()
+        return self._status()
+
     async def _shutdown(self) -> None:
         if self._migrating_out():
             raise InvalidStateError(f"{self.name} is migrating: complete or cancel the migration first")
@@ -334,6 +348,7 @@ class DomainActor(Actor[Any]):
             if committed:
                 self.phase = next_phase(self.name, self.phase, Move.MIGRATED_OUT)
                 self.leases = {}
+                self.services.release_guest(self.identity.uuid)
                 await self._save()
                 self._publish()
             return

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING
 
 import anyio
 import attrs
@@ -27,6 +28,9 @@ from ..constants import FailureAction
 from ..events import FailureActionRan, FenceFailed, HostEvent
 from ..guest import is_running, power_off
 from ..model import DomainIdentity
+
+if TYPE_CHECKING:
+    from ..supervisor.service import SupervisorService
 
 __all__ = ["FENCE_THREADS", "FenceBoard", "FenceTarget", "fence_retry_interval", "fence_thread_limiter"]
 
@@ -110,6 +114,7 @@ class FenceBoard:
         self.lost = False
         self.losses = 0  # lockspace losses so far: a domain compares it around an acquisition
         self.retry_interval = fence_retry_interval(fence_timeout)
+        self.supervisor: SupervisorService | None = None  # set by the host when guests are supervised
 
     # -- what domain actors and the host tell the board -------------------------
 
@@ -261,6 +266,13 @@ class FenceBoard:
         return attempt
 
     async def _run_action(self, target: FenceTarget) -> _Attempt:
+        if self.supervisor is not None and self.action is FailureAction.POWEROFF:
+            # Told first and without waiting: it runs the action on its
+            # own even if this process stalls next; it also knows the pid of a guest
+            # registered without one.
+            supervised = self.supervisor.fence(target.identity.uuid, "the host reports the lease lost")
+            if target.pid is None and supervised is not None:
+                target = attrs.evolve(target, pid=supervised.guest_pid, pid_start=supervised.guest_start)
         if self.action is FailureAction.IGNORE:
             log.error(
                 "host %s: %s keeps running without its leases (failure_action=ignore)",

@@ -51,6 +51,8 @@ from ..events import (
 )
 from ..model import DomainIdentity, HostIdentity, HostView, Lease, LeaseOwner, LeaseRecord, LeaseRequest
 from ..statestore import DomainPhase, DomainState, StateStore
+from ..supervisor.service import SupervisorService
+from ..supervisor.watchdog import Watchdog
 from .domains import DomainRegistry
 from .fencing import FenceBoard, FenceTarget
 from .lifeline import Lifeline, Membership, read_boot_id
@@ -101,6 +103,7 @@ class HostCoordinator:
         clock: Callable[[], float] = host_clock,
         peer_endpoint: str = "",
         public_key: str = "",
+        supervisors: SupervisorService | None = None,
     ) -> None:
         self.config = config
         self.identity = HostIdentity(config.host.name, config.host.id)
@@ -126,8 +129,31 @@ class HostCoordinator:
             first_result=self.domains.tell_lost,
         )
         self.lifeline = Lifeline(
-            config, self.membership, backend, store, self.fences, emit=self.emit, clock=clock
+            config,
+            self.membership,
+            backend,
+            store,
+            self.fences,
+            emit=self.emit,
+            clock=clock,
+            on_renewed=self._renewed,
         )
+        # Guests' supervisors (issue 9), fed the lease deadline after each renewal.
+        self.supervisors = supervisors
+        if supervisors is None and config.host.state_dir is not None and clock is host_clock:
+            self.supervisors = SupervisorService(
+                config.host.state_dir,
+                host=config.host.name,
+                expires_at=lambda: self.lifeline.expires_at if self.live else 0.0,
+                action=config.locking.failure_action.value,
+                kill_grace=config.locking.kill_grace,
+                fence_timeout=config.timing.fence_timeout,
+            )
+        self.fences.supervisor = self.supervisors
+        # The host watchdog, petted while every held lease is fresh.
+        self.watchdog: Watchdog | None = None
+        if config.watchdog.device is not None:
+            self.watchdog = Watchdog(config.watchdog.device, host=config.host.name)
         self.migrations = MigrationRegistry(
             config.peer, self.membership, self, task_group, settle=self.domains.settled, connect=self._connect
         )
@@ -144,11 +170,24 @@ class HostCoordinator:
                 host_name=self.identity.name,
                 owner_for=self.owner_for,
                 stopped=self.domains.forget,
+                release_guest=self._release_guest,
             )
         )
 
     def _connect(self, endpoint: str, server_key: str) -> AbstractAsyncContextManager[PeerClient]:
         return self.peer_service.connect(endpoint, server_key)
+
+    def _release_guest(self, uuid: str) -> None:
+        """The domain's leases moved away: its supervisor no longer enforces our deadline."""
+        if self.supervisors is not None:
+            self.supervisors.release(uuid)
+
+    def _renewed(self, expires_at: float) -> None:
+        """After each successful renewal: neither push may wait."""
+        if self.supervisors is not None:
+            self.supervisors.renewed(expires_at)
+        if self.watchdog is not None and not self.fences.unfenced:
+            self.watchdog.pet()
 
     # -- public -------------------------------------------------------------
 
@@ -334,6 +373,11 @@ class HostCoordinator:
                 if uuid in lost_results:
                     reason += f"; failure action: {lost_results[uuid]}"
             self.domains.spawn(state.identity, state, lost_reason=reason)
+        if self.supervisors is not None:  # after the join: welcomes carry a real deadline
+            await self._tg.start(self.supervisors.serve, name=f"supervisors {self.identity.name}")
+        if self.watchdog is not None:
+            await self._tg.start(self.watchdog.run, name=f"watchdog {self.identity.name}")
+            self.watchdog.pet()
         self.lifeline.start(self._tg)
         self.emit(Joined(host=self.identity.name, incarnation=self.incarnation, resumed=self.resumed))
 
@@ -426,6 +470,8 @@ class HostCoordinator:
         self.lifeline.stop_renewing()
         holding = self.fences.holding or self.domains.holding()
         self._started = False
+        if self.watchdog is not None:  # guests left running keep it armed
+            self.watchdog.disarm = not holding
         with anyio.move_on_after(self.config.timing.io_timeout, shield=True):
             try:
                 await self.backend.leave(clean=not holding)

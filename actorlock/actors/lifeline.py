@@ -70,6 +70,7 @@ class Lifeline:
         *,
         emit: EmitEvent,
         clock: Callable[[], float],
+        on_renewed: Callable[[float], None] = lambda expires_at: None,
     ) -> None:
         self._config = config
         self._membership = membership
@@ -78,6 +79,7 @@ class Lifeline:
         self._fences = fences
         self._emit = emit
         self._clock = clock
+        self._on_renewed = on_renewed  # must not wait: supervisors' deadlines, the watchdog
         self._name = membership.identity.name
         self.last_start = 0.0
         self.expires_at = 0.0
@@ -220,6 +222,7 @@ class Lifeline:
                 self.lost = False
                 self._fences.lockspace_regained()
                 self._emit(LockspaceRegained(host=self._name))
+            self._on_renewed(self.expires_at)
 
     def _lockspace_lost(self, reason: str) -> None:
         self.lost = True

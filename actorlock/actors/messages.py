@@ -53,6 +53,13 @@ class Attach:
 
 
 @attrs.frozen
+class BindGuest:
+    """The guest now runs as ``pid`` (started by its supervisor): fence and persist it."""
+
+    pid: int
+
+
+@attrs.frozen
 class Shutdown:
     """The guest stopped: release everything and forget the domain."""
 

@@ -149,3 +149,4 @@ class DomainServices:
     host_name: str
     owner_for: Callable[[DomainIdentity], LeaseOwner]
     stopped: Callable[[str, object], None]  # (uuid, actor): the actor's task ended
+    release_guest: Callable[[str], None]  # (uuid): its leases moved away, its supervisor's deadline ends

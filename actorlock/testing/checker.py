@@ -51,6 +51,15 @@ before the destination's guest writes. A release while running, a
 LeaseLost, or a transfer with no harm before the source stops is not a
 violation: nothing was written unprotected.
 
+With storage that checks fencing tokens (``check(..., storage_fences=True)``:
+it refused every write whose token was older than the disk's, recorded as
+:class:`WriteRefused`), a guest of a host frozen as a whole
+(:class:`HostFrozen` .. :class:`HostThawed`) when another owner takes its
+key is not judged at that moment by rules 1 and 3: it executes nothing, and
+on waking no process can stop its first write, which storage refuses. It
+must stop, or have its failure action run, before the history ends; an
+accepted write with its old token is still rule 2.
+
 Rule 4, cancelled migration lost a lease. When :class:`MigrationCancelled`
 is recorded (the outcome has settled), the source owner ``(source_host,
 domain)`` must hold each lease it listed, in the same mode with the same or
@@ -105,8 +114,10 @@ from .history import (
     History,
     HistoryEvent,
     HostCrashed,
+    HostFrozen,
     HostJoined,
     HostRecovered,
+    HostThawed,
     LeaseAcquired,
     LeaseHeld,
     LeaseLost,
@@ -156,7 +167,11 @@ class Violation:
 
 
 def check(
-    history: History | Iterable[HistoryEvent], *, host_dead: float, slack: float = 0.0
+    history: History | Iterable[HistoryEvent],
+    *,
+    host_dead: float,
+    slack: float = 0.0,
+    storage_fences: bool = False,
 ) -> list[Violation]:
     """Every violation of the five rules in ``history``, in the order they became certain.
 
@@ -164,11 +179,18 @@ def check(
         history: the events; a plain iterable is ordered by time (ties kept).
         host_dead: the lockspace's host_dead (rule 5).
         slack: extra time allowed for rule 5 on top of host_dead.
+        storage_fences: storage refused every write whose token was older than
+            the disk's (:class:`WriteRefused`). Then a guest of a host that was
+            frozen as a whole (:class:`HostFrozen`) when another took its disk
+            is not judged at that moment (it executed nothing, and its writes
+            with the old token are refused); it must stop, or have its failure
+            action run, before the history ends (rule 3).
     """
     events = history.events if isinstance(history, History) else sorted(history, key=lambda e: e.time)
-    sweep = _Sweep(host_dead, slack)
+    sweep = _Sweep(host_dead, slack, storage_fences)
     for event in events:
         sweep.feed(event)
+    sweep.finish()
     return sweep.violations
 
 
@@ -202,6 +224,7 @@ class _Pending:
     mode: LeaseMode
     loss: HistoryEvent
     on_disk: HistoryEvent
+    frozen: bool = False  # taken while its host was frozen, with fencing storage: due by the end
 
 
 @attrs.define
@@ -221,9 +244,11 @@ class _Acquisition:
 class _Sweep:
     """All rules' state, advanced one event at a time."""
 
-    def __init__(self, host_dead: float, slack: float) -> None:
+    def __init__(self, host_dead: float, slack: float, storage_fences: bool = False) -> None:
         self.host_dead = host_dead
         self.slack = slack
+        self.storage_fences = storage_fences
+        self.frozen: set[str] = set()  # hosts frozen as a whole now
         self.violations: list[Violation] = []
         self.position: dict[int, int] = {}  # id(event) -> place in the sweep, to order evidence
         # guests (rules 1 and 3)
@@ -260,6 +285,8 @@ class _Sweep:
             LockspaceLost: self.host_lockspace_lost,
             LockspaceRegained: self.host_lockspace_regained,
             HostCrashed: self.host_crashed,
+            HostFrozen: self.host_frozen,
+            HostThawed: self.host_thawed,
             CoordinatorCrashed: self.coordinator_crashed,
             HostRecovered: self.host_recovered,
             HostJoined: self.host_joined,
@@ -311,6 +338,8 @@ class _Sweep:
         for key, mode in disks.items():
             users = self.users.setdefault(key, {})
             for other, (other_mode, since) in users.items():
+                if self.storage_fences and other[0] in self.frozen:
+                    continue  # it executes nothing; awake, its old token is refused (rule 3 follows it)
                 if other[0] != owner[0] and _conflict(mode, other_mode):
                     self.flag(
                         Rule.EXCLUSIVE_OVERLAP,
@@ -359,6 +388,8 @@ class _Sweep:
         for loser, p in list(pending.items()):
             if loser == writer:
                 what = "kept writing it"
+            elif p.frozen:
+                continue  # storage refuses the loser's old token: another's write harms nothing
             elif _conflict(p.mode, e.mode):
                 what = f"was still running when {_who(writer)} wrote it"
             else:
@@ -424,6 +455,8 @@ class _Sweep:
             for loser, p in list(pending.items()):
                 if loser == owner:
                     self.drop_pending(owner, key)  # the guest has its lease back
+                elif p.frozen:
+                    continue
                 elif _conflict(p.mode, mode):
                     self.flag(
                         Rule.UNFENCED_LEASE_LOSS,
@@ -451,6 +484,10 @@ class _Sweep:
     def taken_over(self, loser: Owner, key: str, held: _Held, e: HistoryEvent) -> None:
         run = self.runs.get(loser)
         if run is None or key not in run.disks or run.fenced is not None:
+            return
+        if self.storage_fences and loser[0] in self.frozen:
+            self.pending.setdefault(key, {})[loser] = _Pending(held.mode, e, run.disks[key][1], frozen=True)
+            self.pending_keys.setdefault(loser, set()).add(key)
             return
         self.flag(
             Rule.UNFENCED_LEASE_LOSS,
@@ -508,9 +545,29 @@ class _Sweep:
         self.lockspace_lost.pop(e.host, None)
 
     def host_crashed(self, e: HostCrashed) -> None:
+        self.frozen.discard(e.host)
         for owner in [o for o in self.runs if o[0] == e.host]:
             self.end_run(owner)
         self.went_gone(e.host, e)
+
+    def host_frozen(self, e: HostFrozen) -> None:
+        self.frozen.add(e.host)
+
+    def host_thawed(self, e: HostThawed) -> None:
+        self.frozen.discard(e.host)
+
+    def finish(self) -> None:
+        """At the end: a guest taken over while frozen must have stopped or been fenced by now."""
+        for key, pending in self.pending.items():
+            for loser, p in pending.items():
+                if p.frozen:
+                    self.flag(
+                        Rule.UNFENCED_LEASE_LOSS,
+                        f"{_who(loser)} was taken over on {key} at {_t(p.loss.time)} while its host "
+                        "was frozen, and was neither stopped nor fenced after it woke",
+                        p.on_disk,
+                        p.loss,
+                    )
 
     def coordinator_crashed(self, e: CoordinatorCrashed) -> None:
         self.went_gone(e.host, e)

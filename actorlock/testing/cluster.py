@@ -104,6 +104,7 @@ import os
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any, TypeVar
 
@@ -135,6 +136,7 @@ from ..model import (
     disk,
 )
 from ..statestore import DomainState, HostPersisted, MemoryStateStore, StateStore
+from ..supervisor.service import SupervisedGuest, SupervisorService
 from . import host_faults
 from .checker import Violation, check
 from .faults import (
@@ -148,6 +150,7 @@ from .faults import (
 from .history import (
     AcquireRefused,
     CoordinatorCrashed,
+    FailureActionRan,
     FaultInjected,
     FaultsHealed,
     GuestDisksChanged,
@@ -157,9 +160,12 @@ from .history import (
     History,
     HistoryEvent,
     HostCrashed,
+    HostFrozen,
     HostRecovered,
+    HostThawed,
     LeaseHeld,
     StopReason,
+    WriteRefused,
 )
 
 __all__ = [
@@ -173,6 +179,7 @@ __all__ = [
     "SimGuest",
     "SimHost",
     "SimStorage",
+    "SimSupervisors",
     "open_cluster",
 ]
 
@@ -312,6 +319,7 @@ class SimHost:
         self._stop: anyio.Event | None = None
         self._done: anyio.Event | None = None
         self._lifeline: _Lifeline | None = None
+        self.supervisors: SimSupervisors | None = None  # with open_cluster(supervised=True)
 
     @property
     def frozen(self) -> bool:
@@ -323,23 +331,81 @@ class SimHost:
 
 
 class SimStorage:
-    """Shared storage that accepts every write and records it in the history.
+    """Shared storage that records every write in the history.
 
-    It deliberately does not fence: a stale write is accepted and recorded,
-    so the checker's rule 2 sees split brain instead of storage hiding it.
+    By default it deliberately does not fence: a stale write is accepted and
+    recorded, so the checker's rule 2 sees split brain instead of storage
+    hiding it. With ``fences`` it checks tokens as SCSI-3 persistent
+    reservations or a token-checking gateway would: a guest that starts
+    running with an exclusive lease makes its token the disk's current one,
+    and a write carrying an older token is refused (``WriteRefused``).
     """
 
-    def __init__(self, record: Callable[[HistoryEvent], None]) -> None:
+    def __init__(self, record: Callable[[HistoryEvent], None], *, fences: bool = False) -> None:
         self._record = record
+        self.fences = fences
         self.accepted = 0
+        self.refused = 0
         self.highest: dict[str, int] = {}  # disk key -> highest token seen
+        self.current: dict[str, int] = {}  # disk key -> newest exclusive token admitted (fences only)
+
+    def admit(self, lease: Lease) -> None:
+        """A guest runs with ``lease`` now: with ``fences``, an exclusive token becomes the disk's."""
+        if lease.mode is LeaseMode.EXCLUSIVE:
+            self.current[lease.key] = max(self.current.get(lease.key, 0), lease.token)
 
     def write(self, now: float, guest: SimGuest, lease: Lease) -> None:
-        """Accept one write of ``guest`` to ``lease.key`` carrying ``lease.token``."""
+        """One write of ``guest`` to ``lease.key`` carrying ``lease.token``: accepted, or refused."""
+        current = self.current.get(lease.key, 0)
+        if self.fences and lease.token < current:
+            self.refused += 1
+            self._record(WriteRefused(now, guest.host, guest.uuid, lease.key, lease.token, current))
+            return
+        self.admit(lease)
         self.accepted += 1
         self.highest[lease.key] = max(self.highest.get(lease.key, 0), lease.token)
         guest.writes += 1
         self._record(GuestWrote(now, guest.host, guest.uuid, lease.key, lease.token, lease.mode))
+
+
+class SimSupervisors(SupervisorService):
+    """The guest supervisors of one simulated host, as its coordinators see them.
+
+    They outlive every coordinator process of the host (not the host): each
+    renewal pushes the deadline here, and the cluster's supervising task
+    stops the host's guests at it, whether or not a coordinator still runs.
+    """
+
+    def __init__(self, config: Config) -> None:
+        super().__init__(
+            Path("/nonexistent"),
+            host=config.host.name,
+            expires_at=lambda: 0.0,
+            action=config.locking.failure_action.value,
+            kill_grace=config.locking.kill_grace,
+            fence_timeout=config.timing.fence_timeout,
+        )
+        self.expires_at: float | None = None
+        self.released_uuids: set[str] = set()
+        self.changed = anyio.Event()
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self.serving = True
+        task_status.started()
+
+    def renewed(self, expires_at: float) -> None:
+        self.expires_at = expires_at
+        self.notify()
+
+    def fence(self, uuid: str, reason: str) -> SupervisedGuest | None:
+        return None  # the simulator's coordinators run "pause" through their callback
+
+    def release(self, uuid: str) -> None:
+        self.released_uuids.add(uuid)
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = anyio.Event()
 
 
 @attrs.frozen(eq=False)
@@ -456,6 +522,7 @@ class Cluster:
         fence_delay: float = 0.0,
         seed: int,
         clock: Callable[[], float],
+        fencing_storage: bool = False,
     ) -> None:
         self._tg = task_group
         self.hosts: dict[str, SimHost] = {h.name: h for h in hosts}
@@ -465,7 +532,7 @@ class Cluster:
         self.write_interval = write_interval
         self.fence_delay = fence_delay
         self.clock = clock
-        self.storage = SimStorage(self.record)
+        self.storage = SimStorage(self.record, fences=fencing_storage)
         self._host_sink = history.sink(clock)
         self.operations = 0
         self.faults_injected = 0
@@ -515,7 +582,9 @@ class Cluster:
     def check(self, *, slack: float | None = None) -> list[Violation]:
         """Run the safety checker on the history (slack defaults to one renew_interval)."""
         margin = self.timing.renew_interval if slack is None else slack
-        return check(self.history, host_dead=self.timing.host_dead, slack=margin)
+        return check(
+            self.history, host_dead=self.timing.host_dead, slack=margin, storage_fences=self.storage.fences
+        )
 
     # -- lookup ------------------------------------------------------------------
 
@@ -799,6 +868,10 @@ class Cluster:
         await self._kill(host)
         host.store = MemoryStateStore()  # the host's memory is gone
         host.state_faults.inner = host.store
+        if host.supervisors is not None:  # they died with it; the next boot's start afresh
+            host.supervisors.expires_at = None
+            host.supervisors.released_uuids.clear()
+            host.supervisors.notify()
         self._fault_over(name, "pause")
 
     async def rejoin_host(self, name: str) -> Host:
@@ -875,6 +948,7 @@ class Cluster:
             raise InvalidStateError(f"host {name} is {host.state.value}")
         host_faults.freeze(host.api)
         host.state = HostState.PAUSED
+        self.record(HostFrozen(self.now(), name))
         self._fault_began(name, "pause", "host paused", "pause-host")
 
     async def resume_host(self, name: str) -> None:
@@ -882,10 +956,13 @@ class Cluster:
         host = self.host(name)
         if host.state is HostState.PAUSED:
             host.state = HostState.UP
+            self.record(HostThawed(self.now(), name))
             if host.api is not None:
                 # In the same step as the thaw: the coordinator fences (if it must)
                 # before any guest reaches its next write.
                 host_faults.thaw(host.api)
+            if host.supervisors is not None:
+                host.supervisors.notify()
         self._fault_over(name, "pause")
 
     async def fail_backend(self, name: str, *operations: str) -> None:
@@ -1199,6 +1276,8 @@ class Cluster:
         guest.saved = None
 
     def _run(self, guest: SimGuest) -> None:
+        for lease in guest.leases.values():
+            self.storage.admit(lease)
         guest.state = GuestState.RUNNING
         exclusive, shared = guest.disk_sets()
         self.record(GuestStarted(self.now(), guest.host, guest.uuid, exclusive, shared))
@@ -1254,6 +1333,32 @@ class Cluster:
 
         return fence
 
+    async def _supervise(self, host: SimHost) -> None:
+        """The host's guest supervisors: at the last pushed deadline its guests are killed.
+
+        Runs in the cluster's task group, so a crashed coordinator does not
+        stop it; a frozen host's supervisors are frozen too (they act on thaw).
+        """
+        supervisors = host.supervisors
+        assert supervisors is not None
+        while True:  # until the cluster closes
+            changed = supervisors.changed
+            deadline = supervisors.expires_at
+            now = self.now()
+            if deadline is not None and now >= deadline and not host.frozen:
+                supervisors.expires_at = None  # until a renewal pushes a new one
+                for guest in self.guests(host.name):
+                    if guest.state in (GuestState.RUNNING, GuestState.STARTING) and (
+                        guest.uuid not in supervisors.released_uuids
+                    ):
+                        result = "killed by its supervisor at the deadline"
+                        self.record(FailureActionRan(now, host.name, guest.uuid, "poweroff", result))
+                        self._halt(guest, StopReason.FENCED)
+                continue
+            wait = deadline - now if deadline is not None and not host.frozen else float("inf")
+            with anyio.move_on_after(wait):
+                await changed.wait()
+
     async def _launch(self, host: SimHost) -> Host:
         before, host.state = host.state, HostState.JOINING
         host.faults.inner = self._backend_factory(host)
@@ -1279,6 +1384,7 @@ class Cluster:
                 pause_callback=self._pause_callback(host),
                 event_sink=self._sink,
                 clock=self.clock,
+                supervisors=host.supervisors,
             ) as api:
                 host.api = api
                 task_status.started()
@@ -1336,6 +1442,8 @@ async def open_cluster(
     history: History | None = None,
     seed: int = 0,
     clock: Callable[[], float] = anyio.current_time,
+    supervised: bool = False,
+    fencing_storage: bool = False,
 ) -> AsyncIterator[Cluster]:
     """Run a simulated cluster for the duration of the block.
 
@@ -1353,6 +1461,11 @@ async def open_cluster(
         history: where to record (a new one by default); also ``cluster.history``.
         seed: seeds the guests' write phases (scenarios reproduce from it).
         clock: the one clock of every host and record.
+        supervised: every host's guests run under supervisors that outlive its
+            coordinator and stop them at the last deadline it pushed
+            (:class:`SimSupervisors`, issue 9).
+        fencing_storage: storage refuses writes with an older token than the
+            disk's (:class:`SimStorage`); the checker knows it.
 
     On exit every guest stops writing and the hosts that run leave the lockspace.
     """
@@ -1403,9 +1516,13 @@ async def open_cluster(
             fence_delay=fence_delay,
             seed=seed,
             clock=clock,
+            fencing_storage=fencing_storage,
         )
         try:
             for host in sim_hosts:
+                if supervised:
+                    host.supervisors = SimSupervisors(host.config)
+                    tg.start_soon(cluster._supervise, host, name=f"supervisors {host.name}")
                 host.state = HostState.COORDINATOR_DOWN
                 await cluster._launch(host)
                 # Staggered starts: hosts renewing at identical instants would make

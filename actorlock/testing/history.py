@@ -57,8 +57,10 @@ __all__ = [
     "HistoryEvent",
     "HostCrashed",
     "HostEvent",
+    "HostFrozen",
     "HostJoined",
     "HostRecovered",
+    "HostThawed",
     "LeaseAcquired",
     "LeaseHeld",
     "LeaseLost",
@@ -69,6 +71,7 @@ __all__ = [
     "MigrationCancelled",
     "StopReason",
     "TransferredLease",
+    "WriteRefused",
 ]
 
 E = TypeVar("E", bound="HistoryEvent")
@@ -351,6 +354,17 @@ class GuestWrote(HistoryEvent):
     mode: LeaseMode = LeaseMode.EXCLUSIVE
 
 
+@attrs.frozen
+class WriteRefused(HistoryEvent):
+    """Storage that checks fencing tokens refused a write: its token is older than the disk's."""
+
+    host: str
+    domain: str
+    disk: str
+    token: int
+    current: int  # the disk's token at the time
+
+
 # --- faults ---------------------------------------------------------------
 
 
@@ -364,6 +378,20 @@ class HostCrashed(HistoryEvent):
 @attrs.frozen
 class CoordinatorCrashed(HistoryEvent):
     """Only the coordinator process died: the host's guests keep running."""
+
+    host: str
+
+
+@attrs.frozen
+class HostFrozen(HistoryEvent):
+    """The whole host stopped executing (a hypervisor pause): its guests, coordinator and supervisors."""
+
+    host: str
+
+
+@attrs.frozen
+class HostThawed(HistoryEvent):
+    """A frozen host runs again."""
 
     host: str
 
