@@ -38,18 +38,13 @@ from actorlock.model import DomainIdentity, HostIdentity, HostRecord
 from actorlock.statestore import MemoryStateStore
 from actorlock.testing import host_faults
 from actorlock.testing.events import EventLog
+from actorlock.timing_presets import fast_timing
 
 from .support import TIMING, guest_process, host_config, unique
 
 # The short valid timing; scheduling_delay is left at its default,
 # lease_timeout / 10 = 0.1 s.
-CLOCK_TIMING = {
-    "renew_interval": 0.2,
-    "lease_timeout": 1.0,
-    "fence_timeout": 0.5,
-    "host_dead": 2.0,
-    "io_timeout": 3.0,
-}
+CLOCK_TIMING = fast_timing(scale=4, fence_timeout=0.5, host_dead=2.0, io_timeout=3.0)
 RENEW_INTERVAL = CLOCK_TIMING["renew_interval"]
 LEASE_TIMEOUT = CLOCK_TIMING["lease_timeout"]
 FENCE_TIMEOUT = CLOCK_TIMING["fence_timeout"]
@@ -60,13 +55,7 @@ REACT = 0.3
 
 # Restart tests: shorter, so that waiting out host_dead on a late rejoin fits
 # in a few seconds. (0.5 + 0.3 + 0.05) * 1.01 = 0.8585 <= 1.0.
-RESTART_TIMING = {
-    "renew_interval": 0.1,
-    "lease_timeout": 0.5,
-    "fence_timeout": 0.3,
-    "host_dead": 1.0,
-    "io_timeout": 2.0,
-}
+RESTART_TIMING = fast_timing(scale=2, fence_timeout=0.3, host_dead=1.0)
 
 linux_only = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="needs CLOCK_BOOTTIME, pidfds and /proc (Linux)"

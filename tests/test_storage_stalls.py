@@ -48,6 +48,7 @@ from actorlock.statestore import DomainState, MemoryStateStore
 from actorlock.testing import host_faults
 from actorlock.testing.events import EventLog
 from actorlock.testing.faults import FaultyBackend
+from actorlock.timing_presets import fast_timing
 
 from .support import guest_process, host_config, unique
 
@@ -55,13 +56,7 @@ pytestmark = pytest.mark.anyio
 
 # The timing: host_dead >= (lease_timeout + fence_timeout) * 1.01, and
 # io_timeout long enough that the injected delays never time out on their own.
-STALL_TIMING = {
-    "renew_interval": 0.2,
-    "lease_timeout": 1.0,
-    "fence_timeout": 0.5,
-    "host_dead": 2.0,
-    "io_timeout": 3.0,
-}
+STALL_TIMING = fast_timing(scale=4, fence_timeout=0.5, host_dead=2.0, io_timeout=3.0)
 LEASE_TIMEOUT = STALL_TIMING["lease_timeout"]
 FENCE_TIMEOUT = STALL_TIMING["fence_timeout"]
 HOST_DEAD = STALL_TIMING["host_dead"]

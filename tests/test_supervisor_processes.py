@@ -23,19 +23,14 @@ from anyio.abc import Process
 
 import actorlock
 from actorlock.errors import ResourceBusyError
+from actorlock.timing_presets import fast_timing
 
 from .test_supervisor import alive, wait_gone
 
 pytestmark = pytest.mark.anyio
 
 # Wider than tests/support.TIMING: these hosts are separate interpreters on a busy machine.
-PROCESS_TIMING = {
-    "renew_interval": 0.1,
-    "lease_timeout": 1.0,
-    "fence_timeout": 0.5,
-    "host_dead": 1.8,
-    "io_timeout": 2.0,
-}
+PROCESS_TIMING = fast_timing(scale=2, lease_timeout=1.0, fence_timeout=0.5, host_dead=1.8)
 WAIT = 20.0
 
 # Becomes the subreaper of what it starts: the coordinator, then the supervisor it detaches.
@@ -83,7 +78,7 @@ anyio.run(main, backend=backend)
 
 
 # The restart test must start a new interpreter within lease_timeout, on a loaded machine.
-RESTART_TIMING = {**PROCESS_TIMING, "lease_timeout": 4.0, "fence_timeout": 1.0, "host_dead": 5.6}
+RESTART_TIMING = fast_timing(scale=2, lease_timeout=4.0, fence_timeout=1.0, host_dead=5.6)
 
 
 def host_cfg(

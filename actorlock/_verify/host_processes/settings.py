@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-# Short but safe timings (host_dead >= (lease_timeout + fence_timeout) * 1.01),
-# so that a run, and the crash tests built on this script, take seconds.
-TIMING: dict[str, float] = {
-    "renew_interval": 0.05,
-    "lease_timeout": 0.25,
-    "fence_timeout": 0.2,
-    "host_dead": 0.6,
-    "io_timeout": 2.0,
-}
-KILL_GRACE = 0.05
+from ...timing_presets import FAST_KILL_GRACE, fast_timing
+
+# Short but safe, so that a run, and the crash tests built on this script, take seconds.
+TIMING: dict[str, float] = fast_timing()
+KILL_GRACE = FAST_KILL_GRACE
 PEER_TIMING: dict[str, float] = {
     "migration_timeout": 2.0,
     "prepare_timeout": 1.0,
