@@ -251,6 +251,7 @@ class DomainActor(Actor[Any]):
     async def _prepare_migrate(self, dest_uri: str) -> CallResult:
         from ..protocol import Call, Effect, MigrationDestination, MigrationSource
         from .migration import MigrationDriver
+        from .peer_limits import check_offer
 
         self.host.require_peer_service()
         if self.phase != DomainPhase.RUNNING:
@@ -260,6 +261,8 @@ class DomainActor(Actor[Any]):
             raise LockspaceLostError(f"{self.name}: host {self.host.identity.name} has lost its lockspace")
         if self._migrating_out():
             raise InvalidStateError(f"{self.name} is already migrating")
+        offer = LockState.of(self.leases.values())
+        check_offer(offer)  # a refusal here, not a peer that never answers
         peer_name, peer_key = await self.host.resolve_peer(dest_uri)
         if not self.host.live or self.phase != DomainPhase.RUNNING:
             # The lookup read the lockspace, which may have stalled past the expiry.
@@ -272,7 +275,7 @@ class DomainActor(Actor[Any]):
             domain=self.identity,
             lockspace_kind=self.host.backend_kind,
             lockspace_id=self.host.lockspace_id,
-            lock_state=LockState.of(self.leases.values()),
+            lock_state=offer,
             timing=timing,
         )
         driver = MigrationDriver(

@@ -44,12 +44,13 @@ from anyio.abc import TaskStatus
 from zmq.utils import z85
 
 from ..errors import ConfigError, InvalidParameterError, PeerRefusedError, PeerUnreachableError
+from .limits import LIMITS
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[bytes, str | None, bytes], Awaitable[bytes | None]]
 
-MAX_MESSAGE_SIZE: Final = (1 << 20) + 1024  # a codec frame plus room for the envelope
+MAX_MESSAGE_SIZE: Final = LIMITS.message_size  # a codec frame plus room for the envelope
 _REPLY: Final = b"R"
 _FAILED: Final = b"E"
 _ID_LEN: Final = 8
