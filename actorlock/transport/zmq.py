@@ -300,6 +300,9 @@ class PeerServer:
         plaintext: no encryption and no authentication; must be asked for.
         max_in_flight: requests handled at once; more are dropped (the
             client times out and may retry).
+        max_in_flight_per_peer: requests from one peer handled at once (a
+            peer is its CURVE key, or its connection in plain text), so one
+            peer cannot take every slot from the others.
     """
 
     def __init__(
@@ -310,6 +313,7 @@ class PeerServer:
         allowed_clients: Iterable[str] = (),
         plaintext: bool = False,
         max_in_flight: int = 1024,
+        max_in_flight_per_peer: int = 32,
     ) -> None:
         if plaintext and keys is not None:
             raise InvalidParameterError("choose CURVE keys or plaintext, not both")
@@ -323,6 +327,8 @@ class PeerServer:
         self.allowed_clients = allowed
         self.plaintext = plaintext
         self.max_in_flight = max_in_flight
+        self.max_in_flight_per_peer = max_in_flight_per_peer
+        self.dropped = 0  # requests dropped for a limit (for tests and metrics)
 
     async def serve(
         self, handler: Handler, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED
@@ -360,22 +366,29 @@ class PeerServer:
                 raise
             async with anyio.create_task_group() as tg:
                 in_flight = 0
+                per_peer: dict[str | bytes, int] = {}
 
                 def on_message(frames: list[zmq.Frame]) -> None:
                     nonlocal in_flight
                     if len(frames) != 3 or len(frames[1].bytes) != _ID_LEN:
                         log.warning("dropping a malformed request envelope (%d frames)", len(frames))
                         return
+                    identity, user_id = frames[0].bytes, _user_id(frames[1])
+                    peer: str | bytes = user_id if user_id is not None else identity
                     if in_flight >= self.max_in_flight:
+                        self.dropped += 1
                         log.warning("dropping a request: %d already in flight", in_flight)
                         return
+                    if per_peer.get(peer, 0) >= self.max_in_flight_per_peer:
+                        self.dropped += 1
+                        log.debug("dropping a request: the peer has %d in flight", per_peer[peer])
+                        return
                     in_flight += 1
-                    tg.start_soon(
-                        answer, frames[0].bytes, _user_id(frames[1]), frames[1].bytes, frames[2].bytes
-                    )
+                    per_peer[peer] = per_peer.get(peer, 0) + 1
+                    tg.start_soon(answer, identity, user_id, peer, frames[1].bytes, frames[2].bytes)
 
                 async def answer(
-                    identity: bytes, user_id: str | None, request_id: bytes, payload: bytes
+                    identity: bytes, user_id: str | None, peer: str | bytes, request_id: bytes, payload: bytes
                 ) -> None:
                     nonlocal in_flight
                     try:
@@ -388,6 +401,10 @@ class PeerServer:
                             pump.post([identity, request_id, _REPLY, reply])
                     finally:
                         in_flight -= 1
+                        if per_peer[peer] <= 1:
+                            del per_peer[peer]  # the map holds only peers with work, so it stays small
+                        else:
+                            per_peer[peer] -= 1
 
                 pump = _Pump(sock, on_message)
                 tg.start_soon(partial(pump.run, drop_unroutable=True))
