@@ -55,6 +55,7 @@ from .domain import DomainActor
 from .fencing import FenceBoard, FenceTarget
 from .mailbox import ActorRef, open_mailbox, run_actor
 from .messages import DomainStatus, Inquire, LeasesLost, MigrationSettled
+from .peer_limits import PeerDirectory, admit_incoming
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -145,6 +146,7 @@ class HostCoordinator:
         self._keys: KeyPair | None = None
         self._migrations: dict[str, MigrationDriver] = {}
         self.lockspace_id = ""
+        self.peers = PeerDirectory(lambda: self.backend.hosts(), lambda: self._renewals)
 
     # -- public -------------------------------------------------------------
 
@@ -508,8 +510,20 @@ class HostCoordinator:
             key_file = peer.key_file
             self._keys = await anyio.to_thread.run_sync(load_keypair, key_file)
             self._public_key = self._keys.public
+        if peer.plaintext:
+            log.warning(
+                "host %s: peer.plaintext is set: CURVE is off, so migration traffic on %s is "
+                "neither encrypted nor authenticated; any process that can reach it may speak "
+                "for a host of the lockspace",
+                self.identity.name,
+                peer.endpoint,
+            )
         server = PeerServer(
-            peer.endpoint, keys=self._keys, allowed_clients=peer.allowed_keys, plaintext=peer.plaintext
+            peer.endpoint,
+            keys=self._keys,
+            allowed_clients=peer.allowed_keys,
+            plaintext=peer.plaintext,
+            max_in_flight_per_peer=peer.max_requests_per_peer,
         )
         self._peer_endpoint = await self._tg.start(server.serve, self._handle_peer, name="peer service")
 
@@ -523,10 +537,12 @@ class HostCoordinator:
             if not isinstance(message, Request):
                 return None
             await self._authenticate(message.sender, user_id)
+            driver = self._migrations.get(message.migration_id)
+            if driver is None and isinstance(message, Prepare):
+                admit_incoming(message, self._migrations.values(), self.config.peer)
         except ActorlockError as exc:
             log.warning("host %s: bad peer frame: %s", self.identity.name, exc)
             return codec.encode(codec.error_reply_for(frame, exc, sender=self.identity.name))
-        driver = self._migrations.get(message.migration_id)
         if driver is None and isinstance(message, Prepare):
             driver = await self._incoming(message, user_id or "")
         if driver is None:
@@ -538,24 +554,20 @@ class HostCoordinator:
         return None
 
     async def _authenticate(self, sender: str, user_id: str | None) -> None:
-        """The sender named in the payload must be the host whose key signed the connection."""
-        if self.config.peer.plaintext:
-            return
-        for view in await self.backend.hosts():
-            if view.record.name == sender:
-                if view.record.public_key != user_id:
-                    raise ProtocolError(f"peer {sender!r} signed with a key that host does not advertise")
-                return
-        raise ProtocolError(f"peer {sender!r} is not a host of lockspace {self.lockspace_id}")
+        """The sender named in the payload must be a host of our lockspace, and (CURVE) the
+        host whose key signed the connection; plain text has no key to compare."""
+        record = await self.peers.lookup(sender)
+        if record is None:
+            raise ProtocolError(f"peer {sender!r} is not a host of lockspace {self.lockspace_id}")
+        if not self.config.peer.plaintext and record.public_key != user_id:
+            raise ProtocolError(f"peer {sender!r} signed with a key that host does not advertise")
 
     async def _incoming(self, message: Any, peer_key: str) -> MigrationDriver:
         from ..protocol import MigrationDestination
         from .migration import MigrationDriver
 
-        peer_endpoint = ""
-        for view in await self.backend.hosts():
-            if view.record.name == message.sender:
-                peer_endpoint = view.record.peer_endpoint
+        record = await self.peers.lookup(message.sender)
+        peer_endpoint = record.peer_endpoint if record is not None else ""
         machine = MigrationDestination(
             migration_id=message.migration_id,
             local=self.identity,
@@ -578,6 +590,8 @@ class HostCoordinator:
             retry_interval=peer.retry_interval,
             prepare_timeout=peer.prepare_timeout,
             transfer_margin=peer.transfer_margin,
+            # An incoming migration nobody confirms ends by then, whatever PREPARE claims.
+            max_pending=peer.prepare_timeout + peer.migration_timeout,
         )
 
     def pause(self) -> None:
