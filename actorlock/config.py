@@ -122,7 +122,7 @@ class PeerConfig:
     # An incoming migration holds a driver and a socket until it ends: bound how many.
     max_incoming_per_peer: int = 8  # pending incoming migrations from one peer host
     max_incoming: int = 32  # pending incoming migrations from all peers together
-    max_requests_per_peer: int = 32  # requests from one connection handled at once
+    max_requests_per_peer: int = 64  # requests from one connection handled at once
 
 
 @attrs.frozen

@@ -51,3 +51,32 @@ async def test_one_peer_cannot_have_more_requests_in_flight_than_its_share() -> 
     assert len(handled) == 3
     assert sorted(answers) == sorted(b"ok:" + f for f in handled)
     assert server.dropped == 7
+
+
+def test_the_allow_list_remembers_few_refused_keys_and_logs_at_a_bounded_rate(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import logging
+
+    from actorlock.transport import zmq as transport
+    from actorlock.transport.zmq import generate_keypair
+
+    now = [0.0]
+    good = generate_keypair()[0]
+    allow = transport._AllowList([good], clock=lambda: now[0])
+    strangers = [generate_keypair()[0] for _ in range(50)]
+    with caplog.at_level(logging.DEBUG, logger="actorlock.transport.zmq"):
+        # Many distinct keys (an attacker may make up a fresh one per attempt).
+        for i in range(20_000):
+            assert not allow.callback("actorlock", b"%040d" % i)
+        for key in strangers * 3:
+            assert not allow.callback("actorlock", key.encode())
+        assert allow.callback("actorlock", good.encode())
+        first = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        now[0] += 3600.0  # an hour later the log speaks again, and says how much it kept back
+        assert not allow.callback("actorlock", generate_keypair()[0].encode())
+        later = [r for r in caplog.records if r.levelno >= logging.WARNING][len(first) :]
+    assert allow.remembered() <= transport._AllowList.REMEMBERED
+    assert 1 <= len(first) <= transport._AllowList.LOG_BURST
+    assert len(later) == 1
+    assert "more refused" in later[0].getMessage()
