@@ -53,6 +53,7 @@ from ..model import (
 from ..statestore import DomainPhase, DomainState, HostPersisted, StateStore
 from .domain import DomainActor
 from .fencing import FenceBoard, FenceTarget
+from .host_names import wait_for_name_free
 from .mailbox import ActorRef, open_mailbox, run_actor
 from .messages import DomainStatus, Inquire, LeasesLost, MigrationSettled
 from .peer_limits import PeerDirectory, admit_incoming
@@ -273,6 +274,7 @@ class HostCoordinator:
                 # as soon as host_dead has passed.
                 lost_results = await self._fence_persisted(domains)
             self.lockspace_id = await self.backend.lockspace_id()
+            await wait_for_name_free(self.backend.hosts, self.identity, poll=timing.renew_interval)
             if self.config.peer.endpoint and not self._peer_endpoint:
                 await self._start_peer_service()
             await self.backend.join(self.identity, self.incarnation, self._advert(self._clock()))
