@@ -27,6 +27,7 @@ from ..protocol import (
     ArmTimer,
     Call,
     CancelTimer,
+    CommitReply,
     CompleteCaller,
     Discard,
     DropPending,
@@ -327,12 +328,16 @@ class MigrationDriver:
     async def _send_request(self, message: Request) -> None:
         from ..transport import codec
         from ..transport.zmq import unreachable_after
+        from .commit_check import check_commit, committed
 
         assert self._client is not None
         try:
             with unreachable_after(self.host.config.peer.request_timeout, peer=self._peer_endpoint):
                 frame = await self._client.request(codec.encode(message))
             reply = codec.decode(frame)
+            if isinstance(self.machine, MigrationDestination) and committed(reply):
+                assert isinstance(reply, CommitReply)
+                await check_commit(self.host, self.machine, reply)
         except (PeerError, ActorlockError) as exc:
             failure = exc  # the name bound by except is deleted when the block ends
             await self._put(lambda m, now: m.io_failed(message, failure, now=now), None)
