@@ -114,6 +114,33 @@ async def test_pending_incoming_migrations_are_capped_per_peer_and_in_total() ->
             del c
 
 
+async def test_concurrent_prepares_cannot_all_slip_under_the_cap() -> None:
+    space = unique()
+    caps = {"max_incoming_per_peer": 2, "max_incoming": 2}
+    with guest_process() as guest:
+        async with (
+            await actorlock.plugin_load("memory", peer_config("a", 1, space)) as a,
+            await actorlock.plugin_load("memory", peer_config("b", 2, space, **caps)) as b,
+        ):
+            await start_vm(a, guest.pid)
+            state = offer(await a.host.leases(), "a")
+            answers: list[Response] = []
+
+            async def one(client: PeerClient, i: int) -> None:
+                frame = prepare_frame(b, f"m{i}", sender="a", host_id=1, lock_state=state)
+                answers.append(await ask(client, frame))
+
+            async with (
+                connect(b.host.coordinator.peer_endpoint, plaintext=True) as client,
+                anyio.create_task_group() as tg,
+            ):
+                for i in range(30):
+                    tg.start_soon(one, client, i)
+            accepted = [r for r in answers if isinstance(r, PrepareReply)]
+            assert 1 <= len(accepted) <= 2
+            assert incoming(b) <= 2
+
+
 async def test_an_unconfirmed_incoming_migration_expires_within_prepare_and_migration_timeout() -> None:
     space = unique()
     short = {"prepare_timeout": 0.3, "migration_timeout": 0.6, "transfer_margin": 0.2}

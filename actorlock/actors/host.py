@@ -56,7 +56,7 @@ from .fencing import FenceBoard, FenceTarget
 from .host_names import wait_for_name_free
 from .mailbox import ActorRef, open_mailbox, run_actor
 from .messages import DomainStatus, Inquire, LeasesLost, MigrationSettled
-from .peer_limits import PeerDirectory, admit_incoming
+from .peer_limits import PeerDirectory, RefusalLog, admit_incoming
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -148,6 +148,7 @@ class HostCoordinator:
         self._migrations: dict[str, MigrationDriver] = {}
         self.lockspace_id = ""
         self.peers = PeerDirectory(lambda: self.backend.hosts(), lambda: self._renewals)
+        self._refusals = RefusalLog()
 
     # -- public -------------------------------------------------------------
 
@@ -541,16 +542,20 @@ class HostCoordinator:
             await self._authenticate(message.sender, user_id)
             driver = self._migrations.get(message.migration_id)
             if driver is None and isinstance(message, Prepare):
-                admit_incoming(message, self._migrations.values(), self.config.peer)
+                driver = await self._incoming(message, user_id or "")
         except ActorlockError as exc:
-            log.warning("host %s: bad peer frame: %s", self.identity.name, exc)
+            self._refusals.warn(self.identity.name, exc)
             return codec.encode(codec.error_reply_for(frame, exc, sender=self.identity.name))
-        if driver is None and isinstance(message, Prepare):
-            driver = await self._incoming(message, user_id or "")
         if driver is None:
             response = answer_unknown(message, local=self.identity.name)
             return codec.encode(response) if response is not None else None
-        with anyio.move_on_after(max(message.deadline_remaining, self.config.peer.request_timeout)):
+        peer = self.config.peer
+        # Whatever deadline the peer claims, a handler waits no longer than a migration may last.
+        wait = min(
+            max(message.deadline_remaining, peer.request_timeout),
+            peer.prepare_timeout + peer.migration_timeout,
+        )
+        with anyio.move_on_after(wait):
             response = await driver.request(message)
             return codec.encode(response) if response is not None else None
         return None
@@ -570,6 +575,12 @@ class HostCoordinator:
 
         record = await self.peers.lookup(message.sender)
         peer_endpoint = record.peer_endpoint if record is not None else ""
+        existing = self._migrations.get(message.migration_id)
+        if existing is not None:
+            return existing  # a retransmission that overtook the first PREPARE's setup
+        # No await from this check until start_migration registers the driver,
+        # so concurrent PREPAREs cannot all pass under the caps.
+        admit_incoming(message, self._migrations.values(), self.config.peer)
         machine = MigrationDestination(
             migration_id=message.migration_id,
             local=self.identity,

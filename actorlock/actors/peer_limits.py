@@ -10,19 +10,24 @@ not a flood of lockspace reads.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING
 
 import anyio
 
-from ..errors import InvalidStateError, PeerRefusedError, ProtocolError
+from ..errors import ActorlockError, InvalidStateError, PeerRefusedError, ProtocolError
 from ..model import HostRecord, HostView, LockState
 from ..transport.limits import check_lock_state
+from ..transport.ratelimit import LogLimiter
 
 if TYPE_CHECKING:
     from ..config import PeerConfig
     from ..protocol import Prepare
     from .migration import MigrationDriver
+
+log = logging.getLogger(__name__)
 
 
 def check_offer(offer: LockState) -> None:
@@ -114,3 +119,18 @@ class PeerDirectory:
         for view in views:
             records.setdefault(view.record.name, []).append(view)
         self._records, self._read_at = records, generation
+
+
+class RefusalLog:
+    """Warnings about refused peer frames, at a bounded rate: a peer can send them at will."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._limit = LogLimiter(burst=20, interval=10.0, clock=clock)
+
+    def warn(self, host: str, error: ActorlockError) -> None:
+        held_back = self._limit.take()
+        if held_back is None:
+            log.debug("host %s: bad peer frame: %s", host, error)
+            return
+        more = f" ({held_back} more not logged)" if held_back else ""
+        log.warning("host %s: bad peer frame: %s%s", host, error, more)
