@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,10 @@ async def ask(client: PeerClient, frame: bytes) -> Response:
     return reply
 
 
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
 def incoming(plugin: actorlock.LockManagerPlugin) -> int:
     return sum(1 for d in plugin.host.coordinator._migrations.values() if d.role == "destination")
 
@@ -94,6 +99,10 @@ async def test_pending_incoming_migrations_are_capped_per_peer_and_in_total() ->
             state = offer(await a.host.leases(), "a")
             endpoint = b.host.coordinator.peer_endpoint
             async with connect(endpoint, plaintext=True) as client:
+                await ask(
+                    client, codec.encode(Query(migration_id="warm", sender="a", seq=1, deadline_remaining=1))
+                )
+                fds_before = open_fds()
                 answers = [
                     await ask(client, prepare_frame(b, f"m{i}", sender="a", host_id=1, lock_state=state))
                     for i in range(40)
@@ -102,6 +111,9 @@ async def test_pending_incoming_migrations_are_capped_per_peer_and_in_total() ->
                     await ask(client, prepare_frame(b, f"c{i}", sender="c", host_id=3, lock_state=state))
                     for i in range(3)
                 ]
+                # Each pending migration costs a connection (a few descriptors, both ends
+                # in this process): 43 PREPAREs cost no more than the 3 admitted ones.
+                assert open_fds() - fds_before <= 3 * 5
             assert [type(r) for r in answers[:2]] == [PrepareReply, PrepareReply]
             refused = answers[2:]
             assert all(isinstance(r, ErrorReply) and r.code == PeerRefusedError.code for r in refused)
