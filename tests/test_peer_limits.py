@@ -128,7 +128,7 @@ async def test_pending_incoming_migrations_are_capped_per_peer_and_in_total() ->
 
 async def test_concurrent_prepares_cannot_all_slip_under_the_cap() -> None:
     space = unique()
-    caps = {"max_incoming_per_peer": 2, "max_incoming": 2}
+    caps = {"max_incoming_per_peer": 2, "max_incoming": 30}
     with guest_process() as guest:
         async with (
             await actorlock.plugin_load("memory", peer_config("a", 1, space)) as a,

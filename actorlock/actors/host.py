@@ -590,7 +590,12 @@ class HostCoordinator:
             timing=self.protocol_timing(),
         )
         driver = MigrationDriver(
-            self, machine, peer_endpoint=peer_endpoint, peer_key=peer_key, domain_uuid=message.domain.uuid
+            self,
+            machine,
+            peer_endpoint=peer_endpoint,
+            peer_key=peer_key,
+            domain_uuid=message.domain.uuid,
+            peer_name=message.sender,
         )
         await self.start_migration(driver)
         return driver

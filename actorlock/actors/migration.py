@@ -108,11 +108,13 @@ class MigrationDriver:
         peer_endpoint: str,
         peer_key: str,
         domain_uuid: str,
+        peer_name: str = "",
     ) -> None:
         self.host = host
         self.machine = machine
         self.migration_id = machine.migration_id
         self.domain_uuid = domain_uuid
+        self.peer_name = peer_name  # known before the machine reads PREPARE: caps count by it
         self.role = "source" if isinstance(machine, MigrationSource) else "destination"
         self.serial = next(_serials)  # a later migration of this host has a larger one
         self._peer_endpoint = peer_endpoint

@@ -63,7 +63,7 @@ def admit_incoming(message: Prepare, drivers: Iterable[MigrationDriver], config:
         raise PeerRefusedError(
             f"{len(incoming)} incoming migrations are pending, the most peer.max_incoming allows"
         )
-    from_sender = sum(1 for d in incoming if d.machine.peer == message.sender)
+    from_sender = sum(1 for d in incoming if d.peer_name == message.sender)
     if from_sender >= config.max_incoming_per_peer:
         raise PeerRefusedError(
             f"{from_sender} incoming migrations from {message.sender} are pending, "
