@@ -30,7 +30,7 @@ import time
 
 import anyio
 
-from actorlock.testing.peer_fuzz import FuzzOutcome, fuzz_real_host
+from actorlock.testing.peer_fuzz import FuzzOutcome, fuzz_real_host, rss_kib
 
 
 async def run(frames: int, seed: int, workers: int, guest_pid: int, keys: str) -> FuzzOutcome:
@@ -38,7 +38,8 @@ async def run(frames: int, seed: int, workers: int, guest_pid: int, keys: str) -
 
     def progress(done: int) -> None:
         elapsed = time.monotonic() - started
-        print(f"  {done:>9} frames  {elapsed:7.1f}s  {done / elapsed:8.0f} frames/s", flush=True)
+        rate = done / elapsed
+        print(f"  {done:>9} frames  {elapsed:7.1f}s  {rate:8.0f} frames/s  RSS {rss_kib()} KiB", flush=True)
 
     return await fuzz_real_host(
         frames, seed=seed, key_dir=keys, guest_pid=guest_pid, workers=workers, progress=progress

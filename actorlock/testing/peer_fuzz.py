@@ -444,11 +444,16 @@ async def fuzz_real_host(
                     await stranger.request(next(frames).data)
                 if progress is not None:
                     progress(done)
-        # Every pending incoming migration ends by prepare + migration timeout, plus its linger.
+
+        # Every pending incoming migration ends by prepare + migration timeout, plus its
+        # linger; a mutated PREPARE may name another domain, so watch them all.
+        def incoming() -> int:
+            return sum(1 for d in b.coordinator._migrations.values() if d.role == "destination")
+
         with anyio.move_on_after(15.0):
-            while b.coordinator.incoming_for(UUID, finished=True) is not None:  # noqa: ASYNC110
+            while incoming():  # noqa: ASYNC110
                 await anyio.sleep(0.1)
-        incoming_after = sum(1 for d in b.coordinator._migrations.values() if d.role == "destination")
+        incoming_after = incoming()
         after = _snapshot(await a.leases())
         domains_after = tuple(b.coordinator.known_domains())
         losses = a.coordinator.losses + b.coordinator.losses - losses0
