@@ -14,7 +14,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ..errors import StaleLockStateError
+import anyio
+
+from ..errors import BackendTimeoutError, StaleLockStateError
+from ..model import LeaseRecord
 from ..protocol import (
     CommitReply,
     Message,
@@ -39,6 +42,7 @@ async def check_commit(host: HostCoordinator, machine: MigrationDestination, rep
     Raises:
         MigrationProtocolError: the claim names other leases than PREPARE offered.
         StaleLockStateError: the records do not show this host holding them.
+        BackendTimeoutError: the records took longer than io_timeout to read.
         ActorlockError: the records could not be read.
     """
     owner, offered, claimed = machine.owner, machine.offered, reply.lock_state
@@ -48,7 +52,13 @@ async def check_commit(host: HostCoordinator, machine: MigrationDestination, rep
         raise MigrationProtocolError(
             f"migration {machine.migration_id}: the source's commit names other leases than it offered"
         )
-    records = await host.records([lease.key for lease in claimed.leases])
+    timeout = host.config.timing.io_timeout
+    records: list[LeaseRecord] = []
+    with anyio.move_on_after(timeout) as scope:
+        records = await host.records([lease.key for lease in claimed.leases])
+    if scope.cancelled_caught:
+        # A stalled lockspace is no answer either: asked again after retry_interval.
+        raise BackendTimeoutError(f"reading the leases of a commit took over io_timeout={timeout}s")
     problem = verify_lock_state(records, owner, claimed)
     if problem is not None:
         raise problem
