@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import attrs
 import pytest
 
 import actorlock
@@ -83,6 +84,24 @@ async def test_an_empty_lock_state_is_refused_before_a_driver_is_made() -> None:
         assert "empty lock state" in reply.message
         assert incoming(b) == 0
         del a
+
+
+async def test_a_prepare_the_machine_would_not_read_makes_no_driver() -> None:
+    # Found by bench_peer_fuzz: a PREPARE numbered 0 made a driver whose machine
+    # refused it and stayed idle, with no timer, holding its socket for good.
+    space = unique()
+    with guest_process() as guest:
+        async with (
+            await actorlock.plugin_load("memory", peer_config("a", 1, space)) as a,
+            await actorlock.plugin_load("memory", peer_config("b", 2, space)) as b,
+        ):
+            await start_vm(a, guest.pid)
+            state = offer(await a.host.leases(), "a")
+            frame = codec.decode(prepare_frame(b, "m-zero", sender="a", host_id=1, lock_state=state))
+            async with connect(b.host.coordinator.peer_endpoint, plaintext=True) as client:
+                reply = await ask(client, codec.encode(attrs.evolve(frame, seq=0)))
+            assert isinstance(reply, ErrorReply)
+            assert incoming(b) == 0
 
 
 async def test_pending_incoming_migrations_are_capped_per_peer_and_in_total() -> None:

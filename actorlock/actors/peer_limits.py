@@ -51,13 +51,16 @@ def admit_incoming(message: Prepare, drivers: Iterable[MigrationDriver], config:
     retransmissions) counts: each holds a connection to its source.
 
     Raises:
-        ProtocolError: the lock state is empty.
+        ProtocolError: the lock state is empty, or the PREPARE is numbered below 1.
         PeerRefusedError: the sender, or all peers together, have as many
             incoming migrations as ``[peer] max_incoming_per_peer`` /
             ``max_incoming`` allow.
     """
     if not message.lock_state.leases:
         raise ProtocolError(f"PREPARE from {message.sender} offers an empty lock state")
+    if message.seq < 1:
+        # The machine would refuse it and stay idle with no timer: a driver that never ends.
+        raise ProtocolError(f"PREPARE #{message.seq} from {message.sender}: requests are numbered from 1")
     incoming = [d for d in drivers if d.role == "destination"]
     if len(incoming) >= config.max_incoming:
         raise PeerRefusedError(
