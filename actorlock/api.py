@@ -243,10 +243,28 @@ class Host:
         """The host watchdog this coordinator pets ([watchdog] device), if configured."""
         return self._coordinator.watchdog
 
-    def incoming_migration(self, uuid: str) -> str | None:
-        """The id of a migration of domain ``uuid`` into this host still in progress, if any."""
-        driver = self._coordinator.migrations.incoming_for(uuid)
+    @property
+    def lockspace_id(self) -> str:
+        return self._coordinator.lockspace_id
+
+    @property
+    def backend_kind(self) -> str:
+        return self._coordinator.backend_kind
+
+    @property
+    def lockspace_losses(self) -> int:
+        """How many times this host lost its lockspace (renewal failing for lease_timeout)."""
+        return self._coordinator.losses
+
+    def incoming_migration(self, uuid: str, *, finished: bool = False) -> str | None:
+        """The id of a migration of domain ``uuid`` into this host still in progress (with
+        ``finished``: or ended and still answering late calls), if any."""
+        driver = self._coordinator.migrations.incoming_for(uuid, finished=finished)
         return driver.migration_id if driver is not None else None
+
+    def incoming_migrations(self) -> list[str]:
+        """The ids of every migration into this host that has not ended."""
+        return self._coordinator.migrations.incoming()
 
     def require_peer_service(self) -> None:
         """Raise NotSupportedError unless this host can migrate (peer endpoint, backend support)."""

@@ -144,6 +144,10 @@ class PeerConfig:
     retry_interval: float = 0.25  # resend unanswered requests this often
     transfer_margin: float = 2.0  # no commit starts later than this before the deadline
     request_timeout: float = 2.0  # one request/response round trip, at most
+    # An incoming migration holds a driver and a socket until it ends: bound how many.
+    max_incoming_per_peer: int = 8  # pending incoming migrations from one peer host
+    max_incoming: int = 32  # pending incoming migrations from all peers together
+    max_requests_per_peer: int = 64  # requests from one connection handled at once
 
 
 @attrs.frozen
@@ -345,6 +349,14 @@ def _validated(config: Config) -> Config:
     ):
         if not getattr(peer, name) > 0:
             raise ConfigError(f"peer.{name}", f"must be a positive number, got {getattr(peer, name)}")
+    for name in ("max_incoming_per_peer", "max_incoming", "max_requests_per_peer"):
+        value = getattr(peer, name)
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 100_000:
+            raise ConfigError(f"peer.{name}", f"must be an integer in 1..100000, got {value!r}")
+    if peer.max_incoming_per_peer > peer.max_incoming:
+        raise ConfigError(
+            "peer.max_incoming_per_peer", f"must not exceed peer.max_incoming ({peer.max_incoming})"
+        )
     if peer.transfer_margin >= peer.migration_timeout:
         raise ConfigError(
             "peer.transfer_margin", f"must be below peer.migration_timeout ({peer.migration_timeout})"

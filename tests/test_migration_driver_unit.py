@@ -46,24 +46,40 @@ pytestmark = pytest.mark.anyio
 
 VM = DomainIdentity("5f0c2b1e-0000-4000-8000-0000000000b2", "vm2")
 SOURCE = LeaseOwner("a", 1, VM.uuid, VM.name)
+DESTINATION = LeaseOwner("b", 2, VM.uuid, VM.name)
 OFFERED = LockState((Lease("disk:/d/root.img", LeaseMode.EXCLUSIVE, 4),))
 MOVED = LockState((Lease("disk:/d/root.img", LeaseMode.EXCLUSIVE, 5),))
 TIMING = Timing(retry_interval=0.05, prepare_timeout=2.0, transfer_margin=0.5)
 
 
 class FakeMigrationHost:
-    """Records held by the source; what the driver settles and when it ends."""
+    """Records held by the source until it commits, then by us; what the driver settles and when it ends."""
 
-    def __init__(self, client: FakePeerClient) -> None:
-        self.client = client
+    def __init__(self) -> None:
+        self.client = FakePeerClient(self.source_answers)
         self.settled: list[MigrationSettled] = []
         self.ended: list[MigrationDriver] = []
-        self.fail_settle = False
+        self.holder, self.held, self.incarnation = SOURCE, OFFERED, ""
+
+    def source_answers(self, request: Request) -> Response | None:
+        """The source commits: the records name us from now on, with the new tokens."""
+        if isinstance(request, Commit):
+            self.holder, self.held, self.incarnation = DESTINATION, MOVED, request.incarnation
+            return CommitReply(
+                migration_id=request.migration_id,
+                sender="a",
+                seq=request.seq,
+                deadline_remaining=5.0,
+                outcome=Outcome.COMMITTED,
+                lock_state=MOVED,
+            )
+        return None
 
     async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
+        holder = self.holder
         return [
-            LeaseRecord(lease.key, lease.token, (Holder(SOURCE, lease.mode, lease.token),))
-            for lease in OFFERED.leases
+            LeaseRecord(lease.key, lease.token, (Holder(holder, lease.mode, lease.token, self.incarnation),))
+            for lease in self.held.leases
         ]
 
     async def transfer(self, *args: Any) -> tuple[Lease, ...]:
@@ -83,19 +99,6 @@ class FakeMigrationHost:
         self.ended.append(driver)
 
 
-def source_answers(request: Request) -> Response | None:
-    if isinstance(request, Commit):
-        return CommitReply(
-            migration_id=request.migration_id,
-            sender="a",
-            seq=request.seq,
-            deadline_remaining=5.0,
-            outcome=Outcome.COMMITTED,
-            lock_state=MOVED,
-        )
-    return None
-
-
 def destination(host: FakeMigrationHost) -> MigrationDriver:
     machine = MigrationDestination(
         migration_id="m1",
@@ -112,13 +115,14 @@ def destination(host: FakeMigrationHost) -> MigrationDriver:
         peer_key="",
         domain_uuid=VM.uuid,
         request_timeout=1.0,
+        io_timeout=1.0,
     )
 
 
 @asynccontextmanager
 async def running_destination() -> AsyncIterator[tuple[FakeMigrationHost, MigrationDriver]]:
     """A destination driver on its task, against a source that commits; stopped when the block ends."""
-    host = FakeMigrationHost(FakePeerClient(source_answers))
+    host = FakeMigrationHost()
     driver = destination(host)
     async with anyio.create_task_group() as tg:
         await tg.start(driver.run)

@@ -57,6 +57,7 @@ from .messages import (
     ReleaseResource,
     Shutdown,
 )
+from .peer_limits import check_offer
 from .phases import DomainPhase, Move, next_phase
 from .ports import DomainServices, MigrationHandle
 
@@ -287,12 +288,13 @@ class DomainActor(Actor[Any]):
         self._check_host_live()
         if self._migrating_out():
             raise InvalidStateError(f"{self.name} is already migrating")
+        offer = LockState.of(self.leases.values())
+        check_offer(offer)  # a refusal here, not a peer that never answers
         peer = await migrations.resolve_peer(dest_uri)
         # The lookup read the lockspace, which may have stalled past the expiry.
         self._check_host_live()
         next_phase(self.name, self.phase, Move.PREPARE_MIGRATION)
-        handle, result = await migrations.start_outgoing(
-            self.identity, LockState.of(self.leases.values()), peer
+        handle, result = await migrations.start_outgoing(self.identity, offer, peer
         )
         self._outgoing = handle
         self.services.emit(

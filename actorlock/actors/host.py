@@ -55,10 +55,12 @@ from ..supervisor.service import SupervisorService
 from ..supervisor.watchdog import Watchdog
 from .domains import DomainRegistry
 from .fencing import FenceBoard, FenceTarget
+from .host_names import wait_for_name_free
 from .lifeline import Lifeline, Membership, read_boot_id
 from .mailbox import ActorRef
 from .messages import DomainStatus
 from .migrations import MigrationRegistry
+from .peer_limits import PeerDirectory
 from .peer_service import PeerService
 from .ports import DomainServices
 
@@ -154,10 +156,19 @@ class HostCoordinator:
         self.watchdog: Watchdog | None = None
         if config.watchdog.device is not None:
             self.watchdog = Watchdog(config.watchdog.device, host=config.host.name)
+        # Peer requests read host records at most once per renewal.
+        self.peers = PeerDirectory(lambda: self.backend.hosts(), lambda: self.lifeline.renewals)
         self.migrations = MigrationRegistry(
-            config.peer, self.membership, self, task_group, settle=self.domains.settled, connect=self._connect
+            config.peer,
+            self.membership,
+            self,
+            task_group,
+            settle=self.domains.settled,
+            connect=self._connect,
+            peers=self.peers,
+            io_timeout=config.timing.io_timeout,
         )
-        self.peer_service = PeerService(config.peer, self.membership, self, self.migrations)
+        self.peer_service = PeerService(config.peer, self.membership, self.peers, self.migrations)
         self.domains.bind(
             DomainServices(
                 leases=self,
@@ -353,6 +364,7 @@ class HostCoordinator:
                 # as soon as host_dead has passed.
                 lost_results = await self._fence_persisted(domains)
             self.membership.lockspace_id = await self.backend.lockspace_id()
+            await wait_for_name_free(self.backend.hosts, self.identity, poll=timing.renew_interval)
             await self._start_peer_service()
             await self.lifeline.join_fresh()
         unverified = await self._verify_resumed(domains) if self.resumed else {}

@@ -27,6 +27,7 @@ from ..protocol import (
     ArmTimer,
     Call,
     CancelTimer,
+    CommitReply,
     CompleteCaller,
     Discard,
     DropPending,
@@ -47,6 +48,7 @@ from ..protocol import (
 from ..transport import codec
 from ..transport.zmq import unreachable_after
 from .call_result import CallResult
+from .commit_check import check_commit, committed
 from .messages import MigrationRole, MigrationSettled
 from .ports import MigrationHost
 
@@ -88,15 +90,19 @@ class MigrationDriver:
         peer_key: str,
         domain_uuid: str,
         request_timeout: float,
+        io_timeout: float,
+        peer_name: str = "",
     ) -> None:
         self.host = host
         self.machine = machine
         self.migration_id = machine.migration_id
         self.domain_uuid = domain_uuid
+        self.peer_name = peer_name  # known before the machine reads PREPARE: caps count by it
         source = isinstance(machine, MigrationSource)
         self.role = MigrationRole.SOURCE if source else MigrationRole.DESTINATION
         self.serial = next(_serials)  # a later migration of this host has a larger one
         self._request_timeout = request_timeout
+        self._io_timeout = io_timeout
         self._peer_endpoint = peer_endpoint
         self._peer_key = peer_key
         self._send, self._inbox = anyio.create_memory_object_stream[tuple[Input, _Caller | None]](256)
@@ -332,6 +338,9 @@ class MigrationDriver:
             with unreachable_after(self._request_timeout, peer=self._peer_endpoint):
                 frame = await self._client.request(codec.encode(message))
             reply = codec.decode(frame)
+            if isinstance(self.machine, MigrationDestination) and committed(reply):
+                assert isinstance(reply, CommitReply)
+                await check_commit(self.host.records, self._io_timeout, self.machine, reply)
         except (PeerError, ActorlockError) as exc:
             failure = exc  # the name bound by except is deleted when the block ends
             await self._put(lambda m, now: m.io_failed(message, failure, now=now), None)

@@ -23,6 +23,7 @@ from .call_result import CallResult
 from .lifeline import Membership
 from .messages import MigrationRole, MigrationSettled
 from .migration import Machine, MigrationDriver
+from .peer_limits import PeerDirectory, admit_incoming
 from .ports import HostLeases, PeerHost
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ class MigrationRegistry:
         *,
         settle: Settle,
         connect: Connect,
+        peers: PeerDirectory,
+        io_timeout: float,
     ) -> None:
         self._peer = peer
         self._membership = membership
@@ -53,6 +56,8 @@ class MigrationRegistry:
         self._tg = task_group
         self._settle = settle
         self._connect = connect
+        self._peers = peers
+        self._io_timeout = io_timeout
         self._migrations: dict[str, MigrationDriver] = {}
 
     def get(self, migration_id: str) -> MigrationDriver | None:
@@ -125,14 +130,23 @@ class MigrationRegistry:
         ]
         return found[-1] if found else None
 
+    def incoming(self) -> list[str]:
+        """The ids of every incoming migration whose driver still runs (lingering included)."""
+        return [d.migration_id for d in self._migrations.values() if d.role is MigrationRole.DESTINATION]
+
     # -- for the peer service -----------------------------------------------------
 
     async def start_incoming(self, message: Prepare, peer_key: str) -> MigrationDriver:
+        """The driver for a PREPARE, started unless the caps on pending migrations refuse it."""
         me = self._membership
-        peer_endpoint = ""
-        for view in await self._leases.hosts():
-            if view.record.name == message.sender:
-                peer_endpoint = view.record.peer_endpoint
+        record = await self._peers.lookup(message.sender)
+        peer_endpoint = record.peer_endpoint if record is not None else ""
+        existing = self._migrations.get(message.migration_id)
+        if existing is not None:
+            return existing  # a retransmission that overtook the first PREPARE's setup
+        # No await from this check until _start registers the driver, so that
+        # concurrent PREPAREs cannot all pass under the caps.
+        admit_incoming(message, self._migrations.values(), self._peer)
         machine = MigrationDestination(
             migration_id=message.migration_id,
             local=me.identity,
@@ -141,7 +155,7 @@ class MigrationRegistry:
             lockspace_id=me.lockspace_id,
             timing=self._timing(),
         )
-        driver = self._driver(machine, peer_endpoint, peer_key, message.domain.uuid)
+        driver = self._driver(machine, peer_endpoint, peer_key, message.domain.uuid, peer_name=message.sender)
         await self._start(driver)
         return driver
 
@@ -172,13 +186,18 @@ class MigrationRegistry:
     # -- internals ------------------------------------------------------------------
 
     def _timing(self) -> Timing:
+        peer = self._peer
         return Timing(
-            retry_interval=self._peer.retry_interval,
-            prepare_timeout=self._peer.prepare_timeout,
-            transfer_margin=self._peer.transfer_margin,
+            retry_interval=peer.retry_interval,
+            prepare_timeout=peer.prepare_timeout,
+            transfer_margin=peer.transfer_margin,
+            # An incoming migration nobody confirms ends by then, whatever PREPARE claims.
+            max_pending=peer.prepare_timeout + peer.migration_timeout,
         )
 
-    def _driver(self, machine: Machine, endpoint: str, key: str, uuid: str) -> MigrationDriver:
+    def _driver(
+        self, machine: Machine, endpoint: str, key: str, uuid: str, *, peer_name: str = ""
+    ) -> MigrationDriver:
         return MigrationDriver(
             self,
             machine,
@@ -186,6 +205,8 @@ class MigrationRegistry:
             peer_key=key,
             domain_uuid=uuid,
             request_timeout=self._peer.request_timeout,
+            io_timeout=self._io_timeout,
+            peer_name=peer_name,
         )
 
     async def _start(self, driver: MigrationDriver) -> None:

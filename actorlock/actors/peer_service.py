@@ -21,7 +21,7 @@ from ..transport import codec
 from ..transport.zmq import KeyPair, PeerClient, PeerServer, connect, load_keypair
 from .lifeline import Membership
 from .migrations import MigrationRegistry
-from .ports import HostLeases
+from .peer_limits import PeerDirectory, RefusalLog
 
 __all__ = ["PeerService"]
 
@@ -35,14 +35,15 @@ class PeerService:
         self,
         peer: PeerConfig,
         membership: Membership,
-        leases: HostLeases,
+        peers: PeerDirectory,
         migrations: MigrationRegistry,
     ) -> None:
         self._peer = peer
         self._membership = membership
-        self._leases = leases
+        self._peers = peers
         self._migrations = migrations
         self._keys: KeyPair | None = None
+        self._refusals = RefusalLog()
 
     @property
     def configured(self) -> bool:
@@ -55,8 +56,20 @@ class PeerService:
             assert peer.key_file is not None
             self._keys = await anyio.to_thread.run_sync(load_keypair, peer.key_file)
             self._membership.public_key = self._keys.public
+        else:
+            log.warning(
+                "host %s: peer.plaintext is set: CURVE is off, so migration traffic on %s is "
+                "neither encrypted nor authenticated; any process that can reach it may speak "
+                "for a host of the lockspace",
+                self._membership.identity.name,
+                peer.endpoint,
+            )
         server = PeerServer(
-            peer.endpoint, keys=self._keys, allowed_clients=peer.allowed_keys, plaintext=peer.plaintext
+            peer.endpoint,
+            keys=self._keys,
+            allowed_clients=peer.allowed_keys,
+            plaintext=peer.plaintext,
+            max_in_flight_per_peer=peer.max_requests_per_peer,
         )
         endpoint = await task_group.start(server.serve, self._handle, name="peer service")
         self._membership.peer_endpoint = endpoint
@@ -74,27 +87,31 @@ class PeerService:
             if not isinstance(message, Request):
                 return None
             await self._authenticate(message.sender, user_id)
+            driver = self._migrations.get(message.migration_id)
+            if driver is None and isinstance(message, Prepare):
+                driver = await self._migrations.start_incoming(message, user_id or "")
         except ActorlockError as exc:
-            log.warning("host %s: bad peer frame: %s", name, exc)
+            self._refusals.warn(name, exc)
             return codec.encode(codec.error_reply_for(frame, exc, sender=name))
-        driver = self._migrations.get(message.migration_id)
-        if driver is None and isinstance(message, Prepare):
-            driver = await self._migrations.start_incoming(message, user_id or "")
         if driver is None:
             response = answer_unknown(message, local=name)
             return codec.encode(response) if response is not None else None
-        with anyio.move_on_after(max(message.deadline_remaining, self._peer.request_timeout)):
+        peer = self._peer
+        # Whatever deadline the peer claims, a handler waits no longer than a migration may last.
+        wait = min(
+            max(message.deadline_remaining, peer.request_timeout),
+            peer.prepare_timeout + peer.migration_timeout,
+        )
+        with anyio.move_on_after(wait):
             response = await driver.request(message)
             return codec.encode(response) if response is not None else None
         return None
 
     async def _authenticate(self, sender: str, user_id: str | None) -> None:
-        """The sender named in the payload must be the host whose key signed the connection."""
-        if self._peer.plaintext:
-            return
-        for view in await self._leases.hosts():
-            if view.record.name == sender:
-                if view.record.public_key != user_id:
-                    raise ProtocolError(f"peer {sender!r} signed with a key that host does not advertise")
-                return
-        raise ProtocolError(f"peer {sender!r} is not a host of lockspace {self._membership.lockspace_id}")
+        """The sender named in the payload must be a host of our lockspace, and (CURVE) the
+        host whose key signed the connection; plain text has no key to compare."""
+        record = await self._peers.lookup(sender)
+        if record is None:
+            raise ProtocolError(f"peer {sender!r} is not a host of lockspace {self._membership.lockspace_id}")
+        if not self._peer.plaintext and record.public_key != user_id:
+            raise ProtocolError(f"peer {sender!r} signed with a key that host does not advertise")

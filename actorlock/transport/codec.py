@@ -39,12 +39,14 @@ from ..protocol import (
     Refuse,
     Status,
 )
+from .limits import LIMITS
 
-MAX_FRAME_SIZE: Final = 1 << 20
-MAX_STR_LEN: Final = 8192  # a lease key holds a path (PATH_MAX is 4096)
-MAX_LEASES: Final = 4096
-MAX_TEXT: Final = 2000  # human-readable reasons are cut to this on encode
-MAX_UINT: Final = (1 << 63) - 1
+# Names kept for callers; the numbers live in limits.LIMITS, shared with the encoder's checks.
+MAX_FRAME_SIZE: Final = LIMITS.frame_size
+MAX_STR_LEN: Final = LIMITS.string
+MAX_LEASES: Final = LIMITS.leases
+MAX_TEXT: Final = LIMITS.text
+MAX_UINT: Final = LIMITS.uint
 
 TYPES: Final[dict[str, type[Message]]] = {
     "prepare": Prepare,
@@ -79,8 +81,8 @@ def _unpacker() -> Any:
         max_str_len=MAX_STR_LEN,
         max_bin_len=0,
         max_ext_len=0,
-        max_array_len=MAX_LEASES,
-        max_map_len=32,
+        max_array_len=LIMITS.leases,
+        max_map_len=LIMITS.map_entries,
     )
 
 
@@ -103,13 +105,22 @@ def _uint(value: object) -> int:
 def _text(value: object) -> str:
     if not isinstance(value, str):
         _bad("a string", value)
+    _fits(value)
     return value
 
 
 def _name(value: object) -> str:
     if not isinstance(value, str) or not value:
         _bad("a non-empty string", value)
+    _fits(value)
     return value
+
+
+def _fits(value: str) -> None:
+    # The decoder never sees a longer string (msgpack refuses it), so only the
+    # encoder can meet one; the length in characters bounds the bytes from below.
+    if len(value) > LIMITS.string // 4 and len(value.encode("utf-8", "surrogatepass")) > LIMITS.string:
+        raise ValueError(f"a string of at most {LIMITS.string} bytes, got {len(value)} characters")
 
 
 def _seconds(value: object) -> float:
@@ -140,6 +151,8 @@ def _domain_out(domain: DomainIdentity) -> dict[str, str]:
 def _lock_state(value: object) -> LockState:
     if not isinstance(value, list):
         _bad("a list of [key, mode, token]", value)
+    if len(value) > LIMITS.leases:
+        raise ValueError(f"{len(value)} leases, over the wire limit of {LIMITS.leases}")
     leases = []
     for item in value:
         if not isinstance(item, list) or len(item) != 3:

@@ -28,7 +28,9 @@ import contextlib
 import logging
 import os
 import stat
+import time
 import tomllib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
@@ -44,12 +46,14 @@ from anyio.abc import TaskStatus
 from zmq.utils import z85
 
 from ..errors import ConfigError, InvalidParameterError, PeerRefusedError, PeerUnreachableError
+from .limits import LIMITS
+from .ratelimit import LogLimiter
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[bytes, str | None, bytes], Awaitable[bytes | None]]
 
-MAX_MESSAGE_SIZE: Final = (1 << 20) + 1024  # a codec frame plus room for the envelope
+MAX_MESSAGE_SIZE: Final = LIMITS.message_size  # a codec frame plus room for the envelope
 _REPLY: Final = b"R"
 _FAILED: Final = b"E"
 _ID_LEN: Final = 8
@@ -272,20 +276,38 @@ class _AllowList:
     """The ZAP credentials provider: admit exactly the listed client keys.
 
     Called on the authenticator's thread, once per connection attempt.
+    Anyone who can reach the port can make up keys, so what it keeps and
+    logs about refused ones is bounded.
     """
 
-    def __init__(self, keys: Iterable[str]) -> None:
+    REMEMBERED: Final = 1024  # refused keys kept to log each one once (oldest forgotten first)
+    LOG_BURST: Final = 10
+    LOG_INTERVAL: Final = 60.0  # after the burst, one warning a minute
+
+    def __init__(self, keys: Iterable[str], *, clock: Callable[[], float] = time.monotonic) -> None:
         self.keys = frozenset(keys)
-        self._refused: set[str] = set()
+        self._refused: OrderedDict[str, None] = OrderedDict()
+        self._log = LogLimiter(self.LOG_BURST, self.LOG_INTERVAL, clock)
+
+    def remembered(self) -> int:
+        return len(self._refused)
 
     def callback(self, domain: str, key: bytes) -> bool:
-        text = key.decode("ascii", "replace")
+        text = key.decode("ascii", "replace")[:40]
         if text in self.keys:
             return True
-        # A refused client reconnects every 100 ms or so: say it once.
-        level = logging.DEBUG if text in self._refused else logging.WARNING
-        self._refused.add(text)
-        log.log(level, "refused a peer with CURVE key %s: not on the allow-list", text)
+        if text in self._refused:
+            # A refused client reconnects every 100 ms or so: say it once.
+            self._refused.move_to_end(text)
+            log.debug("refused a peer with CURVE key %s again", text)
+            return False
+        self._refused[text] = None
+        if len(self._refused) > self.REMEMBERED:
+            self._refused.popitem(last=False)
+        dropped = self._log.take()
+        if dropped is not None:
+            more = f" ({dropped} more refused since the last warning)" if dropped else ""
+            log.warning("refused a peer with CURVE key %s: not on the allow-list%s", text, more)
         return False
 
 
@@ -299,6 +321,10 @@ class PeerServer:
         plaintext: no encryption and no authentication; must be asked for.
         max_in_flight: requests handled at once; more are dropped (the
             client times out and may retry).
+        max_in_flight_per_peer: requests from one peer handled at once (a
+            peer is its CURVE key, or its connection in plain text), so one
+            peer cannot take every slot from the others; default: no more
+            than ``max_in_flight``.
     """
 
     def __init__(
@@ -309,6 +335,7 @@ class PeerServer:
         allowed_clients: Iterable[str] = (),
         plaintext: bool = False,
         max_in_flight: int = 1024,
+        max_in_flight_per_peer: int | None = None,
     ) -> None:
         if plaintext and keys is not None:
             raise InvalidParameterError("choose CURVE keys or plaintext, not both")
@@ -322,6 +349,10 @@ class PeerServer:
         self.allowed_clients = allowed
         self.plaintext = plaintext
         self.max_in_flight = max_in_flight
+        self.max_in_flight_per_peer = (
+            max_in_flight if max_in_flight_per_peer is None else max_in_flight_per_peer
+        )
+        self.dropped = 0  # requests dropped for a limit (for tests and metrics)
 
     async def serve(
         self, handler: Handler, *, task_status: TaskStatus[str] = anyio.TASK_STATUS_IGNORED
@@ -359,22 +390,36 @@ class PeerServer:
                 raise
             async with anyio.create_task_group() as tg:
                 in_flight = 0
+                per_peer: dict[str | bytes, int] = {}
+                drop_log = LogLimiter(burst=10, interval=60.0)
 
                 def on_message(frames: list[zmq.Frame]) -> None:
                     nonlocal in_flight
                     if len(frames) != 3 or len(frames[1].bytes) != _ID_LEN:
                         log.warning("dropping a malformed request envelope (%d frames)", len(frames))
                         return
+                    identity, user_id = frames[0].bytes, _user_id(frames[1])
+                    peer: str | bytes = user_id if user_id is not None else identity
                     if in_flight >= self.max_in_flight:
-                        log.warning("dropping a request: %d already in flight", in_flight)
+                        self.dropped += 1
+                        held_back = drop_log.take()  # a flood must not flood the log too
+                        if held_back is not None:
+                            log.warning(
+                                "dropping a request: %d already in flight (%d more dropped unlogged)",
+                                in_flight,
+                                held_back,
+                            )
+                        return
+                    if per_peer.get(peer, 0) >= self.max_in_flight_per_peer:
+                        self.dropped += 1
+                        log.debug("dropping a request: the peer has %d in flight", per_peer[peer])
                         return
                     in_flight += 1
-                    tg.start_soon(
-                        answer, frames[0].bytes, _user_id(frames[1]), frames[1].bytes, frames[2].bytes
-                    )
+                    per_peer[peer] = per_peer.get(peer, 0) + 1
+                    tg.start_soon(answer, identity, user_id, peer, frames[1].bytes, frames[2].bytes)
 
                 async def answer(
-                    identity: bytes, user_id: str | None, request_id: bytes, payload: bytes
+                    identity: bytes, user_id: str | None, peer: str | bytes, request_id: bytes, payload: bytes
                 ) -> None:
                     nonlocal in_flight
                     try:
@@ -387,6 +432,10 @@ class PeerServer:
                             pump.post([identity, request_id, _REPLY, reply])
                     finally:
                         in_flight -= 1
+                        if per_peer[peer] <= 1:
+                            del per_peer[peer]  # the map holds only peers with work, so it stays small
+                        else:
+                            per_peer[peer] -= 1
 
                 pump = _Pump(sock, on_message)
                 tg.start_soon(partial(pump.run, drop_unroutable=True))
