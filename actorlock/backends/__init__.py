@@ -35,6 +35,30 @@ def make_backend(config: Config, *, clock: Callable[[], float] = host_clock) -> 
             clock=clock,
             io_timeout=config.timing.io_timeout,
         )
+    if kind == "etcd":
+        from .etcd import EtcdLeaseBackend
+        from .etcd_client import EtcdClient
+
+        etcd = config.etcd
+        etcd.validate()
+        client = EtcdClient(
+            etcd.endpoints,
+            io_timeout=config.timing.io_timeout,
+            request_timeout=etcd.request_timeout,
+            ca_file=etcd.ca_file,
+            cert_file=etcd.cert_file,
+            key_file=etcd.key_file,
+            user=etcd.user,
+            password=etcd.password,
+        )
+        return EtcdLeaseBackend(
+            client,
+            etcd.prefix,
+            host_dead=host_dead,
+            poll_interval=poll,
+            clock=clock,
+            io_timeout=config.timing.io_timeout,
+        )
     if kind == "nop":
         from .nop import NopLeaseBackend
 

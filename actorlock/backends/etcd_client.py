@@ -1,0 +1,299 @@
+"""A small etcd v3 client over the JSON gateway, on anyio (asyncio and trio alike).
+
+Why the gateway and httpx: etcd serves every v3 call as JSON over HTTP on
+its client port (``/v3/kv/txn``, ``/v3/lease/grant``...), so the client
+needs no gRPC stack or protobuf pins, and httpx runs on whichever event loop
+anyio runs. The gateway encodes keys and values in base64 and 64-bit
+integers as strings; this module hides both.
+
+Failover: requests go to one member until it fails (refused, reset, a 5xx,
+or no answer within ``request_timeout``), then to the next one in the list.
+A request that timed out may still be applied later by the member it went
+to (a stopped member resumes, a slow leader commits): every write the
+backend sends is a compare-and-swap on revisions, so a late or repeated one
+either finds nothing changed and is the same write, or changes nothing.
+Callers bound a whole operation with ``io_timeout``; the loop here stops
+at that deadline too.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import ssl
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..errors import BackendError, BackendTimeoutError, ConfigError
+
+if TYPE_CHECKING:
+    import httpx
+
+Json = dict[str, Any]
+
+# Between two passes over every member when all of them refused at once: a
+# short pause keeps a dead cluster from becoming a busy loop.
+_ROUND_PAUSE = 0.05
+# Answers that mean "this member cannot serve now, another may".
+_RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+
+
+class EtcdUnavailableError(BackendTimeoutError):
+    """No member of the etcd cluster answered within the I/O timeout."""
+
+    code = "etcd-unavailable"
+
+
+class EtcdRequestError(BackendError):
+    """etcd refused a request (a bad request, a missing lease, permissions)."""
+
+    code = "etcd-request"
+
+    def __init__(self, path: str, status: int, message: str) -> None:
+        super().__init__(f"etcd {path}: HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
+def b64(data: str | bytes) -> str:
+    raw = data.encode() if isinstance(data, str) else data
+    return base64.b64encode(raw).decode("ascii")
+
+
+def unb64(text: str) -> bytes:
+    return base64.b64decode(text)
+
+
+def prefix_end(prefix: str) -> str:
+    """The range end that selects every key starting with ``prefix`` (base64)."""
+    raw = bytearray(prefix.encode())
+    raw[-1] += 1  # prefixes here end in "/", never in 0xff
+    return b64(bytes(raw))
+
+
+def as_int(value: object) -> int:
+    """The gateway writes int64 as strings and leaves zero values out."""
+    if value is None:
+        return 0
+    if isinstance(value, (int, str)):
+        return int(value)
+    raise BackendError(f"etcd answered a non-integer {value!r}")
+
+
+def _import_httpx() -> Any:
+    try:
+        import httpx
+    except ImportError:
+        raise ConfigError(
+            "locking.backend", "the etcd backend needs httpx: pip install 'actorlock[etcd]'"
+        ) from None
+    return httpx
+
+
+def _ssl_context(ca_file: Path | None, cert_file: Path | None, key_file: Path | None) -> ssl.SSLContext:
+    try:
+        context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+        if cert_file is not None and key_file is not None:
+            context.load_cert_chain(str(cert_file), str(key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("etcd.ca_file", f"cannot load the TLS files: {exc}") from None
+    return context
+
+
+class EtcdClient:
+    """Calls on an etcd cluster's v3 JSON gateway with member failover."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        io_timeout: float,
+        request_timeout: float = 2.0,
+        ca_file: Path | None = None,
+        cert_file: Path | None = None,
+        key_file: Path | None = None,
+        user: str = "",
+        password: str = "",
+    ) -> None:
+        if not endpoints:
+            raise ConfigError("etcd.endpoints", "must list at least one client URL")
+        httpx_mod = _import_httpx()
+        self.endpoints = tuple(url.rstrip("/") for url in endpoints)
+        self.io_timeout = io_timeout
+        self.request_timeout = min(request_timeout, io_timeout)
+        self._current = 0
+        self._user, self._password = user, password
+        # Simple auth tokens live in the memory of the member that issued them.
+        self._tokens: dict[str, str] = {}
+        verify: ssl.SSLContext | bool = True
+        if any(url.startswith("https://") for url in self.endpoints):
+            verify = _ssl_context(ca_file, cert_file, key_file)
+        limits = httpx_mod.Limits(max_connections=256, max_keepalive_connections=64)
+        # Our own deadlines (anyio) bound every call; httpx's are a second net.
+        self._http: httpx.AsyncClient = httpx_mod.AsyncClient(
+            verify=verify, timeout=httpx_mod.Timeout(io_timeout), limits=limits, trust_env=False
+        )
+        self._closed = False
+
+    @property
+    def endpoint(self) -> str:
+        """The member requests go to now."""
+        return self.endpoints[self._current]
+
+    async def call(self, path: str, body: Mapping[str, Any]) -> Json:
+        """POST ``body`` to ``path`` on the current member, failing over until io_timeout.
+
+        Raises:
+            EtcdUnavailableError: no member answered in time.
+            EtcdRequestError: a member answered with a refusal that another would repeat.
+        """
+        httpx_mod = _import_httpx()
+        failures: list[str] = []
+        with anyio.move_on_after(self.io_timeout):
+            # Bounded twice: by the deadline above and by this many passes.
+            for attempt in range(10_000):
+                if attempt and attempt % len(self.endpoints) == 0:
+                    await anyio.sleep(_ROUND_PAUSE)
+                url = self.endpoint
+                try:
+                    with anyio.fail_after(self.request_timeout):
+                        return await self._post(url, path, body)
+                except TimeoutError:
+                    failures.append(f"{url}: no answer within {self.request_timeout}s")
+                except httpx_mod.TransportError as exc:
+                    failures.append(f"{url}: {type(exc).__name__}: {exc}")
+                except _Retry as exc:
+                    failures.append(f"{url}: {exc}")
+                self._current = (self._current + 1) % len(self.endpoints)
+        last = "; ".join(failures[-len(self.endpoints) :]) or "no attempt finished"
+        raise EtcdUnavailableError(f"etcd {path}: no member answered within {self.io_timeout}s ({last})")
+
+    async def _post(self, url: str, path: str, body: Mapping[str, Any]) -> Json:
+        headers = {}
+        if self._user:
+            headers["Authorization"] = await self._token(url)
+        response = await self._http.post(url + path, content=json.dumps(body), headers=headers)
+        text = response.text
+        if response.status_code in _RETRY_STATUS:
+            raise _Retry(f"HTTP {response.status_code}: {text[:200]}")
+        # A streaming call (lease keep-alive) answers one JSON object per line.
+        first = text.split("\n", 1)[0] if text else "{}"
+        try:
+            data = json.loads(first)
+        except ValueError:
+            raise _Retry(f"HTTP {response.status_code}: not JSON: {text[:200]!r}") from None
+        if not isinstance(data, dict):
+            raise _Retry(f"HTTP {response.status_code}: unexpected answer {text[:200]!r}")
+        if "error" in data and ("result" not in data or isinstance(data["error"], dict)):
+            error = data["error"]
+            message = str(
+                error.get("message", error) if isinstance(error, dict) else data.get("message", error)
+            )
+            if _transient(message):
+                raise _Retry(message)
+            if "token" in message and self._user:
+                self._tokens.pop(url, None)
+                raise _Retry(message)
+            raise EtcdRequestError(path, response.status_code, message)
+        if response.status_code != 200:
+            raise EtcdRequestError(path, response.status_code, text[:200])
+        result = data.get("result", data)
+        return result if isinstance(result, dict) else {}
+
+    async def _token(self, url: str) -> str:
+        token = self._tokens.get(url)
+        if token is None:
+            body = json.dumps({"name": self._user, "password": self._password})
+            response = await self._http.post(url + "/v3/auth/authenticate", content=body)
+            if response.status_code in _RETRY_STATUS:
+                raise _Retry(f"authenticate: HTTP {response.status_code}")
+            data = response.json()
+            if response.status_code != 200 or "token" not in data:
+                raise EtcdRequestError("/v3/auth/authenticate", response.status_code, response.text[:200])
+            token = self._tokens[url] = str(data["token"])
+        return token
+
+    # --- the calls the backend uses ---------------------------------------------
+
+    async def txn(
+        self,
+        compare: Sequence[Json] = (),
+        success: Sequence[Json] = (),
+        failure: Sequence[Json] = (),
+    ) -> Json:
+        body: Json = {"compare": list(compare), "success": list(success), "failure": list(failure)}
+        return await self.call("/v3/kv/txn", body)
+
+    async def grant(self, ttl: int) -> int:
+        answer = await self.call("/v3/lease/grant", {"TTL": str(ttl)})
+        lease = as_int(answer.get("ID"))
+        if lease == 0:
+            raise BackendError(f"etcd granted no lease: {answer}")
+        return lease
+
+    async def keepalive(self, lease: int) -> int:
+        """Renew ``lease``; returns its TTL, 0 when the lease no longer exists."""
+        answer = await self.call("/v3/lease/keepalive", {"ID": str(lease)})
+        return as_int(answer.get("TTL"))
+
+    async def revoke(self, lease: int) -> None:
+        """Revoke ``lease``; one that already expired is not an error."""
+        try:
+            await self.call("/v3/lease/revoke", {"ID": str(lease)})
+        except EtcdRequestError as exc:
+            if "not found" not in exc.message:
+                raise
+
+    async def aclose(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with anyio.CancelScope(shield=True), anyio.move_on_after(self.request_timeout):
+                await self._http.aclose()
+
+
+class _Retry(Exception):
+    """This member cannot answer now; try the next one."""
+
+
+def _transient(message: str) -> bool:
+    # Raft states during which another member (or a second try) can succeed.
+    words = ("no leader", "leader changed", "timed out", "not capable", "too many requests", "stopped")
+    return any(word in message for word in words)
+
+
+# --- request builders (the gateway's JSON shapes) ---------------------------------
+
+
+def range_op(key: str, *, prefix: bool = False) -> Json:
+    body: Json = {"key": b64(key)}
+    if prefix:
+        body["range_end"] = prefix_end(key)
+    return {"request_range": body}
+
+
+def put_op(key: str, value: str, *, lease: int = 0) -> Json:
+    body: Json = {"key": b64(key), "value": b64(value)}
+    if lease:
+        body["lease"] = str(lease)
+    return {"request_put": body}
+
+
+def mod_is(key: str, revision: int) -> Json:
+    """Compare: the key was last modified at ``revision`` (0: the key does not exist)."""
+    return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(revision)}
+
+
+def value_is(key: str, value: str) -> Json:
+    return {"key": b64(key), "target": "VALUE", "result": "EQUAL", "value": b64(value)}
+
+
+def range_kvs(response: Json) -> list[tuple[str, bytes, int]]:
+    """``(key, value, mod_revision)`` of every key in one response_range."""
+    body = response.get("response_range", {})
+    return [
+        (unb64(kv["key"]).decode(), unb64(kv.get("value", "")), as_int(kv.get("mod_revision")))
+        for kv in body.get("kvs", [])
+    ]
