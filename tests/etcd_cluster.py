@@ -16,6 +16,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -185,3 +186,25 @@ class EtcdCluster:
                 proc.kill()
                 proc.wait(timeout=10)
             self.procs[i] = None
+
+
+@pytest.fixture(scope="session", name="etcd_cluster")
+def etcd_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """A cluster shared by the tests that leave it as they found it."""
+    cluster = EtcdCluster(etcd_binary(), tmp_path_factory.mktemp("etcd"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module", name="fault_cluster")
+def fault_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """A cluster of its own for tests that kill, stop and restart members."""
+    cluster = EtcdCluster(etcd_binary(), tmp_path_factory.mktemp("etcd-faults"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()

@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from actorlock.testing import conformance
 
-from .etcd_cluster import EtcdCluster, etcd_binary
+from .etcd_cluster import EtcdCluster, etcd_cluster_fixture  # noqa: F401  (a fixture)
 from .etcd_support import conformance_factory
 
 pytestmark = pytest.mark.anyio
-
-
-@pytest.fixture(scope="session")
-def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
-    cluster = EtcdCluster(etcd_binary(), tmp_path_factory.mktemp("etcd"))
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
 
 
 CHECKS = pytest.mark.parametrize("check", conformance.ALL_CHECKS, ids=lambda c: c.__name__)

@@ -36,8 +36,13 @@ def make_backend(config: Config, *, clock: Callable[[], float] = host_clock) -> 
             io_timeout=config.timing.io_timeout,
         )
     if kind == "etcd":
-        from .etcd import EtcdLeaseBackend
-        from .etcd_client import EtcdClient
+        try:
+            from .etcd import EtcdLeaseBackend
+            from .etcd_client import EtcdClient
+        except ImportError as exc:
+            raise ConfigError(
+                "locking.backend", f"the etcd backend needs httpx: pip install 'actorlock[etcd]' ({exc})"
+            ) from None
 
         etcd = config.etcd
         etcd.validate()

@@ -23,14 +23,12 @@ import json
 import ssl
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import anyio
+import httpx  # the etcd extra; actorlock.backends imports this module only for the etcd backend
 
 from ..errors import BackendError, BackendTimeoutError, ConfigError
-
-if TYPE_CHECKING:
-    import httpx
 
 Json = dict[str, Any]
 
@@ -83,16 +81,6 @@ def as_int(value: object) -> int:
     raise BackendError(f"etcd answered a non-integer {value!r}")
 
 
-def _import_httpx() -> Any:
-    try:
-        import httpx
-    except ImportError:
-        raise ConfigError(
-            "locking.backend", "the etcd backend needs httpx: pip install 'actorlock[etcd]'"
-        ) from None
-    return httpx
-
-
 def _ssl_context(ca_file: Path | None, cert_file: Path | None, key_file: Path | None) -> ssl.SSLContext:
     try:
         context = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
@@ -120,7 +108,6 @@ class EtcdClient:
     ) -> None:
         if not endpoints:
             raise ConfigError("etcd.endpoints", "must list at least one client URL")
-        httpx_mod = _import_httpx()
         self.endpoints = tuple(url.rstrip("/") for url in endpoints)
         self.io_timeout = io_timeout
         self.request_timeout = min(request_timeout, io_timeout)
@@ -131,10 +118,11 @@ class EtcdClient:
         verify: ssl.SSLContext | bool = True
         if any(url.startswith("https://") for url in self.endpoints):
             verify = _ssl_context(ca_file, cert_file, key_file)
-        limits = httpx_mod.Limits(max_connections=256, max_keepalive_connections=64)
-        # Our own deadlines (anyio) bound every call; httpx's are a second net.
-        self._http: httpx.AsyncClient = httpx_mod.AsyncClient(
-            verify=verify, timeout=httpx_mod.Timeout(io_timeout), limits=limits, trust_env=False
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        # httpx's own timeouts end an attempt first, and close its connection
+        # cleanly; the anyio deadline around each attempt is the second net.
+        self._http = httpx.AsyncClient(
+            verify=verify, timeout=httpx.Timeout(self.request_timeout), limits=limits, trust_env=False
         )
         self._closed = False
 
@@ -150,7 +138,8 @@ class EtcdClient:
             EtcdUnavailableError: no member answered in time.
             EtcdRequestError: a member answered with a refusal that another would repeat.
         """
-        httpx_mod = _import_httpx()
+        if self._closed:
+            raise BackendError(f"etcd {path}: the client was closed")
         failures: list[str] = []
         with anyio.move_on_after(self.io_timeout):
             # Bounded twice: by the deadline above and by this many passes.
@@ -159,11 +148,11 @@ class EtcdClient:
                     await anyio.sleep(_ROUND_PAUSE)
                 url = self.endpoint
                 try:
-                    with anyio.fail_after(self.request_timeout):
+                    with anyio.fail_after(2 * self.request_timeout):
                         return await self._post(url, path, body)
                 except TimeoutError:
                     failures.append(f"{url}: no answer within {self.request_timeout}s")
-                except httpx_mod.TransportError as exc:
+                except httpx.TransportError as exc:
                     failures.append(f"{url}: {type(exc).__name__}: {exc}")
                 except _Retry as exc:
                     failures.append(f"{url}: {exc}")
@@ -172,10 +161,13 @@ class EtcdClient:
         raise EtcdUnavailableError(f"etcd {path}: no member answered within {self.io_timeout}s ({last})")
 
     async def _post(self, url: str, path: str, body: Mapping[str, Any]) -> Json:
-        headers = {}
+        payload = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(payload))}
         if self._user:
             headers["Authorization"] = await self._token(url)
-        response = await self._http.post(url + path, content=json.dumps(body), headers=headers)
+        request = self._http.build_request("POST", url + path, headers=headers)
+        request.stream = _OneChunk(payload)
+        response = await self._http.send(request)
         text = response.text
         if response.status_code in _RETRY_STATUS:
             raise _Retry(f"HTTP {response.status_code}: {text[:200]}")
@@ -252,6 +244,30 @@ class EtcdClient:
             self._closed = True
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.request_timeout):
                 await self._http.aclose()
+
+
+class _OneChunk(httpx.AsyncByteStream):
+    """A request body that is no async generator.
+
+    httpx wraps bytes in an async generator; a request cancelled while it
+    is being sent (the host's renewal deadline) leaves that generator for
+    the event loop to finalize, which trio reports as an error.
+    """
+
+    def __init__(self, payload: bytes) -> None:
+        self._payload: bytes | None = payload
+
+    def __aiter__(self) -> _OneChunk:  # an iterator, not a generator
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._payload is None:
+            raise StopAsyncIteration
+        chunk, self._payload = self._payload, None
+        return chunk
+
+    async def aclose(self) -> None:
+        self._payload = None
 
 
 class _Retry(Exception):
