@@ -1,0 +1,137 @@
+"""The core lifecycle through ``plugin_load("etcd", config)``, the [etcd] table, and the client's failover."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import pytest
+
+import actorlock
+from actorlock import ObjectType, ResourceType
+from actorlock.backends import make_backend
+from actorlock.errors import ConfigError, ResourceBusyError, StaleLockStateError
+from actorlock.lockmanager import LockManager, LockManagerPlugin
+from actorlock.model import LeaseRecord
+
+from .etcd_cluster import EtcdCluster, _free_ports, etcd_cluster_fixture  # noqa: F401  (a fixture)
+from .etcd_support import new_prefix
+from .support import guest_process
+
+pytestmark = pytest.mark.anyio
+
+# Renewals go through raft (two fsyncs): wider than tests/support.py's TIMING.
+TIMING = {
+    "renew_interval": 0.1,
+    "lease_timeout": 2.0,
+    "fence_timeout": 0.3,
+    "host_dead": 3.0,
+    "io_timeout": 1.0,
+}
+
+
+def etcd_config(name: str, host_id: int, endpoints: list[str], prefix: str) -> dict[str, Any]:
+    return {
+        "host": {"name": name, "id": host_id},
+        "timing": dict(TIMING),
+        "locking": {"kill_grace": 0.05},
+        "etcd": {"endpoints": endpoints, "prefix": prefix, "request_timeout": 0.25},
+    }
+
+
+async def new_domain(
+    plugin: LockManagerPlugin, uuid: str, *disks: str, pid: int | None = None
+) -> LockManager:
+    manager = await plugin.new_manager(ObjectType.DOMAIN)
+    manager.set_parameter("uuid", uuid)
+    if pid is not None:
+        manager.set_parameter("pid", pid)
+    for path in disks:
+        manager.register_resource(ResourceType.DISK, path)
+    return manager
+
+
+def holders(records: list[LeaseRecord], key: str) -> list[tuple[str, str]]:
+    return [(h.owner.host, h.owner.domain) for r in records if r.key == key for h in r.holders]
+
+
+async def test_start_refuse_pause_resume_shutdown_on_etcd(etcd_cluster: EtcdCluster) -> None:
+    prefix = new_prefix()
+    ends = etcd_cluster.endpoints
+    with guest_process() as guest:
+        async with (
+            actorlock.plugin_load("etcd", etcd_config("a", 1, ends, prefix)) as a,
+            actorlock.plugin_load("etcd", etcd_config("b", 2, ends[::-1], prefix)) as b,
+        ):
+            vm = await new_domain(a, "u1", "/d/1.img", "/d/2.img", pid=guest.pid)
+            running = await vm.acquire_object()
+            assert [lease.key for lease in running.leases] == ["disk:/d/1.img", "disk:/d/2.img"]
+            assert holders(await b.host.leases(), "disk:/d/1.img") == [("a", "u1")]
+
+            other = await new_domain(b, "u2", "/d/3.img", "/d/2.img")
+            with pytest.raises(ResourceBusyError) as caught:
+                await other.acquire_object()
+            assert caught.value.holders == (("a", "u1"),)
+            assert holders(await b.host.leases(), "disk:/d/3.img") == []
+
+            state = await vm.release_all(save_state=True)
+            assert state is not None
+            resumed = await vm.acquire_object(state=state.to_string())
+            assert all(n.token > o.token for n, o in zip(resumed.leases, running.leases, strict=True))
+            saved = await vm.release_all(save_state=True)
+            assert saved is not None
+            thief = await new_domain(b, "u3", "/d/1.img")
+            await thief.acquire_object()
+            await thief.shutdown()
+            with pytest.raises(StaleLockStateError):
+                await vm.acquire_object(state=saved)
+
+            status = await other.acquire_object()
+            assert len(status.leases) == 2
+            await other.shutdown()
+            assert all(not r.holders for r in await a.host.leases())
+
+
+async def test_a_dead_endpoint_first_in_the_list_is_skipped(etcd_cluster: EtcdCluster) -> None:
+    (closed,) = _free_ports(1)
+    ends = [f"http://127.0.0.1:{closed}", *etcd_cluster.endpoints]
+    async with actorlock.plugin_load("etcd", etcd_config("a", 1, ends, new_prefix())) as a:
+        vm = await new_domain(a, "u1", "/d/1.img")
+        status = await vm.acquire_object()
+        assert [lease.key for lease in status.leases] == ["disk:/d/1.img"]
+        await vm.shutdown()
+
+
+def test_the_etcd_table_is_checked_key_by_key() -> None:
+    base = {"locking": {"backend": "etcd"}}
+    with pytest.raises(ConfigError) as caught:
+        actorlock.load_config({**base, "etcd": {"endpoint": ["http://x:2379"]}})
+    assert caught.value.key == "etcd.endpoint"
+    for table, key in [
+        ({"endpoints": []}, "etcd.endpoints"),
+        ({"endpoints": ["x:2379"]}, "etcd.endpoints"),
+        ({"endpoints": "http://x:2379"}, "etcd.endpoints"),
+        ({"prefix": "relative"}, "etcd.prefix"),
+        ({"cert_file": "/c.pem"}, "etcd.key_file"),
+        ({"user": "root"}, "etcd.password"),
+        ({"request_timeout": 0}, "etcd.request_timeout"),
+    ]:
+        with pytest.raises(ConfigError) as caught:
+            actorlock.load_config({**base, "etcd": table})
+        assert caught.value.key == key, table
+    config = actorlock.load_config(
+        {**base, "etcd": {"endpoints": ["https://e1:2379", "https://e2:2379"], "prefix": "/ls/a"}}
+    )
+    assert config.etcd.endpoints == ("https://e1:2379", "https://e2:2379")
+    # Another backend ignores a bad [etcd] table's values but not its unknown keys.
+    assert actorlock.load_config({"etcd": {"endpoints": []}}).locking.backend == "file"
+
+
+def test_without_httpx_the_etcd_backend_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in ("actorlock.backends.etcd", "actorlock.backends.etcd_client"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    monkeypatch.setitem(sys.modules, "httpx", None)
+    config = actorlock.load_config({"locking": {"backend": "etcd"}})
+    with pytest.raises(ConfigError, match=r"actorlock\[etcd\]") as caught:
+        make_backend(config)
+    assert caught.value.key == "locking.backend"
