@@ -7,21 +7,15 @@ skip when it is missing, except under CI, where a missing etcd fails them.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-START_TIMEOUT = 30.0
+from actorlock.testing.etcd_cluster import EtcdCluster, free_ports
+
+__all__ = ["EtcdCluster", "etcd_binary", "etcd_cluster_fixture", "fault_cluster_fixture", "free_ports"]
 
 
 def etcd_binary() -> str:
@@ -41,151 +35,6 @@ def etcd_binary() -> str:
         pytest.skip(reason)
     assert found is not None
     return found
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = []
-    try:
-        for _ in range(count):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            sockets.append(s)
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
-class EtcdCluster:
-    """``size`` etcd members on 127.0.0.1, started and stopped by the tests."""
-
-    def __init__(self, binary: str, workdir: Path, size: int = 3) -> None:
-        self.binary = binary
-        self.workdir = workdir
-        ports = _free_ports(2 * size)
-        self.client_ports = ports[:size]
-        self.peer_ports = ports[size:]
-        self.names = [f"m{i}" for i in range(size)]
-        self.procs: list[subprocess.Popen[bytes] | None] = [None] * size
-        self.token = f"actorlock-{os.getpid()}-{ports[0]}"
-
-    @property
-    def endpoints(self) -> list[str]:
-        return [f"http://127.0.0.1:{p}" for p in self.client_ports]
-
-    def _args(self, i: int) -> list[str]:
-        initial = ",".join(
-            f"{n}=http://127.0.0.1:{p}" for n, p in zip(self.names, self.peer_ports, strict=True)
-        )
-        client = f"http://127.0.0.1:{self.client_ports[i]}"
-        peer = f"http://127.0.0.1:{self.peer_ports[i]}"
-        return [
-            self.binary,
-            f"--name={self.names[i]}",
-            f"--data-dir={self.workdir / self.names[i]}",
-            f"--listen-client-urls={client}",
-            f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}",
-            f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster={initial}",
-            f"--initial-cluster-token={self.token}",
-            "--initial-cluster-state=new",
-            # Fast elections keep the fault tests short; loopback has no jitter to absorb.
-            "--heartbeat-interval=50",
-            "--election-timeout=500",
-            "--logger=zap",
-            "--log-level=error",
-        ]
-
-    def start_member(self, i: int) -> None:
-        log = (self.workdir / f"{self.names[i]}.log").open("ab")
-        with log:
-            self.procs[i] = subprocess.Popen(self._args(i), stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-
-    def start(self) -> None:
-        for i in range(len(self.names)):
-            self.start_member(i)
-        self.wait_healthy()
-
-    def wait_healthy(self, members: list[int] | None = None) -> None:
-        """Block until every member in ``members`` (default all running) serves a linearizable read."""
-        wanted = members if members is not None else [i for i, p in enumerate(self.procs) if p is not None]
-        deadline = time.monotonic() + START_TIMEOUT
-        pending = set(wanted)
-        while pending:
-            for i in sorted(pending):
-                if self._healthy(i):
-                    pending.discard(i)
-            if pending and time.monotonic() > deadline:
-                logs = {self.names[i]: self.log_tail(i) for i in pending}
-                raise RuntimeError(f"etcd members {sorted(pending)} not healthy: {logs}")
-            if pending:
-                time.sleep(0.05)
-
-    def _healthy(self, i: int) -> bool:
-        try:
-            with urllib.request.urlopen(f"{self.endpoints[i]}/health", timeout=1) as response:
-                return bool(json.loads(response.read()).get("health") == "true")
-        except (OSError, ValueError, urllib.error.URLError):
-            return False
-
-    def log_tail(self, i: int) -> str:
-        path = self.workdir / f"{self.names[i]}.log"
-        return path.read_text(errors="replace")[-2000:] if path.exists() else ""
-
-    def status(self, i: int) -> dict[str, object]:
-        request = urllib.request.Request(
-            f"{self.endpoints[i]}/v3/maintenance/status", data=b"{}", method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=2) as response:
-            data = json.loads(response.read())
-        assert isinstance(data, dict)
-        return data
-
-    def leader(self) -> int:
-        """Index of the current leader, by asking a running member."""
-        for i, proc in enumerate(self.procs):
-            if proc is None:
-                continue
-            try:
-                status = self.status(i)
-            except OSError:
-                continue
-            header = status["header"]
-            assert isinstance(header, dict)
-            if status.get("leader") == header.get("member_id"):
-                return i
-        raise RuntimeError("no member says it leads")
-
-    def kill(self, i: int) -> None:
-        proc = self.procs[i]
-        assert proc is not None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=10)
-        self.procs[i] = None
-
-    def pause(self, i: int) -> None:
-        proc = self.procs[i]
-        assert proc is not None
-        proc.send_signal(signal.SIGSTOP)
-
-    def resume(self, i: int) -> None:
-        proc = self.procs[i]
-        assert proc is not None
-        proc.send_signal(signal.SIGCONT)
-
-    def stop(self) -> None:
-        for i, proc in enumerate(self.procs):
-            if proc is None:
-                continue
-            proc.send_signal(signal.SIGCONT)
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-            self.procs[i] = None
 
 
 @pytest.fixture(scope="session", name="etcd_cluster")

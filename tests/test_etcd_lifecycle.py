@@ -14,7 +14,7 @@ from actorlock.errors import ConfigError, ResourceBusyError, StaleLockStateError
 from actorlock.lockmanager import LockManager, LockManagerPlugin
 from actorlock.model import LeaseRecord
 
-from .etcd_cluster import EtcdCluster, _free_ports, etcd_cluster_fixture  # noqa: F401  (a fixture)
+from .etcd_cluster import EtcdCluster, etcd_cluster_fixture, free_ports  # noqa: F401  (a fixture)
 from .etcd_support import new_prefix
 from .support import guest_process
 
@@ -93,7 +93,7 @@ async def test_start_refuse_pause_resume_shutdown_on_etcd(etcd_cluster: EtcdClus
 
 
 async def test_a_dead_endpoint_first_in_the_list_is_skipped(etcd_cluster: EtcdCluster) -> None:
-    (closed,) = _free_ports(1)
+    (closed,) = free_ports(1)
     ends = [f"http://127.0.0.1:{closed}", *etcd_cluster.endpoints]
     async with actorlock.plugin_load("etcd", etcd_config("a", 1, ends, new_prefix())) as a:
         vm = await new_domain(a, "u1", "/d/1.img")

@@ -118,7 +118,7 @@ class EtcdClient:
         verify: ssl.SSLContext | bool = True
         if any(url.startswith("https://") for url in self.endpoints):
             verify = _ssl_context(ca_file, cert_file, key_file)
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=64)
+        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
         # httpx's own timeouts end an attempt first, and close its connection
         # cleanly; the anyio deadline around each attempt is the second net.
         self._http = httpx.AsyncClient(
