@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any
 
+import anyio
 import pytest
 
 import actorlock
 from actorlock import ObjectType, ResourceType
 from actorlock.backends import make_backend
+from actorlock.cli import main
 from actorlock.errors import ConfigError, ResourceBusyError, StaleLockStateError
 from actorlock.lockmanager import LockManager, LockManagerPlugin
 from actorlock.model import LeaseRecord
@@ -135,3 +138,24 @@ def test_without_httpx_the_etcd_backend_is_a_config_error(monkeypatch: pytest.Mo
     with pytest.raises(ConfigError, match=r"actorlock\[etcd\]") as caught:
         make_backend(config)
     assert caught.value.key == "locking.backend"
+
+
+async def test_actorlock_leases_reads_an_etcd_lockspace(
+    etcd_cluster: EtcdCluster, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prefix = new_prefix()
+    ends = etcd_cluster.endpoints
+    async with actorlock.plugin_load("etcd", etcd_config("host-a", 1, ends, prefix)) as a:
+        vm = await new_domain(a, "u1", "/d/1.img")
+        await vm.acquire_object()
+        args = ["leases", "--etcd", ends[0], "--etcd", ends[1], "--prefix", prefix, "--observe", "0.3"]
+        assert await anyio.to_thread.run_sync(main, args) == 0
+        assert await anyio.to_thread.run_sync(main, [*args[:-2], "--observe", "0", "--json"]) == 0
+        await vm.shutdown()
+    text, _, rest = capsys.readouterr().out.partition("{")
+    assert "exclusive  host-a  u1" in text
+    assert "renewing" in text
+    (lease,) = json.loads("{" + rest)["leases"]
+    assert (lease["resource"], lease["holders"][0]["host"]) == ("disk:/d/1.img", "host-a")
+    assert main(["leases", "--etcd", ends[0]]) == 2  # no --prefix
+    assert main(["leases", "--etcd", ends[0], "--prefix", prefix, "--lockspace", "/tmp"]) == 2
