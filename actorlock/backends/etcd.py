@@ -182,12 +182,18 @@ class EtcdLeaseBackend:
                     put_op(self.keys.host(host.id), encode_host(new, lease)),
                     put_op(self.keys.alive(host.id), alive_value(incarnation, lease), lease=lease),
                 ],
+                [range_op(self.keys.host(host.id)), range_op(self.keys.alive(host.id))],
             )
+            host_mod = _revision(answer)
             if not answer.get("succeeded"):
-                await self.client.revoke(lease)
-                raise HostIdInUseError(f"host id {host.id} changed hands while we joined")
+                # A retried request whose first copy landed finds its own write.
+                found = range_kvs(answer["responses"][1])
+                if not found or found[0][1].decode() != alive_value(incarnation, lease):
+                    await self.client.revoke(lease)
+                    raise HostIdInUseError(f"host id {host.id} changed hands while we joined")
+                host_mod = self._decode_host_pair(answer["responses"])[1]
         self._host, self._incarnation, self._record = host, incarnation, new
-        self._lease, self._host_mod = lease, _revision(answer)
+        self._lease, self._host_mod = lease, host_mod
         return record if record is not None else previous
 
     async def _wait_lease_gone(self, host_id: int, previous: HostRecord) -> None:
