@@ -11,14 +11,14 @@ import pytest
 
 import actorlock
 from actorlock import ObjectType, ResourceType
-from actorlock.backends import make_backend
+from actorlock.backends import HostAdvert, make_backend
 from actorlock.cli import main
 from actorlock.errors import ConfigError, ResourceBusyError, StaleLockStateError
 from actorlock.lockmanager import LockManager, LockManagerPlugin
-from actorlock.model import LeaseRecord
+from actorlock.model import HostIdentity, LeaseMode, LeaseOwner, LeaseRecord, LeaseRequest
 
 from .etcd_cluster import EtcdCluster, etcd_cluster_fixture, free_ports  # noqa: F401  (a fixture)
-from .etcd_support import new_prefix
+from .etcd_support import etcd_backend, new_prefix
 from .support import guest_process
 
 pytestmark = pytest.mark.anyio
@@ -159,3 +159,38 @@ async def test_actorlock_leases_reads_an_etcd_lockspace(
     assert (lease["resource"], lease["holders"][0]["host"]) == ("disk:/d/1.img", "host-a")
     assert main(["leases", "--etcd", ends[0]]) == 2  # no --prefix
     assert main(["leases", "--etcd", ends[0], "--prefix", prefix, "--lockspace", "/tmp"]) == 2
+
+
+async def test_a_txn_that_lands_again_late_changes_nothing(etcd_cluster: EtcdCluster) -> None:
+    """A request the client gave up on may still commit later: compares on revisions make it inert."""
+    prefix = new_prefix()
+    a = etcd_backend(etcd_cluster.endpoints, prefix, host_dead=8.0)
+    b = etcd_backend(etcd_cluster.endpoints, prefix, host_dead=8.0)
+    sent: list[dict[str, Any]] = []
+    send = a.client.txn
+
+    async def recording(compare: Any = (), success: Any = (), failure: Any = ()) -> Any:
+        sent.append({"compare": compare, "success": success, "failure": failure})
+        return await send(compare, success, failure)
+
+    a.client.txn = recording  # type: ignore[method-assign]
+    try:
+        await a.join(HostIdentity("a", 1), "inc-a", HostAdvert())
+        await b.join(HostIdentity("b", 2), "inc-b", HostAdvert())
+        owner_a, owner_b = LeaseOwner("a", 1, "vm-a"), LeaseOwner("b", 2, "vm-b")
+        sent.clear()
+        (first,) = await a.acquire(owner_a, [LeaseRequest("x", LeaseMode.EXCLUSIVE)])
+        grant = [body for body in sent if body["compare"]]  # the txn that wrote
+        await a.release(owner_a, ["x"])
+        (second,) = await b.acquire(owner_b, [LeaseRequest("x", LeaseMode.EXCLUSIVE)])
+        before = await b.records(["x"])
+        assert grant
+        for body in grant:
+            answer = await send(**body)  # the late copy
+            assert not answer.get("succeeded")
+        assert await b.records(["x"]) == before
+        assert [h.owner for h in before[0].holders] == [owner_b]
+        assert second.token > first.token
+    finally:
+        await a.aclose()
+        await b.aclose()
