@@ -148,6 +148,23 @@ class BackendTimeoutError(BackendError):
     code = "backend-timeout"
 
 
+class EtcdUnavailableError(BackendTimeoutError):
+    """No member of the etcd cluster answered within the I/O timeout."""
+
+    code = "etcd-unavailable"
+
+
+class EtcdRequestError(BackendError):
+    """etcd refused a request (a bad request, a missing lease, permissions)."""
+
+    code = "etcd-request"
+
+    def __init__(self, path: str, status: int, message: str) -> None:
+        super().__init__(f"etcd {path}: HTTP {status}: {message}")
+        self.status = status
+        self.message = message
+
+
 # --- guests and actors ----------------------------------------------------
 
 

@@ -28,7 +28,7 @@ from typing import Any
 import anyio
 import httpx  # the etcd extra; actorlock.backends imports this module only for the etcd backend
 
-from ..errors import BackendError, BackendTimeoutError, ConfigError
+from ..errors import BackendError, ConfigError, EtcdRequestError, EtcdUnavailableError
 
 Json = dict[str, Any]
 
@@ -37,23 +37,6 @@ Json = dict[str, Any]
 _ROUND_PAUSE = 0.05
 # Answers that mean "this member cannot serve now, another may".
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-
-
-class EtcdUnavailableError(BackendTimeoutError):
-    """No member of the etcd cluster answered within the I/O timeout."""
-
-    code = "etcd-unavailable"
-
-
-class EtcdRequestError(BackendError):
-    """etcd refused a request (a bad request, a missing lease, permissions)."""
-
-    code = "etcd-request"
-
-    def __init__(self, path: str, status: int, message: str) -> None:
-        super().__init__(f"etcd {path}: HTTP {status}: {message}")
-        self.status = status
-        self.message = message
 
 
 def b64(data: str | bytes) -> str:
