@@ -135,7 +135,7 @@ class EtcdClient:
                         return await self._post(url, path, body)
                 except TimeoutError:
                     failures.append(f"{url}: no answer within {self.request_timeout}s")
-                except httpx.TransportError as exc:
+                except (httpx.TransportError, OSError) as exc:  # ssl.SSLError can escape httpx
                     failures.append(f"{url}: {type(exc).__name__}: {exc}")
                 except _Retry as exc:
                     failures.append(f"{url}: {exc}")

@@ -11,15 +11,30 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-__all__ = ["EtcdCluster", "free_ports"]
+import attrs
+
+__all__ = ["EtcdCluster", "ServerTls", "free_ports"]
 
 START_TIMEOUT = 30.0
+
+
+@attrs.frozen
+class ServerTls:
+    """The members' certificate and key, the CA that signed them, and optionally client certificates."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    client_ca: Path | None = None  # members require client certificates signed by this CA
+    client_cert: tuple[Path, Path] | None = None  # (cert, key) the health checks present
 
 
 def free_ports(count: int) -> list[int]:
@@ -38,9 +53,10 @@ def free_ports(count: int) -> list[int]:
 class EtcdCluster:
     """``size`` etcd members on 127.0.0.1, started and stopped by the tests."""
 
-    def __init__(self, binary: str, workdir: Path, size: int = 3) -> None:
+    def __init__(self, binary: str, workdir: Path, size: int = 3, *, tls: ServerTls | None = None) -> None:
         self.binary = binary
         self.workdir = workdir
+        self.tls = tls
         ports = free_ports(2 * size)
         self.client_ports = ports[:size]
         self.peer_ports = ports[size:]
@@ -50,16 +66,23 @@ class EtcdCluster:
 
     @property
     def endpoints(self) -> list[str]:
-        return [f"http://127.0.0.1:{p}" for p in self.client_ports]
+        scheme = "https" if self.tls is not None else "http"
+        return [f"{scheme}://127.0.0.1:{p}" for p in self.client_ports]
 
     def _args(self, i: int) -> list[str]:
         initial = ",".join(
             f"{n}=http://127.0.0.1:{p}" for n, p in zip(self.names, self.peer_ports, strict=True)
         )
-        client = f"http://127.0.0.1:{self.client_ports[i]}"
+        client = self.endpoints[i]
         peer = f"http://127.0.0.1:{self.peer_ports[i]}"
+        tls = []
+        if self.tls is not None:
+            tls = [f"--cert-file={self.tls.cert}", f"--key-file={self.tls.key}"]
+            if self.tls.client_ca is not None:
+                tls += ["--client-cert-auth", f"--trusted-ca-file={self.tls.client_ca}"]
         return [
             self.binary,
+            *tls,
             f"--name={self.names[i]}",
             f"--data-dir={self.workdir / self.names[i]}",
             f"--listen-client-urls={client}",
@@ -101,9 +124,17 @@ class EtcdCluster:
             if pending:
                 time.sleep(0.05)
 
+    def _open(self, request: urllib.request.Request | str, timeout: float) -> Any:
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca))
+            if self.tls.client_ca is not None and self.tls.client_cert is not None:
+                context.load_cert_chain(str(self.tls.client_cert[0]), str(self.tls.client_cert[1]))
+        return urllib.request.urlopen(request, timeout=timeout, context=context)
+
     def _healthy(self, i: int) -> bool:
         try:
-            with urllib.request.urlopen(f"{self.endpoints[i]}/health", timeout=1) as response:
+            with self._open(f"{self.endpoints[i]}/health", timeout=1) as response:
                 return bool(json.loads(response.read()).get("health") == "true")
         except (OSError, ValueError, urllib.error.URLError):
             return False
@@ -116,7 +147,7 @@ class EtcdCluster:
         request = urllib.request.Request(
             f"{self.endpoints[i]}/v3/maintenance/status", data=b"{}", method="POST"
         )
-        with urllib.request.urlopen(request, timeout=2) as response:
+        with self._open(request, timeout=2) as response:
             data = json.loads(response.read())
         assert isinstance(data, dict)
         return data
