@@ -24,12 +24,12 @@ from .etcd_support import new_prefix
 pytestmark = pytest.mark.anyio
 
 
-def config(endpoints: list[str], **etcd: Any) -> actorlock.Config:
+def config(endpoints: list[str], io_timeout: float = 3.0, **etcd: Any) -> actorlock.Config:
     return actorlock.load_config(
         {
             "locking": {"backend": "etcd"},
-            "timing": {"io_timeout": 3.0},
-            "etcd": {"endpoints": endpoints, "prefix": new_prefix(), "request_timeout": 1.0, **etcd},
+            "timing": {"io_timeout": io_timeout},
+            "etcd": {"endpoints": endpoints, "prefix": new_prefix(), "request_timeout": 0.5, **etcd},
         }
     )
 
@@ -122,4 +122,4 @@ async def test_tls_with_a_client_certificate(tls_cluster: tuple[EtcdCluster, Pat
     assert await take_one_lease(config(ends, ca_file=str(ca), cert_file=str(cert), key_file=str(key))) == 1
     # Without the client certificate the members refuse the handshake: no member answers.
     with pytest.raises(BackendError):
-        await take_one_lease(config(ends, ca_file=str(ca)))
+        await take_one_lease(config(ends, io_timeout=0.5, ca_file=str(ca)))
