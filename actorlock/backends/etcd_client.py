@@ -35,6 +35,8 @@ Json = dict[str, Any]
 # Between two passes over every member when all of them refused at once: a
 # short pause keeps a dead cluster from becoming a busy loop.
 _ROUND_PAUSE = 0.05
+# The share of the time left that an attempt leaves to the deadlines around it.
+_MARGIN = 0.1
 # Answers that mean "this member cannot serve now, another may".
 _RETRY_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 
@@ -130,9 +132,16 @@ class EtcdClient:
                 if attempt and attempt % len(self.endpoints) == 0:
                     await anyio.sleep(_ROUND_PAUSE)
                 url = self.endpoint
+                # End the attempt by httpx's own timeout before any enclosing
+                # deadline cancels it: httpcore does not always close a socket
+                # whose connect or TLS handshake is cancelled.
+                left = anyio.current_effective_deadline() - anyio.current_time()
+                budget = min(self.request_timeout, left * (1 - _MARGIN))
+                if budget <= 0:
+                    break
                 try:
-                    with anyio.fail_after(2 * self.request_timeout):
-                        return await self._post(url, path, body)
+                    with anyio.fail_after(2 * budget):
+                        return await self._post(url, path, body, budget)
                 except TimeoutError:
                     failures.append(f"{url}: no answer within {self.request_timeout}s")
                 except (httpx.TransportError, OSError) as exc:  # ssl.SSLError can escape httpx
@@ -143,14 +152,9 @@ class EtcdClient:
         last = "; ".join(failures[-len(self.endpoints) :]) or "no attempt finished"
         raise EtcdUnavailableError(f"etcd {path}: no member answered within {self.io_timeout}s ({last})")
 
-    async def _post(self, url: str, path: str, body: Mapping[str, Any]) -> Json:
-        payload = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", "Content-Length": str(len(payload))}
-        if self._user:
-            headers["Authorization"] = await self._token(url)
-        request = self._http.build_request("POST", url + path, headers=headers)
-        request.stream = _OneChunk(payload)
-        response = await self._http.send(request)
+    async def _post(self, url: str, path: str, body: Mapping[str, Any], budget: float) -> Json:
+        token = await self._token(url, budget) if self._user else ""
+        response = await self._send(url + path, body, budget, token)
         text = response.text
         if response.status_code in _RETRY_STATUS:
             raise _Retry(f"HTTP {response.status_code}: {text[:200]}")
@@ -178,11 +182,20 @@ class EtcdClient:
         result = data.get("result", data)
         return result if isinstance(result, dict) else {}
 
-    async def _token(self, url: str) -> str:
+    async def _send(self, url: str, body: Mapping[str, Any], budget: float, token: str) -> httpx.Response:
+        payload = json.dumps(body).encode()
+        headers = {"Content-Type": "application/json", "Content-Length": str(len(payload))}
+        if token:
+            headers["Authorization"] = token
+        request = self._http.build_request("POST", url, headers=headers, timeout=budget)
+        request.stream = _OneChunk(payload)
+        return await self._http.send(request)
+
+    async def _token(self, url: str, budget: float) -> str:
         token = self._tokens.get(url)
         if token is None:
-            body = json.dumps({"name": self._user, "password": self._password})
-            response = await self._http.post(url + "/v3/auth/authenticate", content=body)
+            body = {"name": self._user, "password": self._password}
+            response = await self._send(url + "/v3/auth/authenticate", body, budget, "")
             if response.status_code in _RETRY_STATUS:
                 raise _Retry(f"authenticate: HTTP {response.status_code}")
             data = response.json()
