@@ -257,6 +257,11 @@ class EtcdLeaseBackend:
                 me, self._record, self._host_mod = record, record, mod
                 if alive_inc != me.incarnation:
                     await self._regain(me, mod, alive_mod)
+                elif range_kvs(answer["responses"][1])[0][1].decode() != alive_value(
+                    me.incarnation, self._lease
+                ):
+                    # Same incarnation, another lease: a restarted process resumed it.
+                    raise InvalidStateError(f"incarnation {me.incarnation} was resumed by another process")
         raise BackendTimeoutError(f"renew of host {me.name} raced {_MAX_RACES} times")
 
     async def _regain(self, me: HostRecord, host_mod: int, alive_mod: int) -> None:
