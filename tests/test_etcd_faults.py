@@ -16,7 +16,7 @@ import pytest
 
 from actorlock.errors import ActorlockError, ResourceBusyError
 from actorlock.testing.cluster import Cluster, GuestState, open_cluster
-from actorlock.testing.history import GuestStarted, GuestStopped, StopReason
+from actorlock.testing.history import GuestStarted, GuestStopped, LockspaceRegained, StopReason
 
 from .etcd_cluster import EtcdCluster, fault_cluster_fixture  # noqa: F401  (a fixture)
 from .etcd_support import new_prefix
@@ -182,6 +182,11 @@ async def test_a_host_cut_off_from_every_member_fences_before_its_disk_is_grante
             assert fenced.reason is StopReason.FENCED
             assert cut_at < fenced.time < granted.time
             assert granted.time - cut_at >= TIMING["host_dead"] - TIMING["renew_interval"]
-            assert cluster.check() == []
+            # Healed: h1's lease had expired; it renews again on a new lease of the same
+            # incarnation, and the disk stays with h2.
             for path in paths:
                 path.heal()
+            with anyio.fail_after(WAIT):
+                await cluster.wait_for(LockspaceRegained, host="h1")
+            assert not await cluster.probe("h1", "/d/1.img")
+            assert cluster.check() == []
