@@ -52,7 +52,7 @@ def report(label: str, latencies: list[float], elapsed: float) -> float:
 
 async def bench_floor(endpoints: list[str], domains: int, cycles_each: int) -> float:
     """Two txns per cycle, each a compare-and-put of 4 keys: what a cycle needs at least."""
-    client = EtcdClient(endpoints, io_timeout=30.0)
+    client = EtcdClient(endpoints, io_timeout=30.0, request_timeout=30.0)
     latencies: list[float] = []
 
     async def run_domain(n: int) -> None:

@@ -241,6 +241,7 @@ class EtcdLeaseBackend:
                     ],
                     [put_op(host_key, encode_host(new, self._lease))],
                     [range_op(host_key), range_op(alive_key)],
+                    urgent=True,
                 )
                 if answer.get("succeeded"):
                     # The keep-alive is the renewal the server counts; it
@@ -277,6 +278,7 @@ class EtcdLeaseBackend:
                 put_op(self.keys.host(me.id), encode_host(me, lease)),
                 put_op(self.keys.alive(me.id), alive_value(me.incarnation, lease), lease=lease),
             ],
+            urgent=True,
         )
         if not answer.get("succeeded"):
             await self.client.revoke(lease)

@@ -35,6 +35,8 @@ Json = dict[str, Any]
 # Between two passes over every member when all of them refused at once: a
 # short pause keeps a dead cluster from becoming a busy loop.
 _ROUND_PAUSE = 0.05
+# Lease-record requests in flight per client (the rest wait in the limiter).
+_IN_FLIGHT = 16
 # The share of the time left that an attempt leaves to the deadlines around it.
 _MARGIN = 0.1
 # Answers that mean "this member cannot serve now, another may".
@@ -103,20 +105,29 @@ class EtcdClient:
         verify: ssl.SSLContext | bool = True
         if any(url.startswith("https://") for url in self.endpoints):
             verify = _ssl_context(ca_file, cert_file, key_file)
-        limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+        # Two lanes. httpcore's pool costs CPU per request in proportion to
+        # the requests it holds, so lease traffic waits in an anyio limiter
+        # instead (FIFO, cheap) and keeps few requests in flight; renewals
+        # have a pool of their own and never queue behind it.
+        self._limiter = anyio.CapacityLimiter(_IN_FLIGHT)
+        self._http = self._pool(verify, _IN_FLIGHT)
+        self._urgent = self._pool(verify, 2)
+        self._closed = False
+
+    def _pool(self, verify: ssl.SSLContext | bool, size: int) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
         # httpx's own timeouts end an attempt first, and close its connection
         # cleanly; the anyio deadline around each attempt is the second net.
-        self._http = httpx.AsyncClient(
+        return httpx.AsyncClient(
             verify=verify, timeout=httpx.Timeout(self.request_timeout), limits=limits, trust_env=False
         )
-        self._closed = False
 
     @property
     def endpoint(self) -> str:
         """The member requests go to now."""
         return self.endpoints[self._current]
 
-    async def call(self, path: str, body: Mapping[str, Any]) -> Json:
+    async def call(self, path: str, body: Mapping[str, Any], *, urgent: bool = False) -> Json:
         """POST ``body`` to ``path`` on the current member, failing over until io_timeout.
 
         Raises:
@@ -132,29 +143,47 @@ class EtcdClient:
                 if attempt and attempt % len(self.endpoints) == 0:
                     await anyio.sleep(_ROUND_PAUSE)
                 url = self.endpoint
-                # End the attempt by httpx's own timeout before any enclosing
-                # deadline cancels it: httpcore does not always close a socket
-                # whose connect or TLS handshake is cancelled.
-                left = anyio.current_effective_deadline() - anyio.current_time()
-                budget = min(self.request_timeout, left * (1 - _MARGIN))
-                if budget <= 0:
-                    break
                 try:
-                    with anyio.fail_after(2 * budget):
-                        return await self._post(url, path, body, budget)
-                except TimeoutError:
-                    failures.append(f"{url}: no answer within {self.request_timeout}s")
+                    return await self._attempt(url, path, body, urgent)
+                except _Timeout as exc:
+                    failures.append(f"{url}: no answer within {exc}s")
                 except (httpx.TransportError, OSError) as exc:  # ssl.SSLError can escape httpx
                     failures.append(f"{url}: {type(exc).__name__}: {exc}")
                 except _Retry as exc:
                     failures.append(f"{url}: {exc}")
+                except _NoTime:
+                    break
                 self._current = (self._current + 1) % len(self.endpoints)
         last = "; ".join(failures[-len(self.endpoints) :]) or "no attempt finished"
         raise EtcdUnavailableError(f"etcd {path}: no member answered within {self.io_timeout}s ({last})")
 
-    async def _post(self, url: str, path: str, body: Mapping[str, Any], budget: float) -> Json:
-        token = await self._token(url, budget) if self._user else ""
-        response = await self._send(url + path, body, budget, token)
+    async def _attempt(self, url: str, path: str, body: Mapping[str, Any], urgent: bool) -> Json:
+        if urgent:
+            return await self._bounded_post(url, path, body, self._urgent)
+        async with self._limiter:
+            return await self._bounded_post(url, path, body, self._http)
+
+    async def _bounded_post(
+        self, url: str, path: str, body: Mapping[str, Any], http: httpx.AsyncClient
+    ) -> Json:
+        # End the attempt by httpx's own timeout before any enclosing deadline
+        # cancels it: httpcore does not always close a socket whose connect or
+        # TLS handshake is cancelled.
+        left = anyio.current_effective_deadline() - anyio.current_time()
+        budget = min(self.request_timeout, left * (1 - _MARGIN))
+        if budget <= 0:
+            raise _NoTime
+        try:
+            with anyio.fail_after(2 * budget):
+                return await self._post(url, path, body, budget, http)
+        except TimeoutError:
+            raise _Timeout(f"{budget:.3g}") from None
+
+    async def _post(
+        self, url: str, path: str, body: Mapping[str, Any], budget: float, http: httpx.AsyncClient
+    ) -> Json:
+        token = await self._token(url, budget, http) if self._user else ""
+        response = await self._send(http, url + path, body, budget, token)
         text = response.text
         if response.status_code in _RETRY_STATUS:
             raise _Retry(f"HTTP {response.status_code}: {text[:200]}")
@@ -182,20 +211,22 @@ class EtcdClient:
         result = data.get("result", data)
         return result if isinstance(result, dict) else {}
 
-    async def _send(self, url: str, body: Mapping[str, Any], budget: float, token: str) -> httpx.Response:
+    async def _send(
+        self, http: httpx.AsyncClient, url: str, body: Mapping[str, Any], budget: float, token: str
+    ) -> httpx.Response:
         payload = json.dumps(body).encode()
         headers = {"Content-Type": "application/json", "Content-Length": str(len(payload))}
         if token:
             headers["Authorization"] = token
-        request = self._http.build_request("POST", url, headers=headers, timeout=budget)
+        request = http.build_request("POST", url, headers=headers, timeout=budget)
         request.stream = _OneChunk(payload)
-        return await self._http.send(request)
+        return await http.send(request)
 
-    async def _token(self, url: str, budget: float) -> str:
+    async def _token(self, url: str, budget: float, http: httpx.AsyncClient) -> str:
         token = self._tokens.get(url)
         if token is None:
             body = {"name": self._user, "password": self._password}
-            response = await self._send(url + "/v3/auth/authenticate", body, budget, "")
+            response = await self._send(http, url + "/v3/auth/authenticate", body, budget, "")
             if response.status_code in _RETRY_STATUS:
                 raise _Retry(f"authenticate: HTTP {response.status_code}")
             data = response.json()
@@ -211,12 +242,15 @@ class EtcdClient:
         compare: Sequence[Json] = (),
         success: Sequence[Json] = (),
         failure: Sequence[Json] = (),
+        *,
+        urgent: bool = False,
     ) -> Json:
+        """One txn; ``urgent`` ones (renewals) take the lane that lease traffic never fills."""
         body: Json = {"compare": list(compare), "success": list(success), "failure": list(failure)}
-        return await self.call("/v3/kv/txn", body)
+        return await self.call("/v3/kv/txn", body, urgent=urgent)
 
     async def grant(self, ttl: int) -> int:
-        answer = await self.call("/v3/lease/grant", {"TTL": str(ttl)})
+        answer = await self.call("/v3/lease/grant", {"TTL": str(ttl)}, urgent=True)
         lease = as_int(answer.get("ID"))
         if lease == 0:
             raise BackendError(f"etcd granted no lease: {answer}")
@@ -224,7 +258,7 @@ class EtcdClient:
 
     async def keepalive(self, lease: int) -> int:
         """Renew ``lease``; returns its TTL, 0 when the lease no longer exists."""
-        answer = await self.call("/v3/lease/keepalive", {"ID": str(lease)})
+        answer = await self.call("/v3/lease/keepalive", {"ID": str(lease)}, urgent=True)
         return as_int(answer.get("TTL"))
 
     async def revoke(self, lease: int) -> None:
@@ -240,6 +274,7 @@ class EtcdClient:
             self._closed = True
             with anyio.CancelScope(shield=True), anyio.move_on_after(self.request_timeout):
                 await self._http.aclose()
+                await self._urgent.aclose()
 
 
 class _OneChunk(httpx.AsyncByteStream):
@@ -268,6 +303,14 @@ class _OneChunk(httpx.AsyncByteStream):
 
 class _Retry(Exception):
     """This member cannot answer now; try the next one."""
+
+
+class _Timeout(Exception):
+    """No answer within the attempt's budget (the budget is the message)."""
+
+
+class _NoTime(Exception):
+    """The enclosing deadline leaves no time for another attempt."""
 
 
 def _transient(message: str) -> bool:
