@@ -194,3 +194,21 @@ async def test_a_txn_that_lands_again_late_changes_nothing(etcd_cluster: EtcdClu
     finally:
         await a.aclose()
         await b.aclose()
+
+
+async def test_renewals_never_wait_behind_lease_traffic(etcd_cluster: EtcdCluster) -> None:
+    backend = etcd_backend(etcd_cluster.endpoints, new_prefix(), host_dead=8.0)
+    limiter = backend.client._limiter
+    borrowers = [object() for _ in range(int(limiter.total_tokens))]
+    try:
+        await backend.join(HostIdentity("a", 1), "inc-a", HostAdvert())
+        for borrower in borrowers:  # every lease-traffic slot taken, as by a burst of acquisitions
+            await limiter.acquire_on_behalf_of(borrower)
+        renewed = await backend.renew(HostAdvert())
+        assert renewed.counter == 2
+        assert limiter.available_tokens == 0
+    finally:
+        for borrower in borrowers:
+            if borrower in limiter.statistics().borrowers:
+                limiter.release_on_behalf_of(borrower)
+        await backend.aclose()
