@@ -348,10 +348,12 @@ class EtcdLeaseBackend:
         answer = await self.client.txn(success=self._snapshot_ops(keys, with_hosts=with_hosts))
         return self._snapshot(keys, answer["responses"], with_hosts=with_hosts), read_at
 
-    def _cached(self, keys: Sequence[str]) -> _Snapshot | None:
-        if not all(k in self._cache for k in keys):
-            return None
-        return _Snapshot({k: self._cache[k] for k in keys}, {}, {})
+    def _cached(self, keys: Sequence[str]) -> _Snapshot:
+        """What this backend last saw of ``keys``; one it never saw is taken as absent (revision 0).
+
+        A wrong guess costs one failed compare, whose failure branch reads the truth.
+        """
+        return _Snapshot({k: self._cache.get(k, (None, 0)) for k in keys}, {}, {})
 
     def _uncontended(self, snap: _Snapshot) -> bool:
         """No entry of another host or incarnation: nothing to judge alive or dead."""
@@ -404,8 +406,9 @@ class EtcdLeaseBackend:
         self._me()
         keys = [r.key for r in normalize_requests(requests)]
         with self._bounded("acquire"):
+            snap: _Snapshot | None = None
             cached = self._cached(keys)
-            if cached is not None and self._uncontended(cached):
+            if self._uncontended(cached):
                 # Only our own entries are in the way: judging them alive can
                 # only refuse, and a refusal is checked on fresh records below.
                 try:
@@ -415,10 +418,11 @@ class EtcdLeaseBackend:
                 except (ResourceBusyError, StaleLockStateError):
                     pass
                 else:
-                    done, _, _ = await self._write(cached, updated, keys, (), with_hosts=False)
+                    done, snap, read_at = await self._write(cached, updated, keys, (), with_hosts=True)
                     if done:
                         return leases
-            snap, read_at = await self._read(keys, with_hosts=True)
+            if snap is None:
+                snap, read_at = await self._read(keys, with_hosts=True)
             for _ in range(_MAX_RACES):
                 updated, leases = plan_acquire(
                     self._plain(snap), owner, self._incarnation, requests, self._holder_alive(snap, read_at)
@@ -459,8 +463,6 @@ class EtcdLeaseBackend:
             return
         with self._bounded("release"):
             snap = self._cached(wanted)
-            if snap is None:
-                snap, _ = await self._read(wanted, with_hosts=False)
             for _ in range(_MAX_RACES):
                 updated = plan_release(self._plain(snap), owner, wanted)
                 done, fresh, _ = await self._write(snap, updated, wanted, (), with_hosts=False)
