@@ -34,6 +34,10 @@ TIMING = {
     "io_timeout": 1.0,
 }
 REQUEST_TIMEOUT = 0.25
+# How much later than host_dead etcd may free a dead host's lease: the TTL is
+# host_dead rounded up to whole seconds, and the leader looks for expired
+# leases every 500 ms, then commits the revocation through raft.
+EXPIRY_LAG = 1.0
 WAIT = 30.0
 HOSTS = ["h1", "h2", "h3"]
 
@@ -190,3 +194,27 @@ async def test_a_host_cut_off_from_every_member_fences_before_its_disk_is_grante
                 await cluster.wait_for(LockspaceRegained, host="h1")
             assert not await cluster.probe("h1", "/d/1.img")
             assert cluster.check() == []
+
+
+async def test_a_crashed_host_is_taken_over_only_after_its_lease_expired_and_rejoins(
+    fault_cluster: EtcdCluster,
+) -> None:
+    etcd = fault_cluster
+    table = etcd_table(etcd.endpoints, new_prefix())
+    async with open_cluster(HOSTS, backend="etcd", etcd=table, timing=TIMING) as cluster:
+        await cluster.start_guest("h1", "vm1", ["/d/1.img", "/d/2.img"])
+        await cluster.crash_host("h1")
+        crashed_at = cluster.now()
+        taken_at = await take_over(cluster, "h2", "/d/1.img")
+        # The etcd lease (TTL = host_dead) ran out after the last keep-alive, before the crash.
+        assert taken_at - crashed_at >= TIMING["host_dead"] - TIMING["renew_interval"]
+        # The new incarnation joins once the old one's lease is gone; the old
+        # incarnation's entry on the disk nobody took is dead to it at once.
+        before = {r.key: r for r in await cluster.api("h2").leases()}["disk:/d/2.img"]
+        assert [h.owner.host for h in before.holders] == ["h1"]
+        await cluster.rejoin_host("h1")
+        guest = await cluster.start_guest("h1", "vm3", ["/d/2.img"])
+        assert [lease.token for lease in guest.leases.values()] == [before.token + 1]
+        # Rule 5 (a gone host's disk is free after host_dead) gets the time etcd adds:
+        # the lease expires after its TTL, noticed on the leader's 500 ms expiry tick.
+        assert cluster.check(slack=EXPIRY_LAG) == []
