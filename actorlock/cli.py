@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -96,7 +97,14 @@ def _parser() -> argparse.ArgumentParser:
             "and every host with its liveness as observed from here."
         ),
     )
-    leases.add_argument("--lockspace", type=Path, required=True, help="the lockspace directory")
+    leases.add_argument("--lockspace", type=Path, help="the lockspace directory (file backend)")
+    leases.add_argument(
+        "--etcd",
+        action="append",
+        metavar="URL",
+        help="an etcd member's client URL (repeat for failover): read the etcd lockspace at --prefix",
+    )
+    leases.add_argument("--prefix", help="the etcd lockspace's key prefix ([etcd] prefix)")
     leases.add_argument(
         "--observe",
         type=float,
@@ -161,7 +169,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.observe < 0:
                 print("actorlock leases: --observe must not be negative", file=sys.stderr)
                 return 2
-            report = anyio.run(lockspace_report, args.lockspace, args.observe, args.state_dir)
+            one_place = (args.lockspace is None) != (args.etcd is None)
+            if not one_place or (args.etcd is not None) != bool(args.prefix):
+                usage = "give --lockspace DIR, or --etcd URL with --prefix P"
+                print(f"actorlock leases: {usage}", file=sys.stderr)
+                return 2
+            if args.etcd is not None:
+                from .lockspace_report import etcd_reader
+
+                reader = etcd_reader(args.etcd, args.prefix)
+                where = f"etcd {' '.join(args.etcd)} prefix {args.prefix}"
+                report = anyio.run(
+                    functools.partial(lockspace_report, where, args.observe, args.state_dir, backend=reader)
+                )
+            else:
+                report = anyio.run(lockspace_report, args.lockspace, args.observe, args.state_dir)
             print(json.dumps(report.to_json(), indent=2) if args.json else report.to_text())
             return 0
     except ActorlockError as exc:

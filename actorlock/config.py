@@ -25,7 +25,7 @@ import attrs
 from .constants import FailureAction
 from .errors import ConfigError
 
-BACKENDS = ("file", "memory", "nop")
+BACKENDS = ("etcd", "file", "memory", "nop")
 # Monotonic clocks of two hosts may tick at slightly different rates (NTP slews
 # by up to 500 ppm); the margin below covers that many times over.
 CLOCK_RATE_MARGIN = 0.01
@@ -132,6 +132,39 @@ class MemoryConfig:
 
 
 @attrs.frozen
+class EtcdConfig:
+    """The etcd backend: a cluster's client URLs and this lockspace's key prefix (docs/etcd.md)."""
+
+    endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    prefix: str = "/actorlock/default"
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    user: str = ""
+    password: str = ""
+    # One HTTP round trip to one member; a member that takes longer is skipped
+    # for the next one (a stopped member accepts connections but never answers).
+    request_timeout: float = 2.0
+
+    def validate(self) -> None:
+        if not self.endpoints:
+            raise ConfigError("etcd.endpoints", "must list at least one client URL")
+        for url in self.endpoints:
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError("etcd.endpoints", f"must be http:// or https:// URLs, got {url!r}")
+        if not self.prefix.startswith("/") or self.prefix.rstrip("/") == "":
+            raise ConfigError("etcd.prefix", f"must start with / and name a key space, got {self.prefix!r}")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ConfigError("etcd.key_file", "cert_file and key_file go together")
+        if bool(self.user) != bool(self.password):
+            raise ConfigError("etcd.password", "user and password go together")
+        if not self.request_timeout > 0:
+            raise ConfigError(
+                "etcd.request_timeout", f"must be a positive number, got {self.request_timeout}"
+            )
+
+
+@attrs.frozen
 class PeerConfig:
     """Peer coordination (migration) over ZeroMQ."""
 
@@ -192,6 +225,7 @@ class Config:
     memory: MemoryConfig = MemoryConfig()
     peer: PeerConfig = PeerConfig()
     watchdog: WatchdogConfig = WatchdogConfig()
+    etcd: EtcdConfig = EtcdConfig()
 
 
 def load_config(source: str | Path | Mapping[str, Any] | Config | None = None) -> Config:
@@ -229,6 +263,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "memory": MemoryConfig,
     "peer": PeerConfig,
     "watchdog": WatchdogConfig,
+    "etcd": EtcdConfig,
 }
 
 
@@ -368,6 +403,8 @@ def _validated(config: Config) -> Config:
     _check_peer_addresses(peer)
     if not config.memory.lockspace:
         raise ConfigError("memory.lockspace", "must not be empty")
+    if config.locking.backend == "etcd":
+        config.etcd.validate()
     return config
 
 

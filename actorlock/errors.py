@@ -213,6 +213,29 @@ class BackendTimeoutError(BackendError):
     code = "backend-timeout"
 
 
+class EtcdUnavailableError(BackendTimeoutError):
+    """No member of the etcd cluster answered within the I/O timeout."""
+
+    code = "etcd-unavailable"
+
+
+class EtcdRequestError(BackendError):
+    """etcd refused a request (a bad request, a missing lease, permissions)."""
+
+    code = "etcd-request"
+
+    def __init__(self, path: str, status: int, message: str) -> None:
+        super().__init__(f"etcd {path}: HTTP {status}: {message}")
+        self.path = path
+        self.status = status
+        self.message = message
+
+    @classmethod
+    def from_wire(cls, message: str, **fields: Any) -> ActorlockError:
+        path, status = str(fields.get("path", "")), int(fields.get("status", 0))
+        return cls(path, status, str(fields.get("message", message)))._with_text(message)
+
+
 # --- guests and actors ----------------------------------------------------
 
 

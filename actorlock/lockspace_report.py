@@ -1,4 +1,4 @@
-"""Read-only view of a file lockspace for operators (``actorlock leases``)."""
+"""Read-only view of a file (or etcd) lockspace for operators (``actorlock leases``)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import attrs
 
+from .backends.base import LeaseBackend
 from .backends.file import FileLeaseBackend
 from .errors import CorruptStateError, LockspaceError
 from .model import HostRecord, HostState, LeaseRecord
@@ -125,16 +126,20 @@ def _table(rows: Sequence[Sequence[str]]) -> list[str]:
     return ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
-async def lockspace_report(path: Path, observe: float, state_dir: Path | None = None) -> LockspaceReport:
+async def lockspace_report(
+    path: Path | str, observe: float, state_dir: Path | None = None, *, backend: LeaseBackend | None = None
+) -> LockspaceReport:
     """Read every record; watch host records for ``observe`` seconds to judge liveness.
 
     With ``state_dir`` (one host's), its domains' guest pids are shown next to their leases.
+    ``backend`` reads another kind of lockspace (an etcd prefix) named ``path``; it is closed here.
     """
     guests: tuple[tuple[int, str, int | None], ...] = ()
     damaged: list[tuple[str, str]] = []
     if state_dir is not None:
         guests = await _guests_of(state_dir, damaged)
-    backend = FileLeaseBackend(path, host_dead=_NEVER)
+    if backend is None:
+        backend = FileLeaseBackend(Path(path), host_dead=_NEVER)
     try:
         lockspace_id = await backend.lockspace_id()
         first = {v.record.id: v.record for v in await backend.hosts()}
@@ -142,7 +147,8 @@ async def lockspace_report(path: Path, observe: float, state_dir: Path | None = 
             await anyio.sleep(observe)
         last = {v.record.id: v.record for v in await backend.hosts()} if observe > 0 else first
         records = await backend.records()
-        damaged += [(exc.path, exc.problem) for exc in await backend.damaged()]
+        if isinstance(backend, FileLeaseBackend):  # skipped entries: only files can be stray or torn
+            damaged += [(exc.path, exc.problem) for exc in await backend.damaged()]
     finally:
         await backend.aclose()
     hosts = []
@@ -159,6 +165,15 @@ async def lockspace_report(path: Path, observe: float, state_dir: Path | None = 
             liveness = f"not renewing for {observe:g}s+"
         hosts.append(HostLine(record, liveness))
     return LockspaceReport(str(path), lockspace_id, tuple(hosts), tuple(records), guests, tuple(damaged))
+
+
+def etcd_reader(endpoints: Sequence[str], prefix: str) -> LeaseBackend:
+    """A read-only handle on the etcd lockspace at ``prefix`` (never joins)."""
+    from .backends import make_backend
+    from .config import load_config
+
+    table = {"endpoints": list(endpoints), "prefix": prefix}
+    return make_backend(load_config({"locking": {"backend": "etcd"}, "etcd": table}))
 
 
 async def _guests_of(

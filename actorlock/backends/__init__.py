@@ -36,6 +36,35 @@ def make_backend(config: Config, *, clock: Callable[[], float] = host_clock) -> 
             io_timeout=config.timing.io_timeout,
             group=config.file.group,
         )
+    if kind == "etcd":
+        try:
+            from .etcd import EtcdLeaseBackend
+            from .etcd_client import EtcdClient
+        except ImportError as exc:
+            raise ConfigError(
+                "locking.backend", f"the etcd backend needs httpx: pip install 'actorlock[etcd]' ({exc})"
+            ) from None
+
+        etcd = config.etcd
+        etcd.validate()
+        client = EtcdClient(
+            etcd.endpoints,
+            io_timeout=config.timing.io_timeout,
+            request_timeout=etcd.request_timeout,
+            ca_file=etcd.ca_file,
+            cert_file=etcd.cert_file,
+            key_file=etcd.key_file,
+            user=etcd.user,
+            password=etcd.password,
+        )
+        return EtcdLeaseBackend(
+            client,
+            etcd.prefix,
+            host_dead=host_dead,
+            poll_interval=poll,
+            clock=clock,
+            io_timeout=config.timing.io_timeout,
+        )
     if kind == "nop":
         from .nop import NopLeaseBackend
 

@@ -1435,13 +1435,17 @@ async def open_cluster(
     clock: Callable[[], float] = anyio.current_time,
     supervised: bool = False,
     fencing_storage: bool = False,
+    etcd: Mapping[str, Any] | Callable[[str], Mapping[str, Any]] | None = None,
 ) -> AsyncIterator[Cluster]:
     """Run a simulated cluster for the duration of the block.
 
     Args:
         hosts: how many hosts (named ``h1``, ``h2``...) or their names; ids are 1, 2...
-        backend: ``"memory"`` (a private memory lockspace) or ``"file"``.
+        backend: ``"memory"`` (a private memory lockspace), ``"file"`` or ``"etcd"``.
         lockspace_dir: the file lockspace directory (required for ``"file"``).
+        etcd: the ``[etcd]`` table (required for ``"etcd"``), or a function of
+            the host name giving each host its own (its own endpoint list);
+            etcd leases run in real time, so no virtual clock.
         timing: overrides of :data:`SIM_TIMING`.
         failure_action: ``"pause"`` (the default: the callback fences the
             simulated guest) or ``"ignore"``, for all hosts or per host name.
@@ -1463,8 +1467,10 @@ async def open_cluster(
     names = _host_names(hosts)
     timings = {**SIM_TIMING, **(timing or {})}
     actions = failure_action if isinstance(failure_action, Mapping) else dict.fromkeys(names, failure_action)
-    if backend not in ("memory", "file"):
-        raise InvalidParameterError(f"backend must be 'memory' or 'file', got {backend!r}")
+    if backend not in ("memory", "file", "etcd"):
+        raise InvalidParameterError(f"backend must be 'memory', 'file' or 'etcd', got {backend!r}")
+    if backend == "etcd" and etcd is None:
+        raise InvalidParameterError("the etcd backend needs its [etcd] table")
     if not 0 <= fence_delay < timings["fence_timeout"]:
         raise InvalidParameterError(f"fence_delay must be in [0, fence_timeout), got {fence_delay}")
     if backend == "file" and lockspace_dir is None:
@@ -1485,6 +1491,7 @@ async def open_cluster(
                     "locking": {"backend": backend, "failure_action": action, "kill_grace": SIM_KILL_GRACE},
                     "memory": {"lockspace": space_name},
                     "file": {"lockspace_dir": str(lockspace_dir)} if lockspace_dir is not None else {},
+                    "etcd": dict(etcd(name) if callable(etcd) else etcd or {}),
                 }
             )
         )
@@ -1555,6 +1562,16 @@ def _backend_factory(
             )
 
         return memory
+
+    if kind == "etcd":
+        from ..backends import make_backend
+        from ..backends.nop import NopLeaseBackend
+
+        def etcd(config: Config | None, read_delay: ReadDelay | None) -> LeaseBackend:
+            # The config-less first instance is replaced at launch: no client for it.
+            return NopLeaseBackend() if config is None else make_backend(config, clock=clock)
+
+        return etcd
 
     from ..backends.file import FileLeaseBackend
 
