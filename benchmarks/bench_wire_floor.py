@@ -93,7 +93,7 @@ async def measure(curve: bool, seconds: float) -> tuple[list[float], float]:
             options = (
                 {"server_key": server_keys.public, "keys": client_keys} if curve else {"plaintext": True}
             )
-            async with connect(endpoint, **options) as client:  # type: ignore[arg-type]
+            async with connect(endpoint, **options) as client:
                 await latency(client, 0.2)  # warm up: connect, handshake
                 samples = await latency(client, seconds)
                 rate = await throughput(client, seconds, in_flight=64)
