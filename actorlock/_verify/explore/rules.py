@@ -20,7 +20,7 @@ from ...protocol import (
     Timer,
     judge_ownership,
 )
-from ..migration_world import DESTINATION, SOURCE
+from ..migration_world import DESTINATION, SOURCE, Records
 from .world import (
     DEST_OWNER,
     KEYS,
@@ -60,15 +60,8 @@ def check(ex: ExplorerTables, w: World) -> list[Problem]:
     return found
 
 def _check(ex: ExplorerTables, w: World) -> list[Problem]:
-    problems: list[Problem] = []
     records = ex.records.obj(w.records)
-    for record in records:
-        exclusive = [h for h in record.holders if h.mode is LeaseMode.EXCLUSIVE]
-        if exclusive and len(record.holders) > 1:
-            holders = ", ".join(f"{h.owner.host}:{h.mode.value}" for h in record.holders)
-            problems.append(Problem("two-owners", f"{record.key} held by {holders}"))
-        if record.held_by(SOURCE_OWNER) is not None and record.held_by(DEST_OWNER) is not None:
-            problems.append(Problem("two-owners", f"{record.key} held by both source and destination"))
+    problems = _two_owners(records)
     side = judge_ownership(records, SOURCE_OWNER, DEST_OWNER, KEYS).side
     by_key = {record.key: record for record in records}
 
@@ -113,6 +106,26 @@ def _check(ex: ExplorerTables, w: World) -> list[Problem]:
             )
         )
     problems += _agreement(ex, w, side)
+    problems += _timer_mismatches(ex, w)
+    return problems
+
+
+def _two_owners(records: Records) -> list[Problem]:
+    """Records held exclusively by more than one holder, or by both source and destination."""
+    problems: list[Problem] = []
+    for record in records:
+        exclusive = [h for h in record.holders if h.mode is LeaseMode.EXCLUSIVE]
+        if exclusive and len(record.holders) > 1:
+            holders = ", ".join(f"{h.owner.host}:{h.mode.value}" for h in record.holders)
+            problems.append(Problem("two-owners", f"{record.key} held by {holders}"))
+        if record.held_by(SOURCE_OWNER) is not None and record.held_by(DEST_OWNER) is not None:
+            problems.append(Problem("two-owners", f"{record.key} held by both source and destination"))
+    return problems
+
+
+def _timer_mismatches(ex: ExplorerTables, w: World) -> list[Problem]:
+    """Timers a live machine has armed that its driver does not hold (the same deadline)."""
+    problems: list[Problem] = []
     for role, number, down in ((SOURCE, w.src, w.down_src), (DESTINATION, w.dst, w.down_dst)):
         if down or number < 0:
             continue
