@@ -70,7 +70,8 @@ class Unexpected(Exception):
     """Something happened that must not (or did not happen that must)."""
 
 
-def check(condition: bool, problem: str) -> None:
+# The condition is what an assert-like helper checks, not a flag: positional like assert's.
+def check(condition: bool, problem: str) -> None:  # noqa: FBT001
     if not condition:
         raise Unexpected(problem)
 

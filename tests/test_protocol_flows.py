@@ -204,7 +204,7 @@ def test_start_rejects_a_deadline_inside_the_transfer_margin() -> None:
 
 
 @pytest.mark.parametrize("source_said_commit", [False, True])
-def test_destination_crash_after_prepare_source_cancels_at_deadline(source_said_commit: bool) -> None:
+def test_destination_crash_after_prepare_source_cancels_at_deadline(*, source_said_commit: bool) -> None:
     sim = prepared()
     sim.crash(DESTINATION)
     if source_said_commit:
@@ -220,7 +220,7 @@ def test_destination_crash_after_prepare_source_cancels_at_deadline(source_said_
 
 
 @pytest.mark.parametrize("destination_said_commit", [False, True])
-def test_source_crash_after_prepare_destination_expires(destination_said_commit: bool) -> None:
+def test_source_crash_after_prepare_destination_expires(*, destination_said_commit: bool) -> None:
     sim = prepared()
     if destination_said_commit:
         sim.commit(DESTINATION)
