@@ -60,9 +60,7 @@ class TimingConfig:
     io_timeout: float = 10.0
     # How late the event loop may run the expiry timer (load, GC, a busy
     # thread holding the GIL); default lease_timeout / 10.
-    scheduling_delay: float = attrs.field(
-        default=attrs.Factory(_default_scheduling_delay, takes_self=True)
-    )
+    scheduling_delay: float = attrs.field(default=attrs.Factory(_default_scheduling_delay, takes_self=True))
 
     def validate(self) -> None:
         names = ("renew_interval", "lease_timeout", "host_dead", "fence_timeout", "io_timeout")
@@ -262,8 +260,10 @@ def _normalized(config: Config) -> Config:
         for field in attrs.fields(cls):
             value = getattr(body, field.name)
             optional = str(field.type).endswith("| None")
-            values[field.name] = value if optional and value is None else _convert(
-                f"{section}.{field.name}", field.type, value
+            values[field.name] = (
+                value
+                if optional and value is None
+                else _convert(f"{section}.{field.name}", field.type, value)
             )
         sections[section] = attrs.evolve(body, **values)
     return Config(**sections)

@@ -25,7 +25,6 @@ Exit status 0 when everything happened as it must; 1 with the reason (and
 the tail of each host's log) otherwise.
 """
 
-
 from __future__ import annotations
 
 import argparse
@@ -74,7 +73,6 @@ class Unexpected(Exception):
 def check(condition: bool, problem: str) -> None:  # noqa: FBT001
     if not condition:
         raise Unexpected(problem)
-
 
 
 def ms(seconds: float) -> str:

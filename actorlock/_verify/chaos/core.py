@@ -90,8 +90,6 @@ class PlacedGuest:
     state: Placement
 
 
-
-
 class DriverCore:
     """The bookkeeping of one run: host slots and their processes, guests, locks, the history."""
 

@@ -298,9 +298,7 @@ class FaultInjector(Workload):
                     helper.kill()
             await helper.aclose()
 
-    async def _crash_in_stall(
-        self, slot: Slot, stall: Stall, at: float, kind: str, downtime: float
-    ) -> None:
+    async def _crash_in_stall(self, slot: Slot, stall: Stall, at: float, kind: str, downtime: float) -> None:
         """``at`` seconds into the stall, if it still holds: the coordinator crashes, or the host dies.
 
         Either way the restart meets the stall: the restarted coordinator

@@ -59,6 +59,7 @@ def check(ex: ExplorerTables, w: World) -> list[Problem]:
         found = ex.checked[key] = _check(ex, w)
     return found
 
+
 def _check(ex: ExplorerTables, w: World) -> list[Problem]:
     records = ex.records.obj(w.records)
     problems = _two_owners(records)
@@ -101,9 +102,7 @@ def _check(ex: ExplorerTables, w: World) -> list[Problem]:
     cancelled = source.state in (SourceState.CANCELLED, SourceState.REFUSED)
     if w.down_src != "crashed" and cancelled and tokens(SOURCE_OWNER) != ORIGINAL:
         problems.append(
-            Problem(
-                "cancel-lost-leases", f"source {source.state.value} but holds {tokens(SOURCE_OWNER)}"
-            )
+            Problem("cancel-lost-leases", f"source {source.state.value} but holds {tokens(SOURCE_OWNER)}")
         )
     problems += _agreement(ex, w, side)
     problems += _timer_mismatches(ex, w)
@@ -137,6 +136,7 @@ def _timer_mismatches(ex: ExplorerTables, w: World) -> list[Problem]:
                 )
     return problems
 
+
 def _agreement(ex: ExplorerTables, w: World, side: Side) -> list[Problem]:
     problems: list[Problem] = []
     source = ex.machines.obj(w.src)
@@ -155,9 +155,7 @@ def _agreement(ex: ExplorerTables, w: World, side: Side) -> list[Problem]:
         dest = ex.machines.obj(w.dst)
         state = dest.state
         if state is DestinationState.COMMITTED and side is not Side.DESTINATION:
-            problems.append(
-                Problem("disagreement", f"destination committed, lockspace says {side.value}")
-            )
+            problems.append(Problem("disagreement", f"destination committed, lockspace says {side.value}"))
         if state is DestinationState.FAILED and side is not Side.NEITHER:
             problems.append(Problem("disagreement", f"destination failed, lockspace says {side.value}"))
         # A destination re-created by a late PREPARE never said commit and
@@ -189,6 +187,7 @@ def _agreement(ex: ExplorerTables, w: World, side: Side) -> list[Problem]:
             )
     return problems
 
+
 def check_end(ex: ExplorerTables, w: World) -> list[Problem]:
     """Rules for a world where only the third host can still act."""
     problems: list[Problem] = []
@@ -206,6 +205,7 @@ def check_end(ex: ExplorerTables, w: World) -> list[Problem]:
         if said and down != "crashed" and (role, Call.COMPLETE) not in answered:
             problems.append(Problem("stuck", f"the {role} caller who said {said} was never answered"))
     return problems
+
 
 def outcome_label(ex: ExplorerTables, w: World) -> str:
     """How an end is counted in :attr:`ExploreReport.outcomes`."""

@@ -286,6 +286,7 @@ class Explorer(ExplorerTables):
             raise AssertionError(event)
         return step.world(), step.problems, changed
 
+
 def _start(m: Machine) -> list[Effect]:
     assert isinstance(m, MigrationSource)
     return m.start(now=0.0, deadline_at=DEADLINE)
