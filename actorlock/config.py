@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +60,7 @@ class TimingConfig:
     io_timeout: float = 10.0
     # How late the event loop may run the expiry timer (load, GC, a busy
     # thread holding the GIL); default lease_timeout / 10.
-    scheduling_delay: float = attrs.field(
-        default=attrs.Factory(_default_scheduling_delay, takes_self=True)
-    )
+    scheduling_delay: float = attrs.field(default=attrs.Factory(_default_scheduling_delay, takes_self=True))
 
     def validate(self) -> None:
         names = ("renew_interval", "lease_timeout", "host_dead", "fence_timeout", "io_timeout")
@@ -301,8 +299,10 @@ def _normalized(config: Config) -> Config:
         for field in attrs.fields(cls):
             value = getattr(body, field.name)
             optional = str(field.type).endswith("| None")
-            values[field.name] = value if optional and value is None else _convert(
-                f"{section}.{field.name}", field.type, value
+            values[field.name] = (
+                value
+                if optional and value is None
+                else _convert(f"{section}.{field.name}", field.type, value)
             )
         sections[section] = attrs.evolve(body, **values)
     return Config(**sections)
@@ -310,49 +310,84 @@ def _normalized(config: Config) -> Config:
 
 def _convert(key: str, annotation: object, value: Any) -> Any:
     kind = str(annotation)
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise ConfigError(key, f"must be true or false, got {value!r}")
-        return value
-    if kind == "bool | None":
-        if value is not None and not isinstance(value, bool):
-            raise ConfigError(key, f"must be true or false, got {value!r}")
-        return value
-    if kind == "int":
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(key, f"must be an integer, got {value!r}")
-        return value
-    if kind == "float":
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ConfigError(key, f"must be a number of seconds, got {value!r}")
-        try:
-            seconds = float(value)
-        except OverflowError:
-            # str() of such an int may itself refuse (int_max_str_digits): say its size instead.
-            bits = int(value).bit_length()
-            raise ConfigError(key, f"must be a finite number of seconds, got a {bits}-bit integer") from None
-        if not math.isfinite(seconds):
-            raise ConfigError(key, f"must be a finite number of seconds, got {value!r}")
-        return seconds
-    if kind == "str":
-        if not isinstance(value, str):
-            raise ConfigError(key, f"must be a string, got {value!r}")
-        return value
-    if kind == "Path | None":
-        if not isinstance(value, (str, Path)) or not str(value):
-            raise ConfigError(key, f"must be a non-empty path, got {value!r}")
-        return Path(value)
-    if kind == "tuple[str, ...]":
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(key, f"must be a list of strings, got {value!r}")
-        return tuple(value)
-    if kind == "FailureAction":
-        try:
-            return FailureAction(value)
-        except ValueError:
-            choices = ", ".join(a.value for a in FailureAction)
-            raise ConfigError(key, f"must be one of {choices}, got {value!r}") from None
-    raise ConfigError(key, f"unsupported type {kind}")  # pragma: no cover - a bug in this module
+    convert = _CONVERTERS.get(kind)
+    if convert is None:
+        raise ConfigError(key, f"unsupported type {kind}")  # pragma: no cover - a bug in this module
+    return convert(key, value)
+
+
+# One checker per field type that Config uses, keyed by the annotation's text
+# (the module uses postponed annotations, so that is what attrs reports).
+
+
+def _to_bool(key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(key, f"must be true or false, got {value!r}")
+    return value
+
+
+def _to_optional_bool(key: str, value: Any) -> bool | None:
+    if value is not None and not isinstance(value, bool):
+        raise ConfigError(key, f"must be true or false, got {value!r}")
+    return value
+
+
+def _to_int(key: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ConfigError(key, f"must be an integer, got {value!r}")
+    return value
+
+
+def _to_seconds(key: str, value: Any) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ConfigError(key, f"must be a number of seconds, got {value!r}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        # str() of such an int may itself refuse (int_max_str_digits): say its size instead.
+        bits = int(value).bit_length()
+        raise ConfigError(key, f"must be a finite number of seconds, got a {bits}-bit integer") from None
+    if not math.isfinite(seconds):
+        raise ConfigError(key, f"must be a finite number of seconds, got {value!r}")
+    return seconds
+
+
+def _to_str(key: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(key, f"must be a string, got {value!r}")
+    return value
+
+
+def _to_path(key: str, value: Any) -> Path:
+    if not isinstance(value, (str, Path)) or not str(value):
+        raise ConfigError(key, f"must be a non-empty path, got {value!r}")
+    return Path(value)
+
+
+def _to_strings(key: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(key, f"must be a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _to_failure_action(key: str, value: Any) -> FailureAction:
+    try:
+        return FailureAction(value)
+    except ValueError:
+        choices = ", ".join(a.value for a in FailureAction)
+        raise ConfigError(key, f"must be one of {choices}, got {value!r}") from None
+
+
+_CONVERTERS: dict[str, Callable[[str, Any], Any]] = {
+    "bool": _to_bool,
+    "bool | None": _to_optional_bool,
+    "int": _to_int,
+    "float": _to_seconds,
+    "str": _to_str,
+    "Path | None": _to_path,
+    "tuple[str, ...]": _to_strings,
+    "FailureAction": _to_failure_action,
+}
 
 
 def _validated(config: Config) -> Config:

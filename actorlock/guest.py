@@ -44,9 +44,7 @@ async def process_start_time(pid: int) -> int | None:
     return await anyio.to_thread.run_sync(process_start_time_sync, pid)
 
 
-async def is_running(
-    pid: int, start_time: int | None, limiter: anyio.CapacityLimiter | None = None
-) -> bool:
+async def is_running(pid: int, start_time: int | None, limiter: anyio.CapacityLimiter | None = None) -> bool:
     """Whether the guest still runs; ``limiter``: whose worker threads read /proc (None: the default).
 
     Abandoned when cancelled, so a fence attempt stays bounded by its

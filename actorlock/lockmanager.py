@@ -335,7 +335,7 @@ class LockManager:
             state=lock_state,
         )
 
-    async def release_all(self, save_state: bool = True) -> LockState:
+    async def release_all(self, *, save_state: bool = True) -> LockState:
         """Release every lease; returns the lock state to resume with (pause)."""
         state = await self._domain().pause()
         return state if save_state else LockState()

@@ -67,8 +67,7 @@ def _check_disk_path(inst: Resource, attr: attrs.Attribute[str], value: str) -> 
     _check_nonempty(inst, attr, value)
     if inst.type is ResourceType.DISK and not value.startswith("/"):
         raise InvalidParameterError(
-            f"disk path {value!r} must be absolute: "
-            "a relative path names different files on different hosts"
+            f"disk path {value!r} must be absolute: a relative path names different files on different hosts"
         )
 
 

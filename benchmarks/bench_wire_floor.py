@@ -10,6 +10,7 @@ Each measurement runs for a bounded time. Figures only; no assertions.
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -81,7 +82,7 @@ async def throughput(client: PeerClient, seconds: float, in_flight: int) -> floa
     return done / (time.perf_counter() - t0)
 
 
-async def measure(curve: bool, seconds: float) -> tuple[list[float], float]:
+async def measure(seconds: float, *, curve: bool) -> tuple[list[float], float]:
     server_keys, client_keys = KeyPair(*generate_keypair()), KeyPair(*generate_keypair())
     if curve:
         server = PeerServer("tcp://127.0.0.1:*", keys=server_keys, allowed_clients=[client_keys.public])
@@ -93,7 +94,7 @@ async def measure(curve: bool, seconds: float) -> tuple[list[float], float]:
             options = (
                 {"server_key": server_keys.public, "keys": client_keys} if curve else {"plaintext": True}
             )
-            async with connect(endpoint, **options) as client:  # type: ignore[arg-type]
+            async with connect(endpoint, **options) as client:
                 await latency(client, 0.2)  # warm up: connect, handshake
                 samples = await latency(client, seconds)
                 rate = await throughput(client, seconds, in_flight=64)
@@ -109,7 +110,7 @@ def main() -> None:
     print(f"{'backend':8} {'curve':5} {'p50 ms':>8} {'p99 ms':>8} {'req/s @1':>9} {'req/s @64':>10}")
     for backend in ("asyncio", "trio"):
         for curve in (False, True):
-            samples, rate = anyio.run(measure, curve, args.seconds, backend=backend)
+            samples, rate = anyio.run(functools.partial(measure, curve=curve), args.seconds, backend=backend)
             cuts = statistics.quantiles(samples, n=100)
             one = len(samples) / sum(samples)
             p50, p99 = cuts[49] * 1e3, cuts[98] * 1e3

@@ -25,7 +25,6 @@ Exit status 0 when everything happened as it must; 1 with the reason (and
 the tail of each host's log) otherwise.
 """
 
-
 from __future__ import annotations
 
 import argparse
@@ -70,10 +69,10 @@ class Unexpected(Exception):
     """Something happened that must not (or did not happen that must)."""
 
 
-def check(condition: bool, problem: str) -> None:
+# The condition is what an assert-like helper checks, not a flag: positional like assert's.
+def check(condition: bool, problem: str) -> None:  # noqa: FBT001
     if not condition:
         raise Unexpected(problem)
-
 
 
 def ms(seconds: float) -> str:

@@ -122,7 +122,7 @@ def test_host_events_convert_and_kinds_without_a_record_are_kept() -> None:
         history.record_host_event(ev.MigrationStarted(host="a", domain="u1", destination="b"), 8.0),
     ]
     assert converted == [
-        HostJoined(1.0, "a", "i1", False),
+        HostJoined(1.0, "a", "i1", resumed=False),
         LeaseAcquired(2.0, "a", "u1", (excl(),)),
         LeaseReleased(3.0, "a", "u1", (D1,)),
         LockspaceLost(4.0, "a", "late"),
@@ -404,7 +404,7 @@ def test_rule3_shared_holder_loses_to_an_exclusive_acquirer() -> None:
     assert v.evidence == (started, release, writer)
 
 
-def fenced_then_taken_over(action_first: bool) -> list[HistoryEvent]:
+def fenced_then_taken_over(*, action_first: bool) -> list[HistoryEvent]:
     fence = FailureActionRan(3.0, "a", "u1", "poweroff", "powered off")
     lost = LeaseLost(3.0, "a", "u1", reason="late")
     return [
@@ -954,9 +954,8 @@ class Model:
         if owner:
             self.migrate(owner, dest_host, outcome)
 
-    def op_hotplug(self, index: int, key: str, as_shared: bool) -> None:
+    def op_hotplug(self, index: int, key: str, mode: LeaseMode) -> None:
         owner = self.pick(index)
-        mode = SHARED if as_shared else EXCL
         if owner and key not in self.running[owner] and self.acquire(owner, {key: mode}):
             self.running[owner][key] = mode
             self.emit(GuestDisksChanged(self.now, owner[0], owner[1], *_split(self.running[owner])))
@@ -1023,7 +1022,7 @@ ARGUMENTS: dict[str, st.SearchStrategy[tuple[Any, ...]]] = {
     "recover": st.tuples(host_st),
     "fence": st.tuples(host_st),
     "migrate": st.tuples(index_st, host_st, st.sampled_from(["complete", "cancel_before", "cancel_after"])),
-    "hotplug": st.tuples(index_st, key_st, st.booleans()),
+    "hotplug": st.tuples(index_st, key_st, st.booleans().map(lambda shared: SHARED if shared else EXCL)),
     "unplug": st.tuples(index_st, index_st),
     "probe": st.tuples(host_st, key_st),
     "fault": st.tuples(),

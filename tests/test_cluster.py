@@ -28,6 +28,7 @@ from actorlock.model import LeaseMode, disk
 from actorlock.testing.checker import Rule
 from actorlock.testing.clock import virtual_clock
 from actorlock.testing.cluster import SIM_TIMING, Cluster, GuestState, HostState, open_cluster
+from actorlock.testing.faults import Shape
 from actorlock.testing.history import (
     AcquireRefused,
     CoordinatorCrashed,
@@ -457,7 +458,8 @@ async def test_a_storage_stall_fences_the_guest_before_a_takeover_and_heals_by_i
 async def test_a_slow_write_lands_late_and_a_slow_answer_comes_back_late() -> None:
     async with open_cluster(3) as cluster:
         delay = IO_TIMEOUT / 2
-        for shape, landed_early in (("before", False), ("after", True)):
+        shapes: tuple[tuple[Shape, bool], ...] = (("before", False), ("after", True))
+        for shape, landed_early in shapes:
             await cluster.slow_io("h1", WAIT, "acquire", longest=delay, least=delay, shape=shape)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(cluster.start_guest, "h1", f"vm-{shape}", [D1])

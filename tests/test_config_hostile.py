@@ -58,7 +58,14 @@ def test_a_config_object_of_wrong_types_gives_config_error(config: Config, key: 
 
 
 def test_good_keys_and_endpoints_are_accepted() -> None:
-    endpoints = ("tcp://10.0.0.1:7470", "tcp://*:7470", "tcp://[::1]:7470", "tcp://h:*", "ipc:///run/a", "inproc://x")
+    endpoints = (
+        "tcp://10.0.0.1:7470",
+        "tcp://*:7470",
+        "tcp://[::1]:7470",
+        "tcp://h:*",
+        "ipc:///run/a",
+        "inproc://x",
+    )
     for endpoint in endpoints:
         peer = {"endpoint": endpoint, "plaintext": True, "allowed_keys": [GOOD_KEY]}
         cfg = actorlock.load_config({"peer": peer})

@@ -52,7 +52,7 @@ async def test_two_spellings_cannot_both_hold_the_disk() -> None:
 
 @pytest.mark.anyio
 @pytest.mark.parametrize("resolve", [True, False])
-async def test_symlinks_are_resolved_only_when_configured(tmp_path: Path, resolve: bool) -> None:
+async def test_symlinks_are_resolved_only_when_configured(tmp_path: Path, *, resolve: bool) -> None:
     real, link = tmp_path / "real.img", tmp_path / "link.img"
     real.touch()
     link.symlink_to(real)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import hashlib
 import json
 import os
@@ -693,7 +694,7 @@ async def test_renewal_is_not_starved_by_a_saturated_worker_pool(tmp_path: Path)
     try:
         async with anyio.create_task_group() as tg:
             for _ in range(int(pool.total_tokens)):
-                tg.start_soon(anyio.to_thread.run_sync, release.wait)
+                tg.start_soon(functools.partial(anyio.to_thread.run_sync, release.wait))
             await anyio.wait_all_tasks_blocked()
             assert pool.available_tokens == 0
             try:

@@ -42,9 +42,7 @@ def mode(path: Path) -> int:
 def file_modes(directory: Path) -> dict[str, tuple[int, int]]:
     """Mode and group of every file below ``directory``, by relative path."""
     return {
-        str(p.relative_to(directory)): (mode(p), p.stat().st_gid)
-        for p in directory.rglob("*")
-        if p.is_file()
+        str(p.relative_to(directory)): (mode(p), p.stat().st_gid) for p in directory.rglob("*") if p.is_file()
     }
 
 
@@ -312,7 +310,6 @@ async def test_an_acquisition_within_the_limit_still_works(tmp_path: Path) -> No
     a = await joined(tmp_path, A)
     leases = await a.acquire(OWNER_A, [excl(f"d{i}") for i in range(100)])
     assert len(leases) == 100
-
 
 
 async def test_a_world_writable_sticky_root_is_refused(tmp_path: Path) -> None:

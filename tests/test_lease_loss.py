@@ -25,7 +25,7 @@ def faulty_memory(space: str) -> FaultyBackend:
 
 async def acquire_when_free(domain: actorlock.Domain, path: str, deadline: float) -> list[float]:
     """Retry until the disk is ours; returns the times of the refusals seen first."""
-    refusals = []
+    refusals: list[float] = []
     with anyio.fail_after(deadline):
         while True:
             try:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import anyio
 import pytest
 
@@ -15,13 +17,16 @@ from actorlock.errors import (
     ResourceBusyError,
     StaleLockStateError,
 )
+from actorlock.model import LeaseRecord
 
 from .support import guest_process, host_config, unique
 
 pytestmark = pytest.mark.anyio
 
 
-async def new_domain(plugin: actorlock.LockManagerPlugin, uuid: str, *disks: str, pid: int | None = None):
+async def new_domain(
+    plugin: actorlock.LockManagerPlugin, uuid: str, *disks: str, pid: int | None = None
+) -> actorlock.LockManager:
     manager = await plugin.new_manager(ObjectType.DOMAIN)
     manager.set_parameter("uuid", uuid)
     manager.set_parameter("name", f"vm-{uuid}")
@@ -33,7 +38,7 @@ async def new_domain(plugin: actorlock.LockManagerPlugin, uuid: str, *disks: str
     return manager
 
 
-def holders(records, key: str) -> list[tuple[str, str]]:
+def holders(records: Iterable[LeaseRecord], key: str) -> list[tuple[str, str]]:
     for r in records:
         if r.key == key:
             return [(h.owner.host, h.owner.domain) for h in r.holders]

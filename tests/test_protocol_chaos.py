@@ -11,7 +11,8 @@ from __future__ import annotations
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from actorlock._verify.pair import DESTINATION, SOURCE, Fault, Simulation
+from actorlock._verify.migration_world import DESTINATION, SOURCE
+from actorlock._verify.pair import Fault, Simulation
 from actorlock.protocol import DestinationState, Outcome, Side, SourceState
 
 ACTIONS = (

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import anyio
@@ -10,6 +11,7 @@ import pytest
 import actorlock
 from actorlock import NewFlags, ObjectType, ResourceType
 from actorlock.errors import GuestNotRunningError, LeaseLostError, ResourceBusyError
+from actorlock.model import LeaseRecord
 from actorlock.testing import host_faults
 
 from .support import TIMING, guest_process, host_config, unique
@@ -33,7 +35,7 @@ async def attach(plugin: actorlock.LockManagerPlugin, uuid: str) -> actorlock.Lo
     return manager
 
 
-def tokens(records) -> dict[str, list[tuple[str, int]]]:
+def tokens(records: Iterable[LeaseRecord]) -> dict[str, list[tuple[str, int]]]:
     return {r.key: [(h.owner.host, h.token) for h in r.holders] for r in records}
 
 

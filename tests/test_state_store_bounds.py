@@ -47,7 +47,7 @@ class HungSaves(MemoryStateStore):
 
 def config(space: str) -> dict[str, object]:
     cfg = host_config("h1", 1, lockspace=space)
-    cfg["timing"] = {**cfg["timing"], "io_timeout": IO_TIMEOUT}  # type: ignore[dict-item]
+    cfg["timing"] = {**cfg["timing"], "io_timeout": IO_TIMEOUT}
     return cfg
 
 

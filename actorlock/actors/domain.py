@@ -103,7 +103,7 @@ class DomainActor(Actor[Any]):
             case ReleaseResource(resource):
                 return await self._release_resource(resource)
             case ReleaseAll(save_state):
-                return await self._release_all(save_state)
+                return await self._release_all(save_state=save_state)
             case Attach():
                 return await self._attach()
             case BindGuest(pid):
@@ -202,7 +202,7 @@ class DomainActor(Actor[Any]):
         self._publish()
         return self._status()
 
-    async def _release_all(self, save_state: bool) -> LockState | None:
+    async def _release_all(self, *, save_state: bool) -> LockState | None:
         if self.phase != P.RUNNING:
             # Nothing held: libvirt pauses guests in any state, and gets an empty state back.
             return LockState() if save_state else None

@@ -233,12 +233,12 @@ class FenceBoard:
 
     async def _attempt(self, target: FenceTarget, number: int) -> _Attempt:
         uuid = target.identity.uuid
-        attempt = _Attempt("failure action timed out", False)
+        attempt = _Attempt("failure action timed out", confirmed=False)
         with anyio.move_on_after(self._fence_timeout):
             try:
                 attempt = await self._run_action(target)
             except Exception as exc:
-                attempt = _Attempt(f"failure action failed: {exc!r}", False)
+                attempt = _Attempt(f"failure action failed: {exc!r}", confirmed=False)
         self._emit(
             FailureActionRan(
                 host=self._host,
@@ -279,14 +279,15 @@ class FenceBoard:
                 self._host,
                 target.identity.uuid,
             )
-            return _Attempt("ignored (failure_action=ignore)", True)
+            return _Attempt("ignored (failure_action=ignore)", confirmed=True)
         if target.pid is not None and not await is_running(target.pid, target.pid_start, self._limiter):
-            return _Attempt(f"guest pid {target.pid} already stopped", True)
+            return _Attempt(f"guest pid {target.pid} already stopped", confirmed=True)
         if self.action is FailureAction.PAUSE:
             assert self._pause_callback is not None
             await self._pause_callback(target.identity, target.pid)
-            return _Attempt("guest paused by callback", True)
+            return _Attempt("guest paused by callback", confirmed=True)
         if target.pid is None:
-            return _Attempt("no guest pid registered: nothing to kill", False, final=True)
+            return _Attempt("no guest pid registered: nothing to kill", confirmed=False, final=True)
         gone = await power_off(target.pid, target.pid_start, self._kill_grace, self._limiter)
-        return _Attempt(f"guest pid {target.pid} " + ("powered off" if gone else "survived SIGKILL"), gone)
+        result = f"guest pid {target.pid} " + ("powered off" if gone else "survived SIGKILL")
+        return _Attempt(result, confirmed=gone)

@@ -14,7 +14,7 @@ import contextlib
 import itertools
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 import attrs
@@ -34,6 +34,7 @@ from ..protocol import (
     Effect,
     MigrationDestination,
     MigrationSource,
+    Ownership,
     QueryBackend,
     Reply,
     Request,
@@ -270,32 +271,14 @@ class MigrationDriver:
                 self._tg.start_soon(self._fire, timer, at, scope)
             case CancelTimer(timer=timer):
                 self._disarm(timer)
-            case VerifyLeases(owner=owner, lock_state=lock_state):
+            case VerifyLeases():
                 assert isinstance(machine, MigrationDestination)
-                try:
-                    records = await self.host.records([lease.key for lease in lock_state.leases])
-                    problem: ActorlockError | None = verify_lock_state(records, owner, lock_state)
-                except ActorlockError as exc:
-                    problem = exc
-                return machine.verify_done(problem, now=now())
+                return machine.verify_done(await self._verify(effect), now=now())
             case TransferLeases():
                 assert isinstance(machine, MigrationSource)
-                transfer_result: LockState | ActorlockError
-                try:
-                    moved = await self.host.transfer(
-                        effect.source, effect.destination, effect.destination_incarnation, effect.leases
-                    )
-                    transfer_result = LockState.of(moved)
-                except ActorlockError as exc:
-                    transfer_result = exc
-                return machine.transfer_done(transfer_result, now=now())
-            case QueryBackend(source=source, destination=destination, keys=keys):
-                try:
-                    records = await self.host.records(list(keys))
-                    ownership: Any = judge_ownership(records, source, destination, keys)
-                except ActorlockError as exc:
-                    ownership = exc
-                return machine.query_done(ownership, now=now())
+                return machine.transfer_done(await self._transfer(effect), now=now())
+            case QueryBackend():
+                return machine.query_done(await self._query(effect), now=now())
             case CompleteCaller(call=call):
                 await self._settle()
                 for caller in self._calls.pop(call, []):
@@ -305,6 +288,37 @@ class MigrationDriver:
             case Discard(message=message, reason=reason):
                 log.debug("migration %s: discarded %s: %s", self.migration_id, type(message).__name__, reason)
         return []
+
+    # The backend calls: each answers with the result or the error, for the machine to judge.
+
+    async def _verify(self, effect: VerifyLeases) -> ActorlockError | None:
+        owner, lock_state = effect.owner, effect.lock_state
+        try:
+            records = await self.host.records([lease.key for lease in lock_state.leases])
+            problem: ActorlockError | None = verify_lock_state(records, owner, lock_state)
+        except ActorlockError as exc:
+            problem = exc
+        return problem
+
+    async def _transfer(self, effect: TransferLeases) -> LockState | ActorlockError:
+        transfer_result: LockState | ActorlockError
+        try:
+            moved = await self.host.transfer(
+                effect.source, effect.destination, effect.destination_incarnation, effect.leases
+            )
+            transfer_result = LockState.of(moved)
+        except ActorlockError as exc:
+            transfer_result = exc
+        return transfer_result
+
+    async def _query(self, effect: QueryBackend) -> Ownership | ActorlockError:
+        source, destination, keys = effect.source, effect.destination, effect.keys
+        try:
+            records = await self.host.records(list(keys))
+            ownership: Ownership | ActorlockError = judge_ownership(records, source, destination, keys)
+        except ActorlockError as exc:
+            ownership = exc
+        return ownership
 
     async def _settle(self) -> None:
         """Record a final outcome in the domain actor, once, before anyone hears of it."""

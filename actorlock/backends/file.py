@@ -173,7 +173,7 @@ def _unlock(fd: int) -> None:
         fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def _open_lock(path: str, modes: Modes, create: bool) -> int:
+def _open_lock(path: str, modes: Modes, *, create: bool) -> int:
     try:
         return open_regular(path, os.O_RDWR)
     except FileNotFoundError:
@@ -232,7 +232,7 @@ def _locked(paths: Sequence[str], modes: Modes, *, create: bool = True) -> Itera
     try:
         for path in paths:
             try:
-                fd = _open_lock(path, modes, create)
+                fd = _open_lock(path, modes, create=create)
             except FileNotFoundError:
                 if create:
                     raise

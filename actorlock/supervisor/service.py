@@ -188,7 +188,13 @@ class SupervisorService:
         async with stream:
             try:
                 await self._converse(stream)
-            except (ActorlockError, anyio.EndOfStream, anyio.BrokenResourceError, OSError, TimeoutError) as exc:  # noqa: E501 - one list
+            except (
+                ActorlockError,
+                anyio.EndOfStream,
+                anyio.BrokenResourceError,
+                OSError,
+                TimeoutError,
+            ) as exc:
                 log.warning("host %s: supervisor connection ended: %r", self._host, exc)
 
     async def _converse(self, stream: SocketStream) -> None:

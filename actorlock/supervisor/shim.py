@@ -215,7 +215,8 @@ class Supervisor:
                 raise ConnectionError("the coordinator closed the control connection")
             for body in self.frames.feed(data):
                 self.handle(*wire.decode(body))
-        self.sock.setblocking(False)
+        # socket.setblocking takes its flag positionally only.
+        self.sock.setblocking(False)  # noqa: FBT003
 
     def send(self, kind: str, **fields: Any) -> None:
         if self.sock is None:
@@ -236,7 +237,8 @@ class Supervisor:
         self.next_connect = now() + RECONNECT_INTERVAL
         try:
             self.sock = _connect(self.control, RECONNECT_INTERVAL)
-            self.sock.setblocking(False)
+            # socket.setblocking takes its flag positionally only.
+            self.sock.setblocking(False)  # noqa: FBT003
             self.hello()
         except OSError:
             self.disconnect()

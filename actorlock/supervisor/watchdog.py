@@ -15,6 +15,7 @@ that is not back in time has the host reset.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from pathlib import Path
@@ -61,11 +62,13 @@ class Watchdog:
         finally:
             with anyio.move_on_after(CLOSE_TIMEOUT, shield=True):
                 await anyio.to_thread.run_sync(
-                    _close, fd, self.disarm, limiter=self._limiter, abandon_on_cancel=True
+                    functools.partial(_close, fd, disarm=self.disarm),
+                    limiter=self._limiter,
+                    abandon_on_cancel=True,
                 )
 
 
-def _close(fd: int, disarm: bool) -> None:
+def _close(fd: int, *, disarm: bool) -> None:
     try:
         if disarm:
             os.write(fd, MAGIC_CLOSE)

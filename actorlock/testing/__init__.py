@@ -28,7 +28,6 @@ the explorer, the chaos driver) are not part of this kit: they live in the
 private package ``actorlock._verify``, which nothing here imports.
 """
 
-
 from .checker import Rule, Violation, check
 from .clock import VirtualClock, virtual_clock
 from .cluster import (

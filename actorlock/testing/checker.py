@@ -187,7 +187,7 @@ def check(
             action run, before the history ends (rule 3).
     """
     events = history.events if isinstance(history, History) else sorted(history, key=lambda e: e.time)
-    sweep = _Sweep(host_dead, slack, storage_fences)
+    sweep = _Sweep(host_dead, slack, storage_fences=storage_fences)
     for event in events:
         sweep.feed(event)
     sweep.finish()
@@ -244,7 +244,7 @@ class _Acquisition:
 class _Sweep:
     """All rules' state, advanced one event at a time."""
 
-    def __init__(self, host_dead: float, slack: float, storage_fences: bool = False) -> None:
+    def __init__(self, host_dead: float, slack: float, *, storage_fences: bool = False) -> None:
         self.host_dead = host_dead
         self.slack = slack
         self.storage_fences = storage_fences

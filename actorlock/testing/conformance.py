@@ -190,7 +190,8 @@ async def check_lease_backend(make_backends: BackendFactory, *, skip: Sequence[s
 # --- helpers -------------------------------------------------------------------
 
 
-def _expect(condition: bool, message: str) -> None:
+# The condition is what an assert-like helper checks, not a flag: positional like assert's.
+def _expect(condition: bool, message: str) -> None:  # noqa: FBT001
     if not condition:
         raise ConformanceError(message)
 

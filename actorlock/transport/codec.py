@@ -320,6 +320,7 @@ def error_reply_for(frame: bytes, error: ActorlockError, *, sender: str) -> Erro
 
 # --- errors --------------------------------------------------------------------
 
+
 def error_to_wire(error: ActorlockError) -> tuple[str, str]:
     """The stable code and message an error travels as."""
     return error.code, _cut(str(error))

@@ -231,7 +231,7 @@ class _HostAgent:
         emit({"id": request_id, "ok": True, "result": result})
 
     async def op_start(
-        self, uuid: str, disks: Sequence[Sequence[Any]], pid: int | None = None, probe: bool = False
+        self, uuid: str, disks: Sequence[Sequence[Any]], pid: int | None = None, *, probe: bool = False
     ) -> dict[str, Any]:
         """Start a guest: take its leases, then it runs and writes.
 
@@ -332,7 +332,9 @@ class _HostAgent:
                 running = self._run(guest, status.leases, record_start=True)
         return {"outcome": outcome, "running": running, "phase": status.phase, "error": error}
 
-    async def op_attach(self, uuid: str, disks: Sequence[Sequence[Any]], was_paused: bool) -> dict[str, Any]:
+    async def op_attach(
+        self, uuid: str, disks: Sequence[Sequence[Any]], *, was_paused: bool
+    ) -> dict[str, Any]:
         """After a coordinator restart: re-attach a guest that kept running, and let it write again.
 
         A guest that was running when the coordinator died continues its run

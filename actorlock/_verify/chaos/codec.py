@@ -153,6 +153,7 @@ def read_history_file(path: str | os.PathLike[str]) -> tuple[list[HistoryEvent],
                 bad += 1
     return events, bad
 
+
 def save_history(path: Path, events: Iterable[HistoryEvent]) -> None:
     """Write the driver's records next to the hosts' (for a look at a failed run)."""
     with path.open("w") as f:

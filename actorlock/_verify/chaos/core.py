@@ -90,8 +90,6 @@ class PlacedGuest:
     state: Placement
 
 
-
-
 class DriverCore:
     """The bookkeeping of one run: host slots and their processes, guests, locks, the history."""
 
@@ -136,7 +134,7 @@ class DriverCore:
         self._open_faults = 0
         self._probes = itertools.count(1)
         self._make_catalog()
-        self._make_slots(hosts, plaintext, host_backends)
+        self._make_slots(hosts, host_backends, plaintext=plaintext)
 
     def _make_catalog(self) -> None:
         """Guests with fixed disks, every exclusive disk wanted by more than one guest."""
@@ -152,7 +150,7 @@ class DriverCore:
                 wanted.append((self.rng.choice(shared), True))
             self.catalog[uuid] = tuple(wanted)
 
-    def _make_slots(self, hosts: int, plaintext: bool, host_backends: Sequence[str]) -> None:
+    def _make_slots(self, hosts: int, host_backends: Sequence[str], *, plaintext: bool) -> None:
         names = [f"h{i}" for i in range(1, hosts + 1)]
         keys: dict[str, tuple[Path, str]] = {}
         if not plaintext:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import signal
@@ -136,7 +137,11 @@ class FaultInjector(Workload):
             + (f", {crash_kind} {crash_at:.2f} s in" if crash else "")
         )
         self._fault_task(
-            self._storage_stall, slot, stall, seconds, burst, probe_at, name=f"storage stall {slot.name}"
+            functools.partial(self._storage_stall, burst=burst, probe_at=probe_at),
+            slot,
+            stall,
+            seconds,
+            name=f"storage stall {slot.name}",
         )
         if crash:
             if crash_kind == "coordinator_crash":
@@ -162,7 +167,7 @@ class FaultInjector(Workload):
         return stall
 
     async def _storage_stall(
-        self, slot: Slot, stall: Stall, seconds: float, burst: bool, probe_at: float
+        self, slot: Slot, stall: Stall, seconds: float, *, burst: bool, probe_at: float
     ) -> None:
         """Hold the stall's lock files for ``seconds`` (less if the run stops), then release them.
 
@@ -293,9 +298,7 @@ class FaultInjector(Workload):
                     helper.kill()
             await helper.aclose()
 
-    async def _crash_in_stall(
-        self, slot: Slot, stall: Stall, at: float, kind: str, downtime: float
-    ) -> None:
+    async def _crash_in_stall(self, slot: Slot, stall: Stall, at: float, kind: str, downtime: float) -> None:
         """``at`` seconds into the stall, if it still holds: the coordinator crashes, or the host dies.
 
         Either way the restart meets the stall: the restarted coordinator

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import random
 import tempfile
@@ -144,12 +145,17 @@ def main_chaos(argv: Sequence[str] | None = None) -> int:
         parser.error("--hosts must be at least 2")
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 31)
     report = anyio.run(
-        _run_for_cli, args.seconds, seed, args.hosts, args.workdir, args.plaintext, backend=args.backend
+        functools.partial(_run_for_cli, plaintext=args.plaintext),
+        args.seconds,
+        seed,
+        args.hosts,
+        args.workdir,
+        backend=args.backend,
     )
     return 1 if report.violations else 0
 
 
 async def _run_for_cli(
-    seconds: float, seed: int, hosts: int, workdir: Path | None, plaintext: bool
+    seconds: float, seed: int, hosts: int, workdir: Path | None, *, plaintext: bool
 ) -> ChaosReport:
     return await run_chaos(seconds, seed, hosts, print, workdir=workdir, plaintext=plaintext)

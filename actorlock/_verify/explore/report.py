@@ -60,6 +60,7 @@ def describe(ex: ExplorerTables, w: World, event: EventTuple) -> str:
     request = THIRD_ATTEMPTS[event_int(event[1])]
     return f"third host asks for {request.key} ({request.mode.value})"
 
+
 def summary(ex: ExplorerTables, w: World) -> str:
     """A one-line picture of ``w``."""
     source = ex.machines.obj(w.src)
@@ -83,8 +84,6 @@ def summary(ex: ExplorerTables, w: World) -> str:
         )
         parts.append(f"backend=[{shown}]")
     return " ".join(parts)
-
-
 
 
 @attrs.frozen

@@ -20,7 +20,7 @@ from ...protocol import (
     Timer,
     judge_ownership,
 )
-from ..migration_world import DESTINATION, SOURCE
+from ..migration_world import DESTINATION, SOURCE, Records
 from .world import (
     DEST_OWNER,
     KEYS,
@@ -59,16 +59,10 @@ def check(ex: ExplorerTables, w: World) -> list[Problem]:
         found = ex.checked[key] = _check(ex, w)
     return found
 
+
 def _check(ex: ExplorerTables, w: World) -> list[Problem]:
-    problems: list[Problem] = []
     records = ex.records.obj(w.records)
-    for record in records:
-        exclusive = [h for h in record.holders if h.mode is LeaseMode.EXCLUSIVE]
-        if exclusive and len(record.holders) > 1:
-            holders = ", ".join(f"{h.owner.host}:{h.mode.value}" for h in record.holders)
-            problems.append(Problem("two-owners", f"{record.key} held by {holders}"))
-        if record.held_by(SOURCE_OWNER) is not None and record.held_by(DEST_OWNER) is not None:
-            problems.append(Problem("two-owners", f"{record.key} held by both source and destination"))
+    problems = _two_owners(records)
     side = judge_ownership(records, SOURCE_OWNER, DEST_OWNER, KEYS).side
     by_key = {record.key: record for record in records}
 
@@ -108,11 +102,29 @@ def _check(ex: ExplorerTables, w: World) -> list[Problem]:
     cancelled = source.state in (SourceState.CANCELLED, SourceState.REFUSED)
     if w.down_src != "crashed" and cancelled and tokens(SOURCE_OWNER) != ORIGINAL:
         problems.append(
-            Problem(
-                "cancel-lost-leases", f"source {source.state.value} but holds {tokens(SOURCE_OWNER)}"
-            )
+            Problem("cancel-lost-leases", f"source {source.state.value} but holds {tokens(SOURCE_OWNER)}")
         )
     problems += _agreement(ex, w, side)
+    problems += _timer_mismatches(ex, w)
+    return problems
+
+
+def _two_owners(records: Records) -> list[Problem]:
+    """Records held exclusively by more than one holder, or by both source and destination."""
+    problems: list[Problem] = []
+    for record in records:
+        exclusive = [h for h in record.holders if h.mode is LeaseMode.EXCLUSIVE]
+        if exclusive and len(record.holders) > 1:
+            holders = ", ".join(f"{h.owner.host}:{h.mode.value}" for h in record.holders)
+            problems.append(Problem("two-owners", f"{record.key} held by {holders}"))
+        if record.held_by(SOURCE_OWNER) is not None and record.held_by(DEST_OWNER) is not None:
+            problems.append(Problem("two-owners", f"{record.key} held by both source and destination"))
+    return problems
+
+
+def _timer_mismatches(ex: ExplorerTables, w: World) -> list[Problem]:
+    """Timers a live machine has armed that its driver does not hold (the same deadline)."""
+    problems: list[Problem] = []
     for role, number, down in ((SOURCE, w.src, w.down_src), (DESTINATION, w.dst, w.down_dst)):
         if down or number < 0:
             continue
@@ -123,6 +135,7 @@ def _check(ex: ExplorerTables, w: World) -> list[Problem]:
                     Problem("timer-mismatch", f"{role} machine armed {timer.value}@{at:g}, driver not")
                 )
     return problems
+
 
 def _agreement(ex: ExplorerTables, w: World, side: Side) -> list[Problem]:
     problems: list[Problem] = []
@@ -142,9 +155,7 @@ def _agreement(ex: ExplorerTables, w: World, side: Side) -> list[Problem]:
         dest = ex.machines.obj(w.dst)
         state = dest.state
         if state is DestinationState.COMMITTED and side is not Side.DESTINATION:
-            problems.append(
-                Problem("disagreement", f"destination committed, lockspace says {side.value}")
-            )
+            problems.append(Problem("disagreement", f"destination committed, lockspace says {side.value}"))
         if state is DestinationState.FAILED and side is not Side.NEITHER:
             problems.append(Problem("disagreement", f"destination failed, lockspace says {side.value}"))
         # A destination re-created by a late PREPARE never said commit and
@@ -176,6 +187,7 @@ def _agreement(ex: ExplorerTables, w: World, side: Side) -> list[Problem]:
             )
     return problems
 
+
 def check_end(ex: ExplorerTables, w: World) -> list[Problem]:
     """Rules for a world where only the third host can still act."""
     problems: list[Problem] = []
@@ -193,6 +205,7 @@ def check_end(ex: ExplorerTables, w: World) -> list[Problem]:
         if said and down != "crashed" and (role, Call.COMPLETE) not in answered:
             problems.append(Problem("stuck", f"the {role} caller who said {said} was never answered"))
     return problems
+
 
 def outcome_label(ex: ExplorerTables, w: World) -> str:
     """How an end is counted in :attr:`ExploreReport.outcomes`."""

@@ -105,8 +105,24 @@ class Explorer(ExplorerTables):
 
     def events(self, w: World) -> list[EventTuple]:
         """Every event enabled in ``w`` (the third host's attempts last)."""
-        ex: list[EventTuple] = []
         bad = w.adversity > 0  # may another budgeted event happen on this path?
+        # The order is the exploration order: network, timers, backend, clock,
+        # callers, host faults, third host.
+        ex = self._network_events(w, bad=bad)
+        ex += self._timer_events(w)
+        ex += self._backend_events(w, bad=bad)
+        nxt = self.next_landmark(w)
+        if nxt is not None:
+            ex.append(("tick", nxt))
+        ex += self.calls(w)
+        ex += self._host_events(w, bad=bad)
+        if self.bounds.third_host:
+            ex += self._third_host_events(w)
+        return ex
+
+    def _network_events(self, w: World, *, bad: bool) -> list[EventTuple]:
+        """Deliveries, duplicates and losses of packets; exchanges that fail or time out."""
+        ex: list[EventTuple] = []
         for number in w.net:
             ex.append(("deliver", number))
             if bad and w.duplicates:
@@ -118,10 +134,20 @@ class Explorer(ExplorerTables):
                 ex.append(("io_failed", number))
             elif bad and w.early_timeouts:
                 ex.append(("early_timeout", number))
+        return ex
+
+    def _timer_events(self, w: World) -> list[EventTuple]:
+        """Timers that may fire now (a retry timer at any time)."""
+        ex: list[EventTuple] = []
         for number in w.timers:
             timer = self.timers.obj(number)
             if timer.timer is Timer.RETRY or w.now >= timer.at:
                 ex.append(("fire", number))
+        return ex
+
+    def _backend_events(self, w: World, *, bad: bool) -> list[EventTuple]:
+        """The ways each pending backend call may end."""
+        ex: list[EventTuple] = []
         for index, number in enumerate(w.pending):
             call = self.pending.obj(number)
             if call.orphan:
@@ -132,10 +158,11 @@ class Explorer(ExplorerTables):
                 ex.append(("backend", index, "before"))
                 if isinstance(call.effect, TransferLeases):
                     ex.append(("backend", index, "after"))
-        nxt = self.next_landmark(w)
-        if nxt is not None:
-            ex.append(("tick", nxt))
-        ex += self.calls(w)
+        return ex
+
+    def _host_events(self, w: World, *, bad: bool) -> list[EventTuple]:
+        """Crashes and forgetting, per host that is up."""
+        ex: list[EventTuple] = []
         for role, down in ((SOURCE, w.down_src), (DESTINATION, w.down_dst)):
             if down or w.settled:
                 continue  # in a settled world a crash or forgetting can only stop things
@@ -147,19 +174,21 @@ class Explorer(ExplorerTables):
             busy = any(self.pending.obj(p).role == role for p in w.pending)
             if bad and w.forgets and finished and (role == SOURCE or w.generation == 1) and not busy:
                 ex.append(("forget", role))
-        if self.bounds.third_host:
-            # The refused attempts are self-loops: offered everywhere, free.
-            # The shared co-holder changes only its record's token and holders,
-            # which no rule and no machine reads, except the fresh token a
-            # transfer issues: its place matters only around a transfer, so it
-            # is offered while one is pending (it then lands before or after).
-            transferring = any(isinstance(self.pending.obj(p).effect, TransferLeases) for p in w.pending)
-            ex += [
-                ("third", index)
-                for index, request in enumerate(THIRD_ATTEMPTS)
-                if request.mode is LeaseMode.EXCLUSIVE or transferring
-            ]
         return ex
+
+    def _third_host_events(self, w: World) -> list[EventTuple]:
+        """The third host's attempts on the shared disks."""
+        # The refused attempts are self-loops: offered everywhere, free.
+        # The shared co-holder changes only its record's token and holders,
+        # which no rule and no machine reads, except the fresh token a
+        # transfer issues: its place matters only around a transfer, so it
+        # is offered while one is pending (it then lands before or after).
+        transferring = any(isinstance(self.pending.obj(p).effect, TransferLeases) for p in w.pending)
+        return [
+            ("third", index)
+            for index, request in enumerate(THIRD_ATTEMPTS)
+            if request.mode is LeaseMode.EXCLUSIVE or transferring
+        ]
 
     def stuck(self, w: World, number: int) -> bool:
         """Whether exchange ``number`` can only end by timing out (nothing of it is in flight)."""
@@ -257,6 +286,7 @@ class Explorer(ExplorerTables):
             raise AssertionError(event)
         return step.world(), step.problems, changed
 
+
 def _start(m: Machine) -> list[Effect]:
     assert isinstance(m, MigrationSource)
     return m.start(now=0.0, deadline_at=DEADLINE)
@@ -293,25 +323,8 @@ def explore(model: Model | None = None) -> ExploreReport:
     transitions = 0
     truncated = 0
     outcomes: Counter[str] = Counter()
-    found: dict[str, list[Violation]] = {}
-    counts: Counter[str] = Counter()
-
-    def trace(number: int) -> list[str]:
-        steps: list[str] = []
-        while number > 0:
-            steps.append(describe(ex, worlds[parent[number]], via[number]))
-            number = parent[number]
-        return ["source calls prepare_migrate", *reversed(steps)]
-
-    def report(problems: Sequence[Problem], at: int, extra: EventTuple | None = None) -> None:
-        for problem in problems:
-            counts[problem.kind] += 1
-            kept = found.setdefault(problem.kind, [])
-            if len(kept) < bounds.traces_per_kind:
-                steps = trace(at)
-                if extra is not None:
-                    steps.append(describe(ex, worlds[at], extra))
-                kept.append(Violation(problem.kind, problem.detail, tuple(steps), summary(ex, worlds[at])))
+    findings = _Findings(ex, worlds, parent, via)
+    found, counts, report = findings.found, findings.counts, findings.report
 
     report(check(ex, first), 0)
     queue: deque[int] = deque([0])
@@ -361,21 +374,9 @@ def explore(model: Model | None = None) -> ExploreReport:
         else:
             terminal.append(0)
 
-    progress_checked = False
-    if keep_graph and truncated == 0:
-        progress_checked = True
-        stuck = _cannot_finish(len(worlds), offsets, edges, terminal)
-        if stuck:
-            counts["no-way-out"] += len(stuck)
-            first_stuck = stuck[0]
-            found["no-way-out"] = [
-                Violation(
-                    "no-way-out",
-                    f"{len(stuck)} worlds from which no end state is reachable",
-                    tuple(trace(first_stuck)),
-                    summary(ex, worlds[first_stuck]),
-                )
-            ]
+    progress_checked = keep_graph and truncated == 0
+    if progress_checked:
+        findings.check_progress(offsets, edges, terminal)
     violations = tuple(sorted((v for kept in found.values() for v in kept), key=lambda v: len(v.trace)))
     return ExploreReport(
         states=len(worlds),
@@ -390,6 +391,54 @@ def explore(model: Model | None = None) -> ExploreReport:
         elapsed=time.perf_counter() - started,
         bounds=bounds,
     )
+
+
+class _Findings:
+    """The violations found so far: a count per kind and the first few traces of each."""
+
+    def __init__(self, ex: Explorer, worlds: list[World], parent: array[int], via: list[EventTuple]) -> None:
+        # The search's own lists, shared (it appends to them as it goes).
+        self.ex = ex
+        self.worlds = worlds
+        self.parent = parent
+        self.via = via
+        self.found: dict[str, list[Violation]] = {}
+        self.counts: Counter[str] = Counter()
+
+    def trace(self, number: int) -> list[str]:
+        """The events that lead from the first world to world ``number``."""
+        steps: list[str] = []
+        while number > 0:
+            steps.append(describe(self.ex, self.worlds[self.parent[number]], self.via[number]))
+            number = self.parent[number]
+        return ["source calls prepare_migrate", *reversed(steps)]
+
+    def report(self, problems: Sequence[Problem], at: int, extra: EventTuple | None = None) -> None:
+        """Count ``problems`` seen in world ``at`` (after ``extra``, if given) and keep a trace."""
+        for problem in problems:
+            self.counts[problem.kind] += 1
+            kept = self.found.setdefault(problem.kind, [])
+            if len(kept) < self.ex.bounds.traces_per_kind:
+                steps = self.trace(at)
+                if extra is not None:
+                    steps.append(describe(self.ex, self.worlds[at], extra))
+                world = self.worlds[at]
+                kept.append(Violation(problem.kind, problem.detail, tuple(steps), summary(self.ex, world)))
+
+    def check_progress(self, offsets: array[int], edges: array[int], terminal: array[int]) -> None:
+        """Report the worlds from which no end state is reachable (the whole graph is known)."""
+        stuck = _cannot_finish(len(self.worlds), offsets, edges, terminal)
+        if stuck:
+            self.counts["no-way-out"] += len(stuck)
+            first_stuck = stuck[0]
+            self.found["no-way-out"] = [
+                Violation(
+                    "no-way-out",
+                    f"{len(stuck)} worlds from which no end state is reachable",
+                    tuple(self.trace(first_stuck)),
+                    summary(self.ex, self.worlds[first_stuck]),
+                )
+            ]
 
 
 def _cannot_finish(n: int, offsets: array[int], edges: array[int], terminal: array[int]) -> list[int]:

@@ -362,6 +362,7 @@ def machine_key(machine: Machine) -> tuple[Hashable, ...]:
     kind = cast(Hashable, type(machine))  # a mutant subclass is another machine
     return (kind, *((name, _canon(value)) for name, value in sorted(vars(machine).items())))
 
+
 class Problem(NamedTuple):
     kind: str
     detail: str

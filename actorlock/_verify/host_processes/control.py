@@ -23,8 +23,6 @@ T = TypeVar("T")
 CHILD_MODULE = "actorlock._verify.host_processes"  # its __main__ runs host mode
 
 
-
-
 class HostError(Exception):
     """An op failed inside a host process.
 

@@ -573,7 +573,7 @@ async def run_scenario(
         anomalies.append(f"the scenario failed: {_describe(exc)}")
     finally:
         if lockspace is not None:
-            await anyio.to_thread.run_sync(shutil.rmtree, lockspace, True)
+            await anyio.to_thread.run_sync(functools.partial(shutil.rmtree, lockspace, ignore_errors=True))
     # A scenario cut short is still judged: what happened before counts.
     found = cluster.check() if cluster is not None else []
     return ScenarioResult(
