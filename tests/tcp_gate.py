@@ -23,7 +23,7 @@ class TcpGate:
         self.is_cut = False
         self._scopes: set[anyio.CancelScope] = set()
         self._healed = anyio.Event()
-        self._listener: anyio.abc.SocketListener | None = None
+        self._listener: anyio.abc.Listener[anyio.abc.SocketStream] | None = None
 
     @property
     def url(self) -> str:

@@ -33,7 +33,7 @@ async def test_a_commit_the_lockspace_does_not_show_is_not_reported_in() -> None
                 # Claims the move without making it, with tokens of its own.
                 return tuple(Lease(x.key, x.mode, x.token + 100) for x in leases)
 
-            a.host._coordinator.transfer = lying_transfer  # type: ignore[method-assign]
+            a.host._coordinator.transfer = lying_transfer  # type: ignore[method-assign,assignment]
             source = await start_vm(a, guest.pid)
             before = owners(await a.host.leases())
             await source.prepare_migrate(b.host.peer_endpoint)

@@ -173,7 +173,7 @@ async def test_a_txn_that_lands_again_late_changes_nothing(etcd_cluster: EtcdClu
         sent.append({"compare": compare, "success": success, "failure": failure})
         return await send(compare, success, failure)
 
-    a.client.txn = recording  # type: ignore[method-assign]
+    a.client.txn = recording  # type: ignore[method-assign,assignment]
     try:
         await a.join(HostIdentity("a", 1), "inc-a", HostAdvert())
         await b.join(HostIdentity("b", 2), "inc-b", HostAdvert())

@@ -294,8 +294,7 @@ class DomainActor(Actor[Any]):
         # The lookup read the lockspace, which may have stalled past the expiry.
         self._check_host_live()
         next_phase(self.name, self.phase, Move.PREPARE_MIGRATION)
-        handle, result = await migrations.start_outgoing(self.identity, offer, peer
-        )
+        handle, result = await migrations.start_outgoing(self.identity, offer, peer)
         self._outgoing = handle
         self.services.emit(
             MigrationStarted(host=self.services.host_name, domain=self.identity.uuid, destination=peer.name)

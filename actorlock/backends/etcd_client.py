@@ -110,11 +110,11 @@ class EtcdClient:
         # instead (FIFO, cheap) and keeps few requests in flight; renewals
         # have a pool of their own and never queue behind it.
         self._limiter = anyio.CapacityLimiter(_IN_FLIGHT)
-        self._http = self._pool(verify, _IN_FLIGHT)
-        self._urgent = self._pool(verify, 2)
+        self._http = self._pool(_IN_FLIGHT, verify=verify)
+        self._urgent = self._pool(2, verify=verify)
         self._closed = False
 
-    def _pool(self, verify: ssl.SSLContext | bool, size: int) -> httpx.AsyncClient:
+    def _pool(self, size: int, *, verify: ssl.SSLContext | bool) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
         # httpx's own timeouts end an attempt first, and close its connection
         # cleanly; the anyio deadline around each attempt is the second net.
@@ -144,7 +144,7 @@ class EtcdClient:
                     await anyio.sleep(_ROUND_PAUSE)
                 url = self.endpoint
                 try:
-                    return await self._attempt(url, path, body, urgent)
+                    return await self._attempt(url, path, body, urgent=urgent)
                 except _Timeout as exc:
                     failures.append(f"{url}: no answer within {exc}s")
                 except (httpx.TransportError, OSError) as exc:  # ssl.SSLError can escape httpx
@@ -157,7 +157,7 @@ class EtcdClient:
         last = "; ".join(failures[-len(self.endpoints) :]) or "no attempt finished"
         raise EtcdUnavailableError(f"etcd {path}: no member answered within {self.io_timeout}s ({last})")
 
-    async def _attempt(self, url: str, path: str, body: Mapping[str, Any], urgent: bool) -> Json:
+    async def _attempt(self, url: str, path: str, body: Mapping[str, Any], *, urgent: bool) -> Json:
         if urgent:
             return await self._bounded_post(url, path, body, self._urgent)
         async with self._limiter:

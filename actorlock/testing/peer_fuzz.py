@@ -76,7 +76,9 @@ class Target:
 class Frame:
     kind: str
     data: bytes
-    expects_reply: bool  # False: the host answers nothing (a response sent as a request, ...)
+    expects_reply: bool = attrs.field(
+        kw_only=True
+    )  # False: the host answers nothing (a response sent as a request, ...)
 
 
 class HostileFrames:
@@ -94,7 +96,9 @@ class HostileFrames:
     def __next__(self) -> Frame:
         self._n += 1
         if self._n % OVERSIZED_EVERY == 0:
-            return Frame("oversized", self._rng.randbytes(16) * (LIMITS.message_size // 16 + 8), False)
+            return Frame(
+                "oversized", self._rng.randbytes(16) * (LIMITS.message_size // 16 + 8), expects_reply=False
+            )
         kind = KINDS[self._n % len(KINDS)]
         make: Callable[[], Frame] = getattr(self, f"_{kind}")
         return make()
@@ -166,7 +170,7 @@ class HostileFrames:
     def _random(self) -> Frame:
         rng = self._rng
         size = rng.randrange(0, 300) if rng.random() < 0.95 else rng.randrange(300, 65536)
-        return Frame("random", rng.randbytes(size), True)
+        return Frame("random", rng.randbytes(size), expects_reply=True)
 
     def _mutated(self) -> Frame:
         rng = self._rng
@@ -185,7 +189,7 @@ class HostileFrames:
             else:
                 data += rng.randbytes(rng.randrange(1, 16))
         # A mutation can leave a valid response: the host answers nothing then.
-        return Frame("mutated", bytes(data), False)
+        return Frame("mutated", bytes(data), expects_reply=False)
 
     def _fields(self) -> Frame:
         rng = self._rng
@@ -198,11 +202,11 @@ class HostileFrames:
                 body.pop(name, None)
             else:
                 body[name] = rng.choice(junk)
-        return Frame("fields", msgpack.packb(body, use_bin_type=True), True)
+        return Frame("fields", msgpack.packb(body, use_bin_type=True), expects_reply=True)
 
     def _order(self) -> Frame:
         message = self._valid()
-        return Frame("order", codec.encode(message), isinstance(message, Request))
+        return Frame("order", codec.encode(message), expects_reply=isinstance(message, Request))
 
     def _prepare(self) -> Frame:
         rng = self._rng
@@ -217,7 +221,7 @@ class HostileFrames:
                     Query(**envelope, seq=9),
                 ]
             )
-            return Frame("prepare", codec.encode(message), True)
+            return Frame("prepare", codec.encode(message), expects_reply=True)
         mid = f"{rng.getrandbits(128):032x}"
         self._prepared = [*self._prepared[-63:], mid]
         prepare = Prepare(
@@ -231,7 +235,7 @@ class HostileFrames:
             lockspace_id=t.lockspace_id,
             lock_state=t.offer,
         )
-        return Frame("prepare", codec.encode(prepare), True)
+        return Frame("prepare", codec.encode(prepare), expects_reply=True)
 
     def _headers(self) -> Frame:
         rng = self._rng
@@ -254,7 +258,7 @@ class HostileFrames:
             data = b"\x81\xa4type\xdb" + struct.pack(">I", 1 << 20) + b"x" * 16  # a field's length lies
         else:
             data = b"\xde\xff\xff" + b"\xa1k\xc0" * 10  # map16 promising 65535 entries
-        return Frame("headers", data, True)
+        return Frame("headers", data, expects_reply=True)
 
 
 @attrs.define
