@@ -14,7 +14,8 @@ from typing import Any, ClassVar
 
 import attrs
 
-from .model import Lease, LeaseOwner
+from .model import Lease, LeaseOwner, MigrationRole
+from .protocol.messages import Outcome
 
 __all__ = [
     "EventSink",
@@ -160,8 +161,8 @@ class MigrationSettled(HostEvent):
 
     kind: ClassVar[str] = "migration_settled"
     domain: str
-    role: str  # "source" or "destination"
-    outcome: str  # "committed" or "cancelled"
+    role: MigrationRole
+    outcome: Outcome  # COMMITTED or CANCELLED
     migration_id: str
 
 

@@ -222,6 +222,13 @@ class HostView:
     unchanged_for: float  # seconds on the observer's clock since the record last changed
 
 
+class MigrationRole(enum.StrEnum):
+    """Which end of a migration a host is."""
+
+    SOURCE = "source"
+    DESTINATION = "destination"
+
+
 @attrs.frozen
 class LockState:
     """The leases a paused or migrating guest held, as a portable string."""

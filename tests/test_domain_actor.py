@@ -17,7 +17,6 @@ from actorlock.actors.messages import (
     AcquireResource,
     CompleteMigration,
     DomainStatus,
-    MigrationRole,
     MigrationSettled,
     PrepareMigrate,
     ReleaseAll,
@@ -32,7 +31,7 @@ from actorlock.errors import (
     LockspaceLostError,
     NotSupportedError,
 )
-from actorlock.model import DomainIdentity, Lease, LeaseMode, LockState
+from actorlock.model import DomainIdentity, Lease, LeaseMode, LockState, MigrationRole
 from actorlock.protocol import Outcome
 from actorlock.statestore import DomainPhase, DomainState
 

@@ -14,7 +14,7 @@ from typing import Any
 import anyio
 import pytest
 
-from actorlock.actors.messages import MigrationRole, MigrationSettled
+from actorlock.actors.messages import MigrationSettled
 from actorlock.actors.migration import MigrationDriver
 from actorlock.errors import MigrationError
 from actorlock.model import (
@@ -26,6 +26,7 @@ from actorlock.model import (
     LeaseOwner,
     LeaseRecord,
     LockState,
+    MigrationRole,
 )
 from actorlock.protocol import (
     Commit,

@@ -35,7 +35,7 @@ from ..events import LeasesLost as LeasesLostEvent
 from ..events import MigrationSettled as MigrationSettledEvent
 from ..events import MigrationStarted
 from ..guest import is_running, process_start_time
-from ..model import DomainIdentity, Lease, LeaseRequest, LockState, Resource
+from ..model import DomainIdentity, Lease, LeaseRequest, LockState, MigrationRole, Resource
 from ..protocol import Outcome
 from ..statestore import DomainState
 from .call_result import CallResult
@@ -50,7 +50,6 @@ from .messages import (
     DomainStatus,
     Inquire,
     LeasesLost,
-    MigrationRole,
     MigrationSettled,
     PrepareMigrate,
     ReleaseAll,
@@ -340,8 +339,8 @@ class DomainActor(Actor[Any]):
             MigrationSettledEvent(
                 host=self.services.host_name,
                 domain=self.identity.uuid,
-                role=msg.role.value,
-                outcome=msg.outcome.value,
+                role=msg.role,
+                outcome=msg.outcome,
                 migration_id=msg.migration_id,
             )
         )

@@ -8,13 +8,13 @@ from typing import Any
 from anyio.abc import TaskGroup
 
 from ..errors import ActorlockError
-from ..model import DomainIdentity
+from ..model import DomainIdentity, MigrationRole
 from ..protocol import Outcome
 from ..statestore import DomainState
 from .domain import DomainActor
 from .fencing import FenceTarget
 from .mailbox import ActorRef, open_mailbox, run_actor
-from .messages import DomainStatus, Inquire, LeasesLost, MigrationRole, MigrationSettled
+from .messages import DomainStatus, Inquire, LeasesLost, MigrationSettled
 from .phases import DomainPhase
 from .ports import DomainServices
 

@@ -2,18 +2,11 @@
 
 from __future__ import annotations
 
-import enum
-
 import attrs
 
-from ..model import Lease, LockState, Resource
+from ..model import Lease, LockState, MigrationRole, Resource
 from ..protocol.messages import Outcome
 from ..statestore import DomainPhase
-
-
-class MigrationRole(enum.StrEnum):
-    SOURCE = "source"
-    DESTINATION = "destination"
 
 
 @attrs.frozen

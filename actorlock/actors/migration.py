@@ -22,7 +22,7 @@ from anyio.abc import TaskStatus
 from anyio.streams.memory import MemoryObjectReceiveStream
 
 from ..errors import ActorlockError, MigrationError, PeerError
-from ..model import LockState
+from ..model import LockState, MigrationRole
 from ..protocol import (
     ArmTimer,
     Call,
@@ -50,7 +50,7 @@ from ..transport import codec
 from ..transport.zmq import unreachable_after
 from .call_result import CallResult
 from .commit_check import check_commit, committed
-from .messages import MigrationRole, MigrationSettled
+from .messages import MigrationSettled
 from .ports import MigrationHost
 
 if TYPE_CHECKING:

@@ -17,11 +17,11 @@ from anyio.abc import TaskGroup
 
 from ..config import PeerConfig
 from ..errors import NotSupportedError, PeerRefusedError
-from ..model import DomainIdentity, HostState, Lease, LeaseOwner, LeaseRecord, LockState
+from ..model import DomainIdentity, HostState, Lease, LeaseOwner, LeaseRecord, LockState, MigrationRole
 from ..protocol import Call, Effect, MigrationDestination, MigrationSource, Prepare, Timing
 from .call_result import CallResult
 from .lifeline import Membership
-from .messages import MigrationRole, MigrationSettled
+from .messages import MigrationSettled
 from .migration import Machine, MigrationDriver
 from .peer_limits import PeerDirectory, admit_incoming
 from .ports import HostLeases, PeerHost

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from ..errors import ActorlockError, InvalidStateError, PeerRefusedError, ProtocolError
-from ..model import HostRecord, HostView, LockState
+from ..model import HostRecord, HostView, LockState, MigrationRole
 from ..transport.limits import check_lock_state
 from ..transport.ratelimit import LogLimiter
 
@@ -61,7 +61,7 @@ def admit_incoming(message: Prepare, drivers: Iterable[MigrationDriver], config:
     if message.seq < 1:
         # The machine would refuse it and stay idle with no timer: a driver that never ends.
         raise ProtocolError(f"PREPARE #{message.seq} from {message.sender}: requests are numbered from 1")
-    incoming = [d for d in drivers if d.role == "destination"]
+    incoming = [d for d in drivers if d.role is MigrationRole.DESTINATION]
     if len(incoming) >= config.max_incoming:
         raise PeerRefusedError(
             f"{len(incoming)} incoming migrations are pending, the most peer.max_incoming allows"

@@ -129,7 +129,8 @@ class _HostAgent:
                 self._halt(guest, StopReason.FENCED, now)
         self.record(History().record_host_event(event, now))
         if isinstance(event, host_events.MigrationSettled):
-            uuid, role, outcome = event.domain, event.role, event.outcome
+            # Strings from here on: they cross to the driver process as JSON.
+            uuid, role, outcome = event.domain, event.role.value, event.outcome.value
             self._settled.setdefault((uuid, role), []).append(outcome)
             self._settle_changed.set()
             self._settle_changed = anyio.Event()
