@@ -1,245 +1,246 @@
-"""A migration end to end: the machines, the codec and CURVE zmq between two toy hosts.
+"""A migration end to end: the real drivers, machines, codec and CURVE zmq between two small hosts.
 
-``ToyHost`` plays the domain actor in the smallest honest way: it carries
-out effects, runs timers as tasks, sends requests with a deadline and feeds
-answers and failures back. The lockspace is the protocol's model backend.
+Each ``ZmqHost`` is the host side of :class:`MigrationDriver` in miniature:
+it implements the driver's port (records and transfer over one shared
+in-memory lockspace, connections with its own CURVE keys) and serves peers'
+requests the way the peer service does, routing them to the migration's
+driver. No host coordinator, no domain actor: what runs is the production
+driver over real sockets.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 import anyio
 import anyio.abc
 import attrs
 import pytest
 
-from actorlock._verify.pair import ModelBackend
-from actorlock.errors import PeerError, PeerUnreachableError
-from actorlock.model import DomainIdentity, Holder, HostIdentity, Lease, LeaseMode, LeaseRecord, LockState
+from actorlock.actors.call_result import CallResult
+from actorlock.actors.messages import MigrationSettled
+from actorlock.actors.migration import Machine, MigrationDriver
+from actorlock.backends.rules import plan_transfer
+from actorlock.errors import PeerUnreachableError
+from actorlock.model import (
+    DomainIdentity,
+    Holder,
+    HostIdentity,
+    Lease,
+    LeaseMode,
+    LeaseOwner,
+    LeaseRecord,
+    LockState,
+    MigrationRole,
+)
 from actorlock.protocol import (
-    ArmTimer,
     Call,
-    CancelTimer,
     CompleteCaller,
-    Discard,
-    DropPending,
     Effect,
     MigrationDestination,
     MigrationRefusedError,
     MigrationSource,
     Outcome,
     Prepare,
-    QueryBackend,
-    Reply,
     Request,
-    Response,
-    SendToPeer,
-    Side,
-    Timer,
     Timing,
-    TransferLeases,
-    VerifyLeases,
     lease_owner,
 )
 from actorlock.transport import codec
-from actorlock.transport.zmq import (
-    KeyPair,
-    PeerClient,
-    PeerServer,
-    connect,
-    generate_keypair,
-    unreachable_after,
-)
+from actorlock.transport.zmq import KeyPair, PeerClient, PeerServer, connect, generate_keypair
 
 pytestmark = pytest.mark.anyio
 
 DOMAIN = DomainIdentity("9d1c-vm", "vm9")
 TIMING = Timing(retry_interval=0.05, prepare_timeout=1.0, transfer_margin=0.5)
+KEYS = ("disk:/img/a", "disk:/img/b")
+SOURCE_INCARNATION = "i"
 
 
 @attrs.define
-class _Waiting:
-    done: anyio.Event = attrs.Factory(anyio.Event)
-    reply: Response | None = None
+class SharedLockspace:
+    records: dict[str, LeaseRecord]
 
 
-class ToyHost:
-    def __init__(self, identity: HostIdentity, backend: ModelBackend, tg: anyio.abc.TaskGroup) -> None:
+class ZmqHost:
+    """The driver's host (ports.MigrationHost) plus a peer service that routes to drivers."""
+
+    def __init__(self, identity: HostIdentity, lockspace: SharedLockspace, tg: anyio.abc.TaskGroup) -> None:
         self.identity = identity
-        self.backend = backend
+        self.incarnation = "inc-" + identity.name
+        self.lockspace = lockspace
         self.tg = tg
         self.keys = KeyPair(*generate_keypair())
-        self.machine: MigrationSource | MigrationDestination | None = None
-        self.client: PeerClient | None = None
         self.peer_key = ""
-        self.timers: dict[Timer, anyio.CancelScope] = {}
-        self.waiting: dict[int, list[_Waiting]] = {}
-        self.answers: list[CompleteCaller] = []
-        self.answered = anyio.Event()
+        self.peer_endpoint = ""  # where the peer's own service listens (the lockspace says, in a real host)
+        self.drivers: dict[str, MigrationDriver] = {}
+        self.settled: list[MigrationSettled] = []
+
+    # -- ports.MigrationHost --------------------------------------------------------
+
+    async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
+        wanted = sorted(self.lockspace.records) if keys is None else keys
+        return [self.lockspace.records.get(key, LeaseRecord(key)) for key in wanted]
+
+    async def transfer(
+        self,
+        source: LeaseOwner,
+        destination: LeaseOwner,
+        destination_incarnation: str,
+        leases: Sequence[Lease],
+    ) -> tuple[Lease, ...]:
+        updated, moved = plan_transfer(
+            self.lockspace.records, source, SOURCE_INCARNATION, destination, destination_incarnation, leases
+        )
+        self.lockspace.records.update(updated)
+        return moved
+
+    def peer_connect(self, endpoint: str, server_key: str) -> AbstractAsyncContextManager[PeerClient]:
+        return connect(endpoint, server_key=server_key, keys=self.keys)
+
+    async def domain_settled(self, uuid: str, settled: MigrationSettled) -> None:
+        self.settled.append(settled)
+
+    def migration_ended(self, driver: object) -> None:
+        assert isinstance(driver, MigrationDriver)
+        if self.drivers.get(driver.migration_id) is driver:
+            del self.drivers[driver.migration_id]
+
+    # -- the peer service in miniature ------------------------------------------------
 
     async def handle(self, identity: bytes, user_id: str | None, frame: bytes) -> bytes | None:
         assert user_id == self.peer_key, "only the authenticated peer gets here"
         message = codec.decode(frame)
         assert isinstance(message, Request)
-        if self.machine is None and isinstance(message, Prepare):
-            self.machine = MigrationDestination(
+        driver = self.drivers.get(message.migration_id)
+        if driver is None and isinstance(message, Prepare):
+            machine = MigrationDestination(
                 migration_id=message.migration_id,
                 local=self.identity,
-                incarnation="inc-" + self.identity.name,
+                incarnation=self.incarnation,
                 lockspace_kind="memory",
                 lockspace_id="shared",
                 timing=TIMING,
             )
-        assert self.machine is not None
-        slot = _Waiting()
-        self.waiting.setdefault(message.seq, []).append(slot)
-        self.run(self.machine.receive(message, now=anyio.current_time()))
+            driver = await self.start(machine, peer_endpoint=self.peer_endpoint, peer_key=self.peer_key)
+        assert driver is not None
         with anyio.move_on_after(message.deadline_remaining or 1.0):
-            await slot.done.wait()
-        return codec.encode(slot.reply) if slot.reply is not None else None
+            reply = await driver.request(message)
+            return codec.encode(reply) if reply is not None else None
+        return None
 
-    def run(self, effects: list[Effect]) -> None:
-        machine = self.machine
-        assert machine is not None
-        now = anyio.current_time()
-        for effect in effects:
-            match effect:
-                case SendToPeer(message=message):
-                    self.tg.start_soon(self.send, message)
-                case Reply(message=message):
-                    for slot in self.waiting.pop(message.seq, []):
-                        slot.reply = message
-                        slot.done.set()
-                case ArmTimer(timer=timer, at=at):
-                    self._disarm(timer)
-                    self.timers[timer] = scope = anyio.CancelScope()
-                    self.tg.start_soon(self.fire, timer, at, scope)
-                case CancelTimer(timer=timer):
-                    self._disarm(timer)
-                case VerifyLeases():
-                    assert isinstance(machine, MigrationDestination)
-                    self.run(machine.verify_done(self.backend.verify(effect), now=now))
-                case TransferLeases():
-                    assert isinstance(machine, MigrationSource)
-                    self.run(machine.transfer_done(self.backend.transfer(effect), now=now))
-                case QueryBackend():
-                    self.run(machine.query_done(self.backend.query(effect), now=now))
-                case CompleteCaller():
-                    self.answers.append(effect)
-                    self.answered.set()
-                    self.answered = anyio.Event()
-                case DropPending() | Discard():
-                    pass
-
-    def _disarm(self, timer: Timer) -> None:
-        scope = self.timers.pop(timer, None)
-        if scope is not None:
-            scope.cancel()
-
-    async def fire(self, timer: Timer, at: float, scope: anyio.CancelScope) -> None:
-        with scope:
-            await anyio.sleep_until(at)
-            if self.timers.get(timer) is scope:
-                del self.timers[timer]
-                assert self.machine is not None
-                self.run(self.machine.timer_fired(timer, now=anyio.current_time()))
-
-    async def send(self, message: Request) -> None:
-        assert self.machine is not None
-        assert self.client is not None
-        try:
-            with unreachable_after(0.3, peer="peer"):
-                reply = codec.decode(await self.client.request(codec.encode(message)))
-        except PeerError as exc:
-            self.run(self.machine.io_failed(message, exc, now=anyio.current_time()))
-        else:
-            self.run(self.machine.receive(reply, now=anyio.current_time()))
-
-    async def answer(self, call: Call) -> CompleteCaller:
-        with anyio.fail_after(10):
-            while True:
-                for answer in self.answers:
-                    if answer.call is call:
-                        return answer
-                await self.answered.wait()
+    async def start(self, machine: Machine, *, peer_endpoint: str, peer_key: str) -> MigrationDriver:
+        driver = MigrationDriver(
+            self,
+            machine,
+            peer_endpoint=peer_endpoint,
+            peer_key=peer_key,
+            domain_uuid=DOMAIN.uuid,
+            request_timeout=0.3,
+            io_timeout=1.0,
+        )
+        self.drivers[driver.migration_id] = driver
+        await self.tg.start(driver.run)
+        return driver
 
 
-def source_of(host: ToyHost) -> MigrationSource:
-    assert isinstance(host.machine, MigrationSource)
-    return host.machine
+@attrs.frozen
+class Pair:
+    src: ZmqHost
+    dst: ZmqHost
+    lockspace: SharedLockspace
+    dst_endpoint: str
 
 
 @asynccontextmanager
-async def two_hosts(*, dest_up: bool = True) -> AsyncIterator[tuple[ToyHost, ToyHost, ModelBackend]]:
+async def two_hosts(*, dest_up: bool = True) -> AsyncIterator[Pair]:
     src_id, dst_id = HostIdentity("src", 1), HostIdentity("dst", 2)
     owner = lease_owner(src_id, DOMAIN)
-    keys = ["disk:/img/a", "disk:/img/b"]
-    backend = ModelBackend(
-        {k: LeaseRecord(k, 3, (Holder(owner, LeaseMode.EXCLUSIVE, 3, "i"),)) for k in keys}
+    lockspace = SharedLockspace(
+        {k: LeaseRecord(k, 3, (Holder(owner, LeaseMode.EXCLUSIVE, 3, SOURCE_INCARNATION),)) for k in KEYS}
     )
     with anyio.fail_after(20):
         async with anyio.create_task_group() as tg:
-            src, dst = ToyHost(src_id, backend, tg), ToyHost(dst_id, backend, tg)
+            src, dst = ZmqHost(src_id, lockspace, tg), ZmqHost(dst_id, lockspace, tg)
             src.peer_key, dst.peer_key = dst.keys.public, src.keys.public
-            endpoints = {}
+            dst_endpoint = "tcp://127.0.0.1:9"  # nothing listens there
             for host in (src, dst) if dest_up else (src,):
                 server = PeerServer("tcp://127.0.0.1:*", keys=host.keys, allowed_clients=[host.peer_key])
-                endpoints[host.identity.name] = await tg.start(server.serve, host.handle)
-            dst_endpoint = endpoints.get("dst", "tcp://127.0.0.1:9")
-            async with (
-                connect(dst_endpoint, server_key=dst.keys.public, keys=src.keys) as to_dst,
-                connect(endpoints["src"], server_key=src.keys.public, keys=dst.keys) as to_src,
-            ):
-                src.client, dst.client = to_dst, to_src
-                src.machine = MigrationSource(
-                    migration_id="m-42",
-                    local=src_id,
-                    peer="dst",
-                    domain=DOMAIN,
-                    lockspace_kind="memory",
-                    lockspace_id="shared",
-                    lock_state=LockState.of(Lease(k, LeaseMode.EXCLUSIVE, 3) for k in keys),
-                    timing=TIMING,
-                )
-                yield src, dst, backend
+                endpoint = await tg.start(server.serve, host.handle)
+                if host is dst:
+                    dst_endpoint = endpoint
+                else:
+                    dst.peer_endpoint = endpoint
+            yield Pair(src, dst, lockspace, dst_endpoint)
             tg.cancel_scope.cancel()
 
 
+async def prepare(pair: Pair) -> tuple[MigrationDriver, CallResult]:
+    machine = MigrationSource(
+        migration_id="m-42",
+        local=pair.src.identity,
+        peer="dst",
+        domain=DOMAIN,
+        lockspace_kind="memory",
+        lockspace_id="shared",
+        lock_state=LockState.of(Lease(k, LeaseMode.EXCLUSIVE, 3) for k in KEYS),
+        timing=TIMING,
+    )
+    driver = await pair.src.start(machine, peer_endpoint=pair.dst_endpoint, peer_key=pair.dst.keys.public)
+
+    def start(m: Machine, now: float) -> list[Effect]:
+        assert isinstance(m, MigrationSource)
+        return m.start(now=now, deadline_at=now + 5)
+
+    return driver, await driver.call(Call.PREPARE, start)
+
+
 async def test_migration_commits_over_curve() -> None:
-    async with two_hosts() as (src, dst, backend):
-        src.run(source_of(src).start(now=anyio.current_time(), deadline_at=anyio.current_time() + 5))
-        prepared = await src.answer(Call.PREPARE)
-        assert prepared.error is None
-        assert dst.machine is not None
-        dst.run(dst.machine.commit_requested(now=anyio.current_time()))
-        src.run(source_of(src).commit_requested(now=anyio.current_time()))
-        for host in (src, dst):
-            answer = await host.answer(Call.COMPLETE)
-            assert answer.outcome is Outcome.COMMITTED
-            assert answer.error is None
-        assert (
-            backend.side(lease_owner(src.identity, DOMAIN), lease_owner(dst.identity, DOMAIN))
-            is Side.DESTINATION
-        )
+    async with two_hosts() as pair:
+        source, prepared = await prepare(pair)
+        assert (await prepared.wait()).error is None
+        destination = pair.dst.drivers["m-42"]
+        assert destination.offered == LockState.of(Lease(k, LeaseMode.EXCLUSIVE, 3) for k in KEYS)
+        answers: list[CompleteCaller] = []
+
+        async def commit(driver: MigrationDriver) -> None:
+            answers.append(await (await driver.complete(commit=True)).wait())
+
+        async with anyio.create_task_group() as both:
+            both.start_soon(commit, destination)
+            both.start_soon(commit, source)
+        assert [(a.outcome, a.error) for a in answers] == [(Outcome.COMMITTED, None)] * 2
+        moved_to = lease_owner(pair.dst.identity, DOMAIN)
+        for key in KEYS:
+            (holder,) = pair.lockspace.records[key].holders
+            assert (holder.owner, holder.incarnation) == (moved_to, pair.dst.incarnation)
+            assert holder.token > 3, "the destination's entry has a fresh token"
+        assert [(s.role, s.outcome) for s in pair.src.settled] == [(MigrationRole.SOURCE, Outcome.COMMITTED)]
+        assert [(s.role, s.outcome) for s in pair.dst.settled] == [
+            (MigrationRole.DESTINATION, Outcome.COMMITTED)
+        ]
 
 
 async def test_refusal_travels_back_as_a_coded_error() -> None:
-    async with two_hosts() as (src, _dst, backend):
+    async with two_hosts() as pair:
         # The source re-acquired disk b since it saved its lock state: the offer is stale.
-        (holder,) = backend.records["disk:/img/b"].holders
-        backend.records["disk:/img/b"] = LeaseRecord("disk:/img/b", 4, (attrs.evolve(holder, token=4),))
-        src.run(source_of(src).start(now=anyio.current_time(), deadline_at=anyio.current_time() + 5))
-        prepared = await src.answer(Call.PREPARE)
-        assert isinstance(prepared.error, MigrationRefusedError)
-        assert prepared.error.remote_code == "stale-state"
+        (holder,) = pair.lockspace.records["disk:/img/b"].holders
+        pair.lockspace.records["disk:/img/b"] = LeaseRecord(
+            "disk:/img/b", 4, (attrs.evolve(holder, token=4),)
+        )
+        _source, prepared = await prepare(pair)
+        with pytest.raises(MigrationRefusedError) as refused:
+            await prepared.wait()
+        assert refused.value.remote_code == "stale-state"
+        (still,) = pair.lockspace.records["disk:/img/a"].holders
+        assert still.owner == lease_owner(pair.src.identity, DOMAIN), "nothing moved"
 
 
 async def test_absent_destination_fails_prepare_in_time() -> None:
-    async with two_hosts(dest_up=False) as (src, _dst, _backend):
+    async with two_hosts(dest_up=False) as pair:
         t0 = anyio.current_time()
-        src.run(source_of(src).start(now=t0, deadline_at=t0 + 5))
-        prepared = await src.answer(Call.PREPARE)
-        assert isinstance(prepared.error, PeerUnreachableError)
+        _source, prepared = await prepare(pair)
+        with pytest.raises(PeerUnreachableError):
+            await prepared.wait()
         assert anyio.current_time() - t0 < TIMING.prepare_timeout + 0.5
