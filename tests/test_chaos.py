@@ -1,5 +1,9 @@
 """The multi-process chaos run: host processes under kill -9, SIGSTOP, stalled storage and restarts.
 
+Guests run under their supervisors; the CI run also kills a coordinator for
+good (its guests must die by its last pushed deadline + fence_timeout) and
+a supervisor (its guest must die with it), and asserts both were judged.
+
 The CI run is short (a workload of CI_SECONDS, about half a minute in all);
 ``--run-slow`` adds a longer one. A scripted run first shows that the
 pipeline (host processes recording, merging on one clock, the checker) does
@@ -55,7 +59,15 @@ pytestmark = pytest.mark.anyio
 CI_SECONDS = 16.0
 CI_LIMIT = 120.0  # the whole CI run, start-up and final probes included (about 25 s when idle)
 SLOW_SECONDS = 90.0
-FAULT_KINDS = ("kill9", "sigstop", "coordinator_crash", "storage-stall", "restart")
+FAULT_KINDS = (
+    "kill9",
+    "sigstop",
+    "coordinator_crash",
+    "coordinator_killed",
+    "supervisor_kill",
+    "storage-stall",
+    "restart",
+)
 
 
 def test_history_records_survive_json_lines(tmp_path: Path) -> None:
@@ -167,6 +179,7 @@ async def _chaos(tmp_path: Path, seconds: float, seed: int, *, burst: bool = Fal
     report = await run_chaos(seconds, seed, out=lines.append, workdir=tmp_path / "run")
     summary = "\n".join(report.summary())
     assert report.violations == (), summary
+    assert report.findings == (), summary
     assert lines[-1] == "violations: 0"
     assert report.operations > 0, summary
     for kind in FAULT_KINDS:
@@ -178,6 +191,11 @@ async def _chaos(tmp_path: Path, seconds: float, seed: int, *, burst: bool = Fal
     assert counted["storage-stall"] > 0, faults
     if burst:  # a stall with 48 starts behind it: the worker pool is full while the host must fence
         assert any("a burst of" in line for line in lines), summary
+    # A coordinator killed for good had running guests, and every one was seen dead by its
+    # supervisor's bound (the last deadline pushed + fence_timeout; a later one is a finding).
+    assert report.kill_margins, summary
+    assert max(report.kill_margins) <= TIMING["fence_timeout"], summary
+    assert any(line.startswith("coordinators killed for good: ") for line in lines), summary
     assert report.migrations_committed >= 1, summary
     assert report.writes > 0, summary
     assert report.events > report.writes, summary
