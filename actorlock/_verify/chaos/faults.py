@@ -588,11 +588,14 @@ class FaultInjector(Workload):
         slot.proc, slot.state = None, SlotState.DOWN
         self.faults["coordinator_killed"] += 1
         await proc.kill()
-        self.record(CoordinatorCrashed(self.now(), slot.name))
+        killed_at = self.now()
+        self.record(CoordinatorCrashed(killed_at, slot.name))
         with anyio.move_on_after(SLACK):
             await proc.closed.wait()  # its last deadline line read: the pipe has ended
         slot.past.append(proc)
-        deadline = proc.deadline
+        # No deadline reported (killed before its first renewal): its last renewal came before
+        # the kill, so kill + lease_timeout bounds the deadline its supervisors were welcomed with.
+        deadline = proc.deadline or killed_at + TIMING["lease_timeout"]
         bound = deadline + TIMING["fence_timeout"]
         mine = [g for g in self.guests.values() if g.host == slot.name]
         # Judged: the guests that run. A migration's paused source or a guest left to clean up
@@ -641,7 +644,9 @@ class FaultInjector(Workload):
         process boots in its place (a new incarnation: its guests died long before)."""
         # host_dead after its last renewal (deadline - lease_timeout) the others may take over.
         proc = slot.past[-1] if slot.past else None
-        renewed = (proc.deadline if proc is not None else self.now()) - TIMING["lease_timeout"]
+        renewed = self.now()
+        if proc is not None and proc.deadline:
+            renewed = proc.deadline - TIMING["lease_timeout"]
         with anyio.move_on_after(max(0.0, renewed + TIMING["host_dead"] + SLACK - self.now())):
             await self._stop.wait()
         others = [s for s in self._up() if s is not slot]
