@@ -510,14 +510,7 @@ class FaultInjector(Workload):
 
     async def _crash_and_recover(self, slot: Slot) -> None:
         """Kill the coordinator, start it again at once, re-attach its guests (their locks are held)."""
-        proc = slot.proc
-        assert proc is not None
-        slot.proc, slot.state = None, SlotState.RESTARTING
-        self.faults["coordinator_crash"] += 1
-        await proc.kill()
-        crashed_at = self.now()
-        self.record(CoordinatorCrashed(crashed_at, slot.name))
-        slot.past.append(proc)  # its supervisors live on, under its reaper
+        await self._kill_coordinator(slot, SlotState.RESTARTING, "coordinator_crash")
         mine = [g for g in self.guests.values() if g.host == slot.name]
         started: list[HostProcess] = []
         async with anyio.create_task_group() as tg:
@@ -554,6 +547,18 @@ class FaultInjector(Workload):
             return
         slot.proc, slot.state = new, SlotState.UP
 
+    async def _kill_coordinator(self, slot: Slot, state: SlotState, kind: str) -> tuple[HostProcess, float]:
+        """SIGKILL the host process only (counted as ``kind``); its supervisors live on, under its reaper."""
+        proc = slot.proc
+        assert proc is not None
+        slot.proc, slot.state = None, state
+        self.faults[kind] += 1
+        await proc.kill()
+        killed_at = self.now()
+        self.record(CoordinatorCrashed(killed_at, slot.name))
+        slot.past.append(proc)
+        return proc, killed_at
+
     async def _watch_guest(self, guest: PlacedGuest) -> float | None:
         """Wait (until cancelled) for the guest's ``sleep`` to die; when it does, it stops (fenced) then.
 
@@ -583,16 +588,9 @@ class FaultInjector(Workload):
         recorded (``GuestStopped``), so the checker judges every takeover of
         their disks against it, and a later death is a finding.
         """
-        proc = slot.proc
-        assert proc is not None
-        slot.proc, slot.state = None, SlotState.DOWN
-        self.faults["coordinator_killed"] += 1
-        await proc.kill()
-        killed_at = self.now()
-        self.record(CoordinatorCrashed(killed_at, slot.name))
+        proc, killed_at = await self._kill_coordinator(slot, SlotState.DOWN, "coordinator_killed")
         with anyio.move_on_after(SLACK):
             await proc.closed.wait()  # its last deadline line read: the pipe has ended
-        slot.past.append(proc)
         # No deadline reported (killed before its first renewal): its last renewal came before
         # the kill, so kill + lease_timeout bounds the deadline its supervisors were welcomed with.
         deadline = proc.deadline or killed_at + TIMING["lease_timeout"]
