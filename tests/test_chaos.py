@@ -201,9 +201,7 @@ async def test_a_coordinator_killed_for_good_has_its_guest_killed_before_another
     assert findings == [], findings
     (margin,) = margins
     assert -0.05 <= margin <= TIMING["fence_timeout"], margin
-    (stopped,) = [
-        e for e in history.of(GuestStopped) if e.host == "h1" and e.reason is StopReason.FENCED
-    ]
+    (stopped,) = [e for e in history.of(GuestStopped) if e.host == "h1" and e.reason is StopReason.FENCED]
     taken = [e for e in history.of(LeaseAcquired) if e.host == "h2"]
     assert taken, "h2 never took the disk"
     assert stopped.time < taken[0].time
