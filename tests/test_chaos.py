@@ -1,5 +1,9 @@
 """The multi-process chaos run: host processes under kill -9, SIGSTOP, stalled storage and restarts.
 
+Guests run under their supervisors; the CI run also kills a coordinator for
+good (its guests must die by its last pushed deadline + fence_timeout) and
+a supervisor (its guest must die with it), and asserts both were judged.
+
 The CI run is short (a workload of CI_SECONDS, about half a minute in all);
 ``--run-slow`` adds a longer one. A scripted run first shows that the
 pipeline (host processes recording, merging on one clock, the checker) does
@@ -36,6 +40,7 @@ from actorlock.model import Lease, LeaseMode
 from actorlock.testing.checker import Rule, Violation
 from actorlock.testing.history import (
     AcquireRefused,
+    CoordinatorCrashed,
     FaultInjected,
     FaultsHealed,
     GuestStopped,
@@ -55,7 +60,15 @@ pytestmark = pytest.mark.anyio
 CI_SECONDS = 16.0
 CI_LIMIT = 120.0  # the whole CI run, start-up and final probes included (about 25 s when idle)
 SLOW_SECONDS = 90.0
-FAULT_KINDS = ("kill9", "sigstop", "coordinator_crash", "storage-stall", "restart")
+FAULT_KINDS = (
+    "kill9",
+    "sigstop",
+    "coordinator_crash",
+    "coordinator_killed",
+    "supervisor_kill",
+    "storage-stall",
+    "restart",
+)
 
 
 def test_history_records_survive_json_lines(tmp_path: Path) -> None:
@@ -162,11 +175,61 @@ async def test_a_storage_stall_fences_the_host_and_holds_others_only_while_it_la
     assert any(e.host == "h1" and e.time > held_at for e in history.of(LockspaceRegained))
 
 
+async def test_a_coordinator_killed_for_good_has_its_guest_killed_before_another_host_takes_the_disk(
+    tmp_path: Path, anyio_backend: str
+) -> None:
+    """Issue 9, scripted: h1's host process is SIGKILLed and never restarted.
+
+    Its guest's supervisor kills the guest by the last deadline h1 pushed
+    plus fence_timeout (seen through a pidfd, recorded as its stop); h2,
+    probing meanwhile, is refused until h1 is dead to it and then takes the
+    disk, after the guest's stop; the checker finds nothing.
+    """
+    path = "/chaos/orphan.img"
+    with anyio.fail_after(60):
+        async with chaos_hosts(tmp_path / "run", plaintext=True, out=lambda line: None) as hosts:
+            assert await hosts.start_guest("h1", "guest-1", [path])
+            await anyio.sleep(0.3)  # a few writes with its token
+            margins = await hosts.kill_coordinator_for_good("h1")
+            for _ in range(100):  # h1 is dead to h2 after host_dead: a few dozen tries
+                if await hosts.probe("h2", path):
+                    break
+                await anyio.sleep(0.1)
+            history, violations = hosts.check()
+            findings = hosts.findings
+    assert violations == [], violations
+    assert findings == [], findings
+    (margin,) = margins
+    assert -0.05 <= margin <= TIMING["fence_timeout"], margin
+    (stopped,) = [e for e in history.of(GuestStopped) if e.host == "h1" and e.reason is StopReason.FENCED]
+    taken = [e for e in history.of(LeaseAcquired) if e.host == "h2"]
+    assert taken, "h2 never took the disk"
+    assert stopped.time < taken[0].time
+    (crashed,) = [e.time for e in history.of(CoordinatorCrashed) if e.host == "h1"]
+    assert taken[0].time - crashed >= TIMING["host_dead"] - TIMING["lease_timeout"], (crashed, taken)
+    assert not [e for e in history.of(GuestWrote) if e.host == "h1" and e.time > stopped.time]
+
+
+async def test_killing_a_guests_supervisor_kills_the_guest(tmp_path: Path, anyio_backend: str) -> None:
+    """SIGKILL of the supervisor (pid from host.supervisors in the host process): the guest dies at once."""
+    with anyio.fail_after(60):
+        async with chaos_hosts(tmp_path / "run", plaintext=True, out=lambda line: None) as hosts:
+            assert await hosts.start_guest("h1", "guest-1", ["/chaos/supervised.img"])
+            await anyio.sleep(0.2)
+            result = await hosts.kill_supervisor("h1", "guest-1")
+            history, violations = hosts.check()
+    assert result["died"], result
+    assert result["after"] < 1.0, result
+    assert violations == [], violations
+    assert [e.reason for e in history.of(GuestStopped) if e.host == "h1"] == [StopReason.FENCED]
+
+
 async def _chaos(tmp_path: Path, seconds: float, seed: int, *, burst: bool = False) -> None:
     lines: list[str] = []
     report = await run_chaos(seconds, seed, out=lines.append, workdir=tmp_path / "run")
     summary = "\n".join(report.summary())
     assert report.violations == (), summary
+    assert report.findings == (), summary
     assert lines[-1] == "violations: 0"
     assert report.operations > 0, summary
     for kind in FAULT_KINDS:
@@ -178,6 +241,11 @@ async def _chaos(tmp_path: Path, seconds: float, seed: int, *, burst: bool = Fal
     assert counted["storage-stall"] > 0, faults
     if burst:  # a stall with 48 starts behind it: the worker pool is full while the host must fence
         assert any("a burst of" in line for line in lines), summary
+    # A coordinator killed for good had running guests, and every one was seen dead by its
+    # supervisor's bound (the last deadline pushed + fence_timeout; a later one is a finding).
+    assert report.kill_margins, summary
+    assert max(report.kill_margins) <= TIMING["fence_timeout"], summary
+    assert any(line.startswith("coordinators killed for good: ") for line in lines), summary
     assert report.migrations_committed >= 1, summary
     assert report.writes > 0, summary
     assert report.events > report.writes, summary

@@ -15,6 +15,7 @@ from actorlock.testing.history import (
     HostFrozen,
     HostThawed,
     LeaseAcquired,
+    LeaseReleased,
     StopReason,
     WriteRefused,
 )
@@ -58,6 +59,35 @@ def test_a_frozen_host_waking_beside_the_new_owner_is_safe_only_with_storage_tha
         Rule.EXCLUSIVE_OVERLAP,
         Rule.UNFENCED_LEASE_LOSS,
     }
+
+
+def test_a_woken_guest_taken_over_while_frozen_may_see_another_takeover_before_it_is_fenced() -> None:
+    """Found by ``actorlock sim`` (seed 20261378): between waking and its failure action, a third
+    owner takes the disk; the woken guest's token is refused all the same, so only its end counts."""
+    woke = [
+        WriteRefused(20.0, "h1", "vm1", D1, 1, 2),
+        GuestStopped(20.02, "h2", "vm2", StopReason.SHUTDOWN),  # h2's probe is done
+        LeaseReleased(20.02, "h2", "vm2", (D1,)),
+        LeaseAcquired(20.05, "h3", "vm3", (old(3),)),
+        GuestStarted(20.05, "h3", "vm3", exclusive=(D1,)),
+        WriteRefused(20.06, "h1", "vm1", D1, 1, 3),
+        FailureActionRan(20.1, "h1", "vm1", "poweroff", "powered off"),
+        GuestStopped(20.1, "h1", "vm1", StopReason.FENCED),
+    ]
+    assert rules(frozen_then_taken(*woke), storage_fences=True) == []
+    # Never stopped: still a violation at the end; storage that does not check: split brain.
+    assert rules(frozen_then_taken(*woke[:6]), storage_fences=True) == [Rule.UNFENCED_LEASE_LOSS]
+    assert Rule.EXCLUSIVE_OVERLAP in rules(frozen_then_taken(*woke), storage_fences=False)
+    # A guest that was never taken over while frozen gets no such pass after it wakes.
+    awake = [
+        LeaseAcquired(0.0, "h1", "vm1", (old(1),)),
+        GuestStarted(0.0, "h1", "vm1", exclusive=(D1,)),
+        HostFrozen(2.0, "h1"),
+        HostThawed(3.0, "h1"),
+        LeaseAcquired(20.05, "h3", "vm3", (old(3),)),
+        GuestStarted(20.05, "h3", "vm3", exclusive=(D1,)),
+    ]
+    assert Rule.EXCLUSIVE_OVERLAP in rules(awake, storage_fences=True)
 
 
 def test_a_frozen_guest_that_is_never_stopped_after_waking_is_still_a_violation() -> None:

@@ -27,9 +27,10 @@ from actorlock.backends import liveness
 from actorlock.errors import InvalidParameterError
 from actorlock.testing.checker import Rule
 from actorlock.testing.clock import virtual_clock
-from actorlock.testing.cluster import FAULT_KINDS, STORAGE_FAULTS
+from actorlock.testing.cluster import FAULT_KINDS, SIM_TIMING, STORAGE_FAULTS
 from actorlock.testing.history import (
     CoordinatorCrashed,
+    FailureActionRan,
     FaultInjected,
     GuestStarted,
     GuestStopped,
@@ -37,6 +38,10 @@ from actorlock.testing.history import (
     History,
     HistoryEvent,
     HostCrashed,
+    HostFrozen,
+    HostRecovered,
+    HostThawed,
+    LeaseAcquired,
     LeaseHeld,
     StopReason,
 )
@@ -140,8 +145,63 @@ def test_the_summary_counts_every_fault_kind_on_one_line() -> None:
     assert sum(int(n) for n in counts.values()) == report.faults_injected
     injected = f"faults injected: {report.faults_injected}"
     assert lines[lines.index(line) - 1] == injected, "the old line stays, just before"
-    for kind in (*STORAGE_FAULTS, "restart-in-storage"):
+    for kind in (*STORAGE_FAULTS, "restart-in-storage", "coordinator-down"):
         assert int(counts[kind]) > 0, f"{kind} was never injected"
+
+
+def test_a_coordinator_down_for_good_has_its_guests_stopped_by_their_supervisors() -> None:
+    """Issue 9 in the scenarios: a coordinator that never comes back, a pause past host_dead.
+
+    The first scenario (from CI_SEED) where a coordinator went down for good
+    while its guests ran: they were stopped by their supervisors (nobody else
+    was left to), before any other host took one of their disks, and the
+    checker finds nothing. And within the first scenarios some host pause
+    outlasts host_dead (safe only because storage checks tokens).
+    """
+    found = long_pause = False
+    for seed in range(CI_SEED, CI_SEED + 40):
+        history = History()
+        result = one_scenario(seed, hosts=4, history=history)
+        assert not result.violations, (seed, result.violations)
+        assert not result.anomalies, (seed, result.anomalies)
+        host_dead = SIM_TIMING["host_dead"]
+        frozen = {e.host: e.time for e in history.of(HostFrozen)}
+        long_pause = long_pause or any(
+            e.time - frozen[e.host] > host_dead for e in history.of(HostThawed) if e.host in frozen
+        )
+        if dict(result.fault_counts)["coordinator-down"] == 0:
+            continue
+        recovered = {e.host for e in history.of(HostRecovered)}
+        down = [e for e in history.of(CoordinatorCrashed) if e.host not in recovered]
+        kills = [
+            e
+            for e in history.of(FailureActionRan)
+            if "supervisor" in e.result and any(d.host == e.host and d.time < e.time for d in down)
+        ]
+        if not kills:
+            continue
+        found = True
+        for kill in kills:
+            # No other host took one of the guest's exclusive disks between the crash and its stop.
+            crashed = max(d.time for d in down if d.host == kill.host and d.time < kill.time)
+            started = [
+                e
+                for e in history.of(GuestStarted)
+                if e.host == kill.host and e.domain == kill.domain and e.time < kill.time
+            ]
+            disks = set(started[-1].exclusive) if started else set()
+            taken = [
+                e
+                for e in history.of(LeaseAcquired)
+                if e.host != kill.host
+                and crashed < e.time < kill.time
+                and {lease.key for lease in e.leases} & disks
+            ]
+            assert not taken, (seed, kill, taken)
+        if long_pause:
+            break
+    assert found, "no scenario had a coordinator down for good while its guests ran"
+    assert long_pause, "no host pause outlasted host_dead"
 
 
 def test_bad_arguments_are_refused() -> None:

@@ -4,7 +4,9 @@ A safety harness finds only what it models. For each of the four fixes of
 issue 7, :data:`~actorlock._verify.undo_fixes.UNDO_FIXES` has a context
 manager that puts the old code back for the duration of a block; this
 module runs the random scenarios of :mod:`actorlock._verify.scenarios`
-(the same ones ``actorlock sim`` runs, seeds ``S``, ``S + 1``...) with one
+(the ones ``actorlock sim`` runs, seeds ``S``, ``S + 1``..., but without the
+guests' supervisors and token-checking storage of issue 9, which would stop
+the guests a coordinator bug leaves running: :data:`UNSUPERVISED`) with one
 fix undone at a time, and counts how many of them flag a violation (or an
 anomaly: a scenario that failed or hung). A fix the scenarios do not flag
 is one the simulator cannot see.
@@ -104,13 +106,20 @@ def _undo(fix: str) -> AbstractContextManager[None]:
     return UNDO_FIXES[fix]()
 
 
+# Without supervisors: they would stop the guests an undone fix leaves running, hiding it.
+UNSUPERVISED = ScenarioSettings(supervised=False)
+
+
 def undone_scenario(
     fix: str, seed: int, *, hosts: int = 4, settings: ScenarioSettings | None = None
 ) -> ScenarioResult:
-    """One scenario (as ``actorlock sim`` runs it, in its own trio run) with ``fix`` undone."""
+    """One scenario (as ``actorlock sim`` runs it, in its own trio run) with ``fix`` undone.
+
+    ``settings`` default to :data:`UNSUPERVISED`: the coordinator's own fencing is measured.
+    """
     with _undo(fix):
         return anyio.run(
-            functools.partial(run_scenario, seed, hosts=hosts, settings=settings),
+            functools.partial(run_scenario, seed, hosts=hosts, settings=settings or UNSUPERVISED),
             backend="trio",
             backend_options={"clock": seeded_virtual_clock(seed)},
         )

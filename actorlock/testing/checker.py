@@ -56,9 +56,11 @@ it refused every write whose token was older than the disk's, recorded as
 :class:`WriteRefused`), a guest of a host frozen as a whole
 (:class:`HostFrozen` .. :class:`HostThawed`) when another owner takes its
 key is not judged at that moment by rules 1 and 3: it executes nothing, and
-on waking no process can stop its first write, which storage refuses. It
-must stop, or have its failure action run, before the history ends; an
-accepted write with its old token is still rule 2.
+on waking no process can stop its first write, which storage refuses. Nor
+is it judged by them for that key afterwards, when others take the key
+again after it woke: its old token is refused all the same. It must stop,
+or have its failure action run, before the history ends; an accepted write
+with its old token is still rule 2.
 
 Rule 4, cancelled migration lost a lease. When :class:`MigrationCancelled`
 is recorded (the outcome has settled), the source owner ``(source_host,
@@ -338,8 +340,10 @@ class _Sweep:
         for key, mode in disks.items():
             users = self.users.setdefault(key, {})
             for other, (other_mode, since) in users.items():
-                if self.storage_fences and other[0] in self.frozen:
-                    continue  # it executes nothing; awake, its old token is refused (rule 3 follows it)
+                if self.storage_fences and (other[0] in self.frozen or self.stale(other, key)):
+                    # It executes nothing; awake, its old token is refused until it stops (rule 3
+                    # follows it), also when yet another owner takes the key after it woke.
+                    continue
                 if other[0] != owner[0] and _conflict(mode, other_mode):
                     self.flag(
                         Rule.EXCLUSIVE_OVERLAP,
@@ -350,6 +354,11 @@ class _Sweep:
                     )
             users[owner] = (mode, e)
             run.disks[key] = (mode, e)
+
+    def stale(self, owner: Owner, key: str) -> bool:
+        """Whether ``owner`` was taken over on ``key`` while its host was frozen (fencing storage)."""
+        pending = self.pending.get(key, {}).get(owner)
+        return pending is not None and pending.frozen
 
     def guest_stopped(self, e: GuestStopped) -> None:
         self.end_run((e.host, e.domain))

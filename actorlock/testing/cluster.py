@@ -202,6 +202,7 @@ FAULT_KINDS = (
     "restart-in-storage",
     "crash-host",
     "restart",
+    "coordinator-down",
     "pause-host",
     "backend-fail",
     "backend-stall",
@@ -878,19 +879,21 @@ class Cluster:
         self.record(HostRecovered(self.now(), name))
         return api
 
-    async def crash_coordinator(self, name: str) -> None:
+    async def crash_coordinator(self, name: str, *, for_good: bool = False) -> None:
         """Only the coordinator process dies; its guests keep running and writing.
 
-        Nothing fences them until a coordinator runs again: restart it with
-        :meth:`restart_coordinator` well within ``lease_timeout`` (see
-        docs/timing.md, "What is not covered yet").
+        Without supervisors nothing fences them until a coordinator runs
+        again: restart it with :meth:`restart_coordinator` well within
+        ``lease_timeout``. With ``open_cluster(supervised=True)`` their
+        supervisors stop them at the last deadline it pushed; ``for_good``
+        says no restart will follow (counted as ``coordinator-down``).
         """
         host = self.host(name)
         if host.state is not HostState.UP:
             raise InvalidStateError(f"host {name} is {host.state.value}")
         self.record(CoordinatorCrashed(self.now(), name))
         inside = any(h == name and kind in STORAGE_FAULTS for h, kind in self._timed)
-        self._count("restart-in-storage" if inside else "restart")
+        self._count("coordinator-down" if for_good else "restart-in-storage" if inside else "restart")
         host.processes += 1
         # At once: calls made while its tasks wind down (shielded storage calls
         # may take up to io_timeout) find it down, and nobody crashes it twice.

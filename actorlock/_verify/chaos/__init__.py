@@ -9,9 +9,14 @@ and restarts the processes; at the end every process's history is merged
 with the driver's and :func:`actorlock.testing.checker.check` judges it.
 
 Guests
-    A guest is a real ``sleep`` process (spawned and reaped by the driver)
-    whose pid is registered with the domain, so ``failure_action =
-    "poweroff"`` really kills it. Its *writes* are made by a task in the host
+    A guest is a real ``sleep`` process that its host process starts under
+    its supervisor (``Domain.spawn``, :mod:`actorlock.supervisor`) once its
+    leases are held, so ``failure_action = "poweroff"`` really kills it, and
+    so does its supervisor at the last lease deadline the coordinator pushed
+    if no coordinator renews. Every host process runs under a small reaper
+    (:data:`~.processes.REAPER`, a child subreaper): the supervisors detach
+    from the host process and outlive it, and the reaper reaps them and
+    their guests, and kills them all when the machine dies. Its *writes* are made by a task in the host
     process: every ``WRITE_INTERVAL`` it reads the clock, checks that the
     ``sleep`` is still alive (pid and start time) and records ``GuestWrote``
     for each lease with the lease's fencing token. Reading the clock *before*
@@ -19,6 +24,8 @@ Guests
     provably still lived, so a guest killed by fencing writes nothing after
     its death. A write represents I/O the guest issued; the writer lives in
     the host process because that is where the guest's tokens are known.
+    When its host process is gone, the driver watches the guest through a
+    pidfd and records its stop when it dies.
 
 Workload
     ``WORKERS`` tasks each loop: start a guest of a fixed catalogue (GUESTS
@@ -55,34 +62,52 @@ What each process records
 Faults (see :class:`ChaosReport` for the counts):
 
 ``kill9``
-    SIGKILL of a host process *and* of every guest ``sleep`` on it (the
-    machine died), then ``HostCrashed``. The host stays down for a random
+    SIGKILL of a host process *and* of every guest on it, with its
+    supervisor (the machine died: the reaper kills them), then
+    ``HostCrashed``. The host stays down for a random
     while, then ``restart`` brings it back with the same id and state
     directory: after a short downtime it resumes its incarnation, after a
     longer one it joins as a new one (waiting ``host_dead``); either way the
     driver then shuts down every domain the restarted coordinator still
     tracks (their guests died).
 ``coordinator_crash``
-    SIGKILL of the host process only, ``CoordinatorCrashed``; its guests keep
-    running. Taken only between operations of that host (the driver holds
-    its guests' locks throughout), so the re-attach path is exercised
-    cleanly. A warm standby process becomes the host at once; if it has not
-    resumed its incarnation within ``WATCHDOG`` seconds of the crash, the
-    driver kills the guests itself, as the not-yet-written supervisor would
-    (docs/timing.md, "What is not covered yet"): a guest outliving a
-    coordinator that stays down past ``host_dead`` is a known, documented
-    gap, not a finding. (A coordinator back too late on the same boot also
-    fences its persisted guests before it rejoins; the watchdog does not
-    rely on that.) Otherwise every guest is re-attached (``Domain.attach``)
-    and writes again with the tokens it had; a guest that cannot be
-    re-attached is killed, as libvirt kills a guest it cannot reconnect to.
-    While it writes nothing (its coordinator is down) a guest still counts
-    as running.
+    SIGKILL of the host process only, ``CoordinatorCrashed``; its guests and
+    their supervisors keep running. Taken only between operations of that
+    host (the driver holds its guests' locks throughout), so the re-attach
+    path is exercised cleanly. A warm standby process becomes the host at
+    once; its guests' supervisors reconnect to it. Until it is up, the
+    driver watches each guest: one that dies (its supervisor killed it at
+    the deadline, since no coordinator resumed in time) stops then.
+    Otherwise every guest is re-attached (``Domain.attach``) and writes
+    again with the tokens it had; a guest that cannot be re-attached is
+    killed, as libvirt kills a guest it cannot reconnect to. While it
+    writes nothing (its coordinator is down) a guest still counts as
+    running.
+``coordinator_killed``
+    The coordinator killed for good: SIGKILL of the host process of the
+    host with the most running guests, and no coordinator comes back for
+    them. Each running guest must be dead (seen through a pidfd) no later
+    than the last lease deadline that coordinator pushed (the host process
+    reports each one) plus ``fence_timeout``; the moment is recorded as its
+    ``GuestStopped``, so the checker judges every takeover of its disks
+    against it, and a later one is a finding (``violations`` counts
+    findings too). The summary gives the latest death after its deadline.
+    Once ``host_dead`` has passed since its last renewal, the other hosts
+    take every disk (probes); only then does a new process boot in its
+    place, as a new incarnation (a rebooted machine: every domain it still
+    tracks is shut down), so that later faults can take other hosts down.
+``supervisor_kill``
+    SIGKILL of one running guest's supervisor (its pid from
+    ``host.supervisors.guest(uuid)`` in the host process): the guest must
+    die with it (``PR_SET_PDEATHSIG``) within ``SUPERVISOR_KILL_LIMIT``,
+    else it is a finding; it stops (fenced) then, and its domain is shut
+    down; it may be started again later.
 ``sigstop``
     SIGSTOP of a host process, SIGCONT after 0.1 to ``SIGSTOP_MAX`` seconds.
     The coordinator *and* the guests' writes freeze (the writers live in the
     process): that is what a frozen host is. The guests' ``sleep`` processes
-    are not stopped; they do no I/O of their own. A stop longer than the
+    and their supervisors are not stopped; the ``sleep`` does no I/O of its
+    own, and the supervisor kills it at the deadline. A stop longer than the
     time left on the lease makes the coordinator fence at once on waking.
     Stops are kept below ``host_dead - fence_timeout - renew_interval``
     (with margin): a host frozen past the moment others may take its disks,
@@ -119,17 +144,16 @@ Faults (see :class:`ChaosReport` for the counts):
     stall holds the disk, granted once it is dead to them, by which time it
     must have fenced. One stall at a time; no other fault on the stalled host,
     nor for ``SETTLE`` after a stall or a freeze ends, so every fault
-    starts from a host that renewed recently. A coordinator crash inside a
-    stall has its watchdog count from the start of the stall, not from the
-    crash: the last renewal was before the stall.
+    starts from a host that renewed recently.
 ``restart``
     Bringing a killed host back (counted with the faults). A restarted
     process that dies or stalls before it is back counts as ``restart
     failed``: its guests are killed and it is restarted again later.
 
 The injector's first cycle of faults is fixed (sigstop, storage-stall,
-coordinator_crash, kill9), so that a short run sees every kind; each later
-cycle is shuffled and holds every kind once and storage-stall twice.
+supervisor_kill, coordinator_crash, coordinator_killed, kill9), so that a short
+run sees every kind; each later cycle is shuffled and holds every kind once
+and storage-stall twice. A kind that no host allows now waits for the next try.
 
 At the end the driver stops the workload, heals every SIGSTOP and stall,
 makes sure one host is down (a last ``kill9`` if needed, so rule 5 always has a gone

@@ -18,6 +18,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
+from contextlib import suppress
 from typing import Any
 
 import anyio
@@ -25,10 +26,12 @@ import anyio.abc
 import attrs
 
 from ... import events as host_events
-from ...api import Host, open_host
-from ...errors import ActorlockError, InvalidParameterError, ResourceBusyError
+from ...api import Domain, Host, open_host
+from ...clock import host_clock
+from ...errors import ActorlockError, InvalidParameterError, InvalidStateError, ResourceBusyError
 from ...guest import is_running_sync, process_start_time_sync
 from ...model import Lease, LeaseMode, Resource, disk
+from ...supervisor import SupervisorService
 from ...testing.history import (
     AcquireRefused,
     GuestStarted,
@@ -44,7 +47,8 @@ from ...testing.history import (
 )
 from ..host_processes.agent import LineReader, emit
 from .codec import event_to_json
-from .settings import PEER_TIMING
+from .processes import open_pidfd, wait_exit
+from .settings import GUEST_ARGV, PEER_TIMING, SUPERVISOR_KILL_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +72,13 @@ def _resources(disks: Iterable[Sequence[Any]]) -> tuple[Resource, ...]:
 
 @attrs.define(eq=False)
 class _Guest:
-    """A guest as its host process sees it: the domain, its ``sleep`` and its writer."""
+    """A guest as its host process sees it: the domain, its supervised ``sleep`` and its writer."""
 
     uuid: str
     resources: tuple[Resource, ...]
     pid: int | None
     pid_start: int | None
+    supervisor_pid: int = 0
     leases: dict[str, Lease] = attrs.Factory(dict)
     running: bool = False
     writer: anyio.CancelScope | None = None
@@ -232,9 +237,9 @@ class _HostAgent:
         emit({"id": request_id, "ok": True, "result": result})
 
     async def op_start(
-        self, uuid: str, disks: Sequence[Sequence[Any]], pid: int | None = None, *, probe: bool = False
+        self, uuid: str, disks: Sequence[Sequence[Any]], *, probe: bool = False
     ) -> dict[str, Any]:
-        """Start a guest: take its leases, then it runs and writes.
+        """Start a guest: take its leases, then its ``sleep`` runs under its supervisor and writes.
 
         A probe is a guest that writes once with its new tokens and stops at
         once (start, write and stop share one instant); it needs no ``sleep``.
@@ -246,11 +251,12 @@ class _HostAgent:
             self._halt(leftover, StopReason.SHUTDOWN)
         status = await domain.status()
         if status.phase not in ("undefined", "stopped"):
-            await domain.shutdown()  # a leftover of a failed op: libvirt would have cleaned it up
-        pid_start = None if pid is None else await anyio.to_thread.run_sync(process_start_time_sync, pid)
-        guest = _Guest(uuid, resources, pid, pid_start)
+            # A leftover of a failed op: libvirt would have cleaned it up.
+            await self._end_guest(uuid, leftover)
+            await domain.shutdown()
+        guest = _Guest(uuid, resources, None, None)
         try:
-            status = await domain.start(resources, pid=pid)
+            status = await domain.start(resources)
         except ResourceBusyError as exc:
             self.record(AcquireRefused.from_error(time.monotonic(), self.name, uuid, exc))
             await self._discard(uuid)
@@ -268,16 +274,92 @@ class _HostAgent:
             self.record(GuestStopped(now, self.name, uuid, StopReason.SHUTDOWN))
             await self._discard(uuid)
             return {"running": False, "leases": leases}
+        # The leases are held: now the guest starts, as libvirt starts QEMU, under its supervisor.
+        await self._spawn(guest, domain)
         self.guests[uuid] = guest
+        status = await domain.status()
         running = status.phase == "running" and self._run(guest, status.leases, record_start=True)
-        return {"running": running, "leases": leases}
+        return {"running": running, "leases": leases, **guest_pids(guest)}
+
+    async def _spawn(self, guest: _Guest, domain: Domain) -> None:
+        """Run the guest's ``sleep`` under its supervisor (``Domain.spawn``); on failure no domain is left."""
+        try:
+            guest.pid = await domain.spawn(GUEST_ARGV)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await self._end_guest(guest.uuid, None)
+                await self._discard(guest.uuid)
+            raise
+        guest.pid_start = await anyio.to_thread.run_sync(process_start_time_sync, guest.pid)
+        supervised = self._supervisors().guest(guest.uuid)
+        guest.supervisor_pid = supervised.supervisor_pid if supervised is not None else 0
+
+    async def _end_guest(self, uuid: str, guest: _Guest | None) -> bool:
+        """SIGKILL the domain's guest (its QEMU exits) and wait until it is gone; False if it outlived that.
+
+        The guest is the one this process started or re-attached, else the
+        one a supervisor registered for the domain.
+        """
+        pid, start = (guest.pid, guest.pid_start) if guest is not None else (None, None)
+        supervised = self._supervisors().guest(uuid)
+        if pid is None and supervised is not None and supervised.guest_pid and supervised.exit_status is None:
+            pid, start = supervised.guest_pid, supervised.guest_start or None
+        if pid is None:
+            return True
+        fd = await anyio.to_thread.run_sync(open_pidfd, pid, start)
+        if fd is None:
+            return True
+        try:
+            with suppress(ProcessLookupError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            return await wait_exit(fd, SUPERVISOR_KILL_LIMIT)
+        finally:
+            os.close(fd)
+
+    def _supervisors(self) -> SupervisorService:
+        service = self._api().supervisors
+        if service is None:
+            raise InvalidStateError("the chaos hosts run their guests under supervisors: state_dir is set")
+        return service
 
     async def op_stop(self, uuid: str) -> dict[str, Any]:
-        """The guest stops (no more writes), then its domain is shut down (leases released)."""
+        """The guest stops (no more writes, its ``sleep`` killed), then its domain is shut down."""
         guest = self.guests.pop(uuid, None)
         if guest is not None:
             self._halt(guest, StopReason.SHUTDOWN)
+        await self._end_guest(uuid, guest)
         return {"released": await self._discard(uuid)}
+
+    async def op_kill_supervisor(self, uuid: str) -> dict[str, Any]:
+        """SIGKILL the guest's supervisor: its guest must die with it (PR_SET_PDEATHSIG).
+
+        The answer says whether it did within :data:`SUPERVISOR_KILL_LIMIT`
+        and how long after the kill it was seen dead; the guest stops (fenced)
+        at that moment, unless its writer saw it dead first.
+        """
+        guest = self.guests.get(uuid)
+        supervised = self._supervisors().guest(uuid)
+        if guest is None or guest.pid is None or supervised is None or not supervised.connected:
+            raise InvalidStateError(f"{uuid} has no running supervised guest here")
+        fd = await anyio.to_thread.run_sync(open_pidfd, guest.pid, guest.pid_start)
+        supervisor = await anyio.to_thread.run_sync(open_pidfd, supervised.supervisor_pid, None)
+        if fd is None or supervisor is None:
+            for opened in (fd, supervisor):
+                if opened is not None:
+                    os.close(opened)
+            raise InvalidStateError(f"the guest or the supervisor of {uuid} is gone already")
+        try:
+            killed_at = time.monotonic()
+            with suppress(ProcessLookupError):
+                signal.pidfd_send_signal(supervisor, signal.SIGKILL)
+            died = await wait_exit(fd, SUPERVISOR_KILL_LIMIT)
+            now = time.monotonic()
+        finally:
+            os.close(fd)
+            os.close(supervisor)
+        if died:
+            self._halt(guest, StopReason.FENCED, now)
+        return {"died": died, "after": now - killed_at, "supervisor": supervised.supervisor_pid}
 
     async def op_prepare(self, uuid: str, dest: str) -> dict[str, Any]:
         """Source: offer the guest's leases to the host whose peer endpoint is ``dest``."""
@@ -288,14 +370,16 @@ class _HostAgent:
         await domain.prepare_migration(dest)
         return {}
 
-    async def op_incoming(self, uuid: str, disks: Sequence[Sequence[Any]], pid: int) -> dict[str, Any]:
-        """Destination: register the incoming guest (no leases, not running yet)."""
+    async def op_incoming(self, uuid: str, disks: Sequence[Sequence[Any]]) -> dict[str, Any]:
+        """Destination: register the incoming guest (no leases, not running yet) under its own supervisor."""
         resources = _resources(disks)
         self._mark[(uuid, "destination")] = len(self._settled.get((uuid, "destination"), []))
-        pid_start = await anyio.to_thread.run_sync(process_start_time_sync, pid)
-        self.guests[uuid] = _Guest(uuid, resources, pid, pid_start)
-        await self._api().domain(uuid, name=uuid[:8]).start(resources, pid=pid, register_only=True)
-        return {}
+        guest = _Guest(uuid, resources, None, None)
+        domain = self._api().domain(uuid, name=uuid[:8])
+        await domain.start(resources, register_only=True)
+        await self._spawn(guest, domain)
+        self.guests[uuid] = guest
+        return guest_pids(guest)
 
     async def op_commit(self, uuid: str, role: str) -> dict[str, Any]:
         """Either side says commit; the answer is the settled outcome and whether the guest runs here.
@@ -346,6 +430,8 @@ class _HostAgent:
         status = await domain.status()
         pid_start = await anyio.to_thread.run_sync(process_start_time_sync, pid)
         guest = _Guest(uuid, _resources(disks), pid, pid_start)
+        supervised = self._supervisors().guest(uuid)  # once its supervisor reconnected
+        guest.supervisor_pid = supervised.supervisor_pid if supervised is not None else 0
         self.guests[uuid] = guest
         running = status.phase == "running" and self._run(guest, status.leases, record_start=was_paused)
         return {"pid": pid, "running": running}
@@ -376,6 +462,28 @@ class _HostAgent:
         return {}
 
 
+def guest_pids(guest: _Guest) -> dict[str, Any]:
+    """The guest's processes, for the driver: it judges their deaths when the host is gone."""
+    return {"pid": guest.pid, "start": guest.pid_start, "supervisor": guest.supervisor_pid}
+
+
+def _tap_deadlines(service: SupervisorService) -> None:
+    """Tell the driver every lease deadline the coordinator pushes to its supervisors.
+
+    The driver judges a coordinator killed for good against the last one:
+    its guests must be dead by then plus fence_timeout. Converted to
+    CLOCK_MONOTONIC, the history's clock (the deadlines are on the host clock).
+    """
+    push = service.renewed
+
+    def renewed(expires_at: float) -> None:
+        push(expires_at)
+        emit({"event": "deadline", "at": expires_at - host_clock() + time.monotonic()})
+
+    # The service's own hook, called after each renewal; it must not wait, and neither does this.
+    service.renewed = renewed  # type: ignore[method-assign]
+
+
 def _transferred(now: float, event: host_events.LeasesTransferred) -> HistoryEvent:
     """The host's transfer event as the checker's ``LeasesTransferred``."""
     before = {lease.key: lease for lease in event.before}
@@ -396,6 +504,8 @@ async def _run_host(spec: Mapping[str, Any]) -> int:
     try:
         async with open_host(spec["config"], event_sink=agent.sink) as host:
             agent.host = host
+            if host.supervisors is not None:
+                _tap_deadlines(host.supervisors)
             reader = LineReader(sys.stdin.fileno())
             async with anyio.create_task_group() as tg:
                 agent.tg = tg
@@ -432,6 +542,13 @@ def host_process_main() -> int:
     even have imported zmq by then.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    # The control channel moves off fd 1: the supervisors this process starts inherit fd 1 and
+    # outlive it, and the driver learns of its death from the channel's end of file.
+    control = os.dup(1)  # not inheritable
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, 1)
+    os.close(null)
+    sys.stdout = open(control, "w", encoding="utf-8")  # noqa: SIM115 - the process's stdout from now on
     for backend in ("asyncio", "trio"):
         anyio.run(_nothing, backend=backend)  # loads both event loops' modules now
     emit({"event": "standby", "pid": os.getpid()})

@@ -6,6 +6,7 @@ import enum
 import itertools
 import os
 import random
+import signal
 import subprocess
 import sys
 import time
@@ -28,13 +29,14 @@ from ...testing.history import (
     History,
     HistoryEvent,
 )
-from .processes import HostGone, HostProcess
+from .processes import REAPER, HostGone, HostProcess, open_pidfd, wait_exit
 from .settings import (
     EXCLUSIVE_DISKS,
     GUESTS,
     KILL_GRACE,
     MODULE,
     PEER_TIMING,
+    REAP_TIMEOUT,
     SHARED_DISKS,
     STARTUP_TIMEOUT,
     TIMING,
@@ -62,6 +64,9 @@ class Slot:
     draining: bool = False  # no new op may start on it (a coordinator crash is waiting its turn)
     stall: Stall | None = None  # its storage is stalled now
     settled_at: float = 0.0  # no fault begins on it before this (a stall or freeze just ended)
+    # Earlier processes of this host whose supervisors (and guests) may still run: a coordinator
+    # crash leaves them to the next process. The machine's death (kill9) ends them too.
+    past: list[HostProcess] = attrs.Factory(list)
 
 
 @attrs.define(eq=False)
@@ -82,11 +87,16 @@ class Placement(enum.Enum):
 
 @attrs.define(eq=False)
 class PlacedGuest:
-    """A guest as the driver sees it: on which host, its ``sleep``, and what it is doing."""
+    """A guest as the driver sees it: on which host, its ``sleep`` (pid, start time), and what it is doing.
+
+    The ``sleep`` runs under its supervisor, which the host process started;
+    the driver only watches it (and kills it when the host cannot).
+    """
 
     host: str
     uuid: str
-    sleep: anyio.abc.Process | None
+    pid: int | None
+    start: int | None
     state: Placement
 
 
@@ -116,16 +126,16 @@ class DriverCore:
         self.guests: dict[tuple[str, str], PlacedGuest] = {}
         self.catalog: dict[str, tuple[tuple[str, bool], ...]] = {}
         self.disks: list[str] = []
-        self.host_sleeps: dict[str, set[anyio.abc.Process]] = {}
         self.ops: Counter[str] = Counter()
         self.faults: Counter[str] = Counter()
+        self.findings: list[str] = []  # what the driver itself judged wrong (not the checker)
+        self.kill_margins: list[float] = []  # coordinators killed for good: guest death - deadline
         self.committed = 0
         self.cancelled = 0
         self.stopping = False
         self._stop = anyio.Event()
         self._locks: dict[tuple[str, str], anyio.Lock] = {}
         self._procs: list[HostProcess] = []
-        self._sleeps: list[anyio.abc.Process] = []
         self._helpers: list[anyio.abc.Process] = []  # storage stalls' lock holders
         self._standbys: list[HostProcess] = []
         self._spawning = 0  # processes being spawned right now (close() waits for them)
@@ -179,7 +189,6 @@ class DriverCore:
             }
             backend = host_backends[(host_id - 1) % len(host_backends)]
             self.slots[name] = Slot(name, host_id, backend, config)
-            self.host_sleeps[name] = set()
 
     def _spec(self, slot: Slot) -> dict[str, Any]:
         return {
@@ -204,7 +213,7 @@ class DriverCore:
         try:
             with anyio.CancelScope(shield=True):
                 process = await anyio.open_process(
-                    [sys.executable, "-m", MODULE, "host-process"],
+                    [sys.executable, "-I", "-c", REAPER, sys.executable, "-m", MODULE, "host-process"],
                     stdin=subprocess.PIPE,
                     stdout=subprocess.PIPE,
                     stderr=log_fd,
@@ -235,23 +244,6 @@ class DriverCore:
         self._tg.start_soon(self._refill_standby, name="standby refill")
         return await self._spawn_standby()
 
-    async def _spawn_sleep(self, host: str) -> anyio.abc.Process:
-        """A stand-in guest process on ``host`` (it dies with the host)."""
-        self._spawn_begins()
-        try:
-            with anyio.CancelScope(shield=True):
-                sleep = await anyio.open_process(
-                    ["sleep", "600"],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-                self._sleeps.append(sleep)
-        finally:
-            self._spawn_ends()
-        self.host_sleeps[host].add(sleep)
-        return sleep
-
     def _spawn_begins(self) -> None:
         if not self._spawning:
             self._spawned = anyio.Event()
@@ -262,15 +254,21 @@ class DriverCore:
         if not self._spawning:
             self._spawned.set()
 
-    async def _kill_sleep(self, host: str, sleep: anyio.abc.Process | None) -> None:
-        if sleep is None:
+    async def _kill_guest(self, guest: PlacedGuest) -> None:
+        """SIGKILL a guest's ``sleep`` from here (its host could not) and wait until it is gone."""
+        if guest.pid is None:
             return
-        self.host_sleeps[host].discard(sleep)
-        with anyio.CancelScope(shield=True):
-            if sleep.returncode is None:
-                with suppress(ProcessLookupError):
-                    sleep.kill()
-            await sleep.wait()
+        fd = await anyio.to_thread.run_sync(open_pidfd, guest.pid, guest.start)
+        guest.pid = None
+        if fd is None:
+            return
+        try:
+            with suppress(ProcessLookupError):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+            if not await wait_exit(fd, REAP_TIMEOUT):
+                self.findings.append(f"the guest {guest.uuid} of {guest.host} survived SIGKILL")
+        finally:
+            os.close(fd)
 
     async def start_hosts(self) -> None:
         standbys = [await self._spawn_standby() for _ in self.slots]

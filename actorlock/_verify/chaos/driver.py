@@ -30,13 +30,9 @@ class Driver(FaultInjector):
                 await self._spawned.wait()
             for helper in self._helpers:
                 await self._end_helper(helper)
+            # Each host process with its reaper, which kills its supervisors and their guests.
             for proc in self._procs:
                 await proc.aclose()
-            for sleep in self._sleeps:
-                if sleep.returncode is None:
-                    with suppress(ProcessLookupError):
-                        sleep.kill()
-                await sleep.aclose()
 
     def stop(self) -> None:
         self.stopping = True

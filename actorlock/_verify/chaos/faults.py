@@ -30,7 +30,7 @@ from ...testing.history import (
     StopReason,
 )
 from .core import PlacedGuest, Placement, Slot, SlotState, Stall
-from .processes import STALL_HELPER, HostGone, HostOpError, HostProcess
+from .processes import STALL_HELPER, HostGone, HostOpError, HostProcess, open_pidfd
 from .settings import (
     BURST,
     BURST_DISK,
@@ -39,6 +39,7 @@ from .settings import (
     HELPER_TIMEOUT,
     SETTLE,
     SIGSTOP_MAX,
+    SLACK,
     STALL_BURST,
     STALL_CRASH,
     STALL_MAX,
@@ -46,7 +47,8 @@ from .settings import (
     STALL_OTHER_DISKS,
     STALL_OWN_DISKS,
     STARTUP_TIMEOUT,
-    WATCHDOG,
+    SUPERVISOR_KILL_LIMIT,
+    TIMING,
 )
 from .workload import Workload
 
@@ -82,7 +84,7 @@ class FaultInjector(Workload):
     async def _inject(self, kind: str, rng: random.Random) -> bool:
         """Start one fault of ``kind`` if some host allows it now; False if none does."""
         # A host in a fault, or just out of a stall or a freeze, is left alone: every fault starts
-        # from a host that renewed recently (SIGSTOP_MAX and WATCHDOG are derived from that).
+        # from a host that renewed recently (SIGSTOP_MAX is derived from that).
         now = self.now()
         calm = [s for s in self._up() if not s.frozen and s.stall is None and s.settled_at <= now]
         if kind == "sigstop":
@@ -97,6 +99,19 @@ class FaultInjector(Workload):
                 return False
             self._inject_stall(rng.choice(calm), rng)
             return True
+        if kind == "supervisor_kill":
+            running = [
+                g
+                for g in self.guests.values()
+                if g.state is Placement.RUNNING
+                and g.pid is not None
+                and any(s.name == g.host for s in calm)
+                and not self._locks.get((g.host, g.uuid), anyio.Lock()).locked()
+            ]
+            # One draw whatever the state; inline (a second at most): one that finds nothing
+            # to kill leaves the kind queued.
+            pick = rng.random()
+            return bool(running) and await self._supervisor_kill(running[int(pick * len(running))])
         # One host down at a time: migrations keep two live hosts, and rule 5 keeps a clear culprit.
         calm = [s for s in calm if not self._others_down(s)]
         if not calm:
@@ -106,6 +121,18 @@ class FaultInjector(Workload):
             await self._kill9(slot)
             self._fault_task(self._restart_later, slot, rng.uniform(0.2, 2.0), name="restart")
             return True
+        if kind == "coordinator_killed":
+            # The host with the most running guests: their supervisors are what is judged.
+            counts = {s.name: 0 for s in calm}
+            for guest in self.guests.values():
+                if guest.state is Placement.RUNNING and guest.host in counts:
+                    counts[guest.host] += 1
+            most = max(counts.values())
+            if not most:
+                return False  # later: a host without guests would show nothing
+            if counts[slot.name] < most:
+                slot = next(s for s in calm if counts[s.name] == most)
+            return await self._coordinator_crash(slot, for_good=True, downtime=rng.uniform(0.2, 1.0))
         return await self._coordinator_crash(slot)
 
     def _inject_stall(self, slot: Slot, rng: random.Random) -> None:
@@ -192,7 +219,7 @@ class FaultInjector(Workload):
 
         async def start(uuid: str) -> None:
             with suppress(HostGone, TimeoutError, HostOpError):
-                await proc.call("start", uuid=uuid, disks=[[BURST_DISK, False]], pid=None, probe=True)
+                await proc.call("start", uuid=uuid, disks=[[BURST_DISK, False]], probe=True)
                 self.ops["burst start taken"] += 1
 
         async with anyio.create_task_group() as tg:
@@ -385,16 +412,13 @@ class FaultInjector(Workload):
         proc = proc or slot.proc
         slot.proc, slot.state = None, SlotState.DOWN
         self.faults[why] += 1
-        sleeps = list(self.host_sleeps[slot.name])
-        if proc is not None:
-            proc.signal(signal.SIGKILL)
-        for sleep in sleeps:
-            with suppress(ProcessLookupError):
-                sleep.kill()
-        if proc is not None:
-            await proc.kill()
-        for sleep in sleeps:
-            await self._kill_sleep(slot.name, sleep)
+        procs = [p for p in (proc, *slot.past) if p is not None]
+        slot.past = []
+        for each in procs:  # the host process first, at once: its guests' writers are in it
+            each.signal(signal.SIGKILL)
+        # Then its supervisors and their guests (also those an earlier process of the host started).
+        for each in procs:
+            await each.kill_all()
         # After the reaping: later than anything the dead process recorded.
         self.record(HostCrashed(self.now(), slot.name))
         for key in [k for k in self.guests if k[0] == slot.name]:
@@ -429,13 +453,16 @@ class FaultInjector(Workload):
             return
         slot.state = SlotState.DOWN
 
-    async def _coordinator_crash(self, slot: Slot, stall: Stall | None = None) -> bool:
+    async def _coordinator_crash(
+        self, slot: Slot, stall: Stall | None = None, *, for_good: bool = False, downtime: float = 0.0
+    ) -> bool:
         """Only the coordinator dies; its guests live on. Taken only while no op touches the host.
 
         New ops keep off the host (draining) while the ones under way finish;
         then this task holds every guest lock of the host until the restarted
         coordinator has re-attached them. With ``stall`` the crash happens
-        only while that storage stall still holds.
+        only while that storage stall still holds. ``for_good``: no
+        coordinator comes back for its guests (:meth:`_killed_for_good`).
         """
         slot.draining = True
         try:
@@ -457,10 +484,15 @@ class FaultInjector(Workload):
             if stall is not None:
                 self.faults["crash-in-stall"] += 1
             try:
-                await self._crash_and_recover(slot)
+                if for_good:
+                    await self._killed_for_good(slot)
+                else:
+                    await self._crash_and_recover(slot)
             finally:
                 for lock in held:
                     lock.release()
+            if for_good:
+                self._fault_task(self._takeover_then_restart, slot, downtime, name="after a coordinator")
             return True
         finally:
             slot.draining = False
@@ -481,20 +513,14 @@ class FaultInjector(Workload):
 
     async def _crash_and_recover(self, slot: Slot) -> None:
         """Kill the coordinator, start it again at once, re-attach its guests (their locks are held)."""
-        proc = slot.proc
-        assert proc is not None
-        slot.proc, slot.state = None, SlotState.RESTARTING
-        self.faults["coordinator_crash"] += 1
-        await proc.kill()
-        crashed_at = self.now()
-        self.record(CoordinatorCrashed(crashed_at, slot.name))
+        await self._kill_coordinator(slot, SlotState.RESTARTING, "coordinator_crash")
         mine = [g for g in self.guests.values() if g.host == slot.name]
         started: list[HostProcess] = []
-        # In a storage stall the last renewal was not just before the crash but before the stall.
-        since = crashed_at if slot.stall is None else min(crashed_at, slot.stall.since)
         async with anyio.create_task_group() as tg:
-            # The supervisor stand-in runs on its own timer, however slow the restart is.
-            tg.start_soon(self._watch, slot.name, mine, since, started, name="watchdog")
+            # Until the new coordinator is up, a guest's death is seen here: its supervisor
+            # kills it at the last deadline pushed, if no coordinator resumes in time.
+            for guest in mine:
+                tg.start_soon(self._watch_guest, guest, name=f"watch {guest.uuid}")
             try:
                 new = await self._take_standby()
                 started.append(new)
@@ -502,8 +528,8 @@ class FaultInjector(Workload):
                 await new.wait_ready(STARTUP_TIMEOUT)
             except (HostGone, TimeoutError) as exc:
                 self.out(f"restart of {slot.name}'s coordinator failed: {exc}")
+            tg.cancel_scope.cancel()
         if not started or not started[0].ready:
-            # Its guests were killed by the watchdog: the host counts as dead from here.
             await self._kill9(slot, started[0] if started else None, "restart failed")
             self._fault_task(self._restart_later, slot, 0.5, name="restart")
             return
@@ -524,29 +550,142 @@ class FaultInjector(Workload):
             return
         slot.proc, slot.state = new, SlotState.UP
 
-    async def _watch(
-        self, host: str, guests: Sequence[PlacedGuest], since: float, started: Sequence[HostProcess]
-    ) -> None:
-        """At ``since + WATCHDOG``: unless the new coordinator is up and resumed, kill the guests.
+    async def _kill_coordinator(self, slot: Slot, state: SlotState, kind: str) -> tuple[HostProcess, float]:
+        """SIGKILL the host process only (counted as ``kind``); its supervisors live on, under its reaper."""
+        proc = slot.proc
+        assert proc is not None
+        slot.proc, slot.state = None, state
+        self.faults[kind] += 1
+        await proc.kill()
+        killed_at = self.now()
+        self.record(CoordinatorCrashed(killed_at, slot.name))
+        slot.past.append(proc)
+        return proc, killed_at
 
-        ``since`` is the crash, or the start of the storage stall the crash fell in.
+    async def _watch_guest(self, guest: PlacedGuest) -> float | None:
+        """Wait (until cancelled) for the guest's ``sleep`` to die; when it does, it stops (fenced) then.
+
+        Returns when it was seen dead. No host records it: its host process is gone.
         """
-        await anyio.sleep(max(0.0, since + WATCHDOG - self.now()))
-        if not (started and started[0].ready and started[0].resumed):
-            await self._watchdog(host, guests)
-
-    async def _watchdog(self, host: str, guests: Sequence[PlacedGuest]) -> None:
-        victims = [g for g in guests if g.sleep is not None and g.state is not Placement.CLEANUP]
-        for guest in victims:
-            await self._kill_sleep(host, guest.sleep)
-            guest.sleep = None
+        if guest.pid is None:
+            return None
+        fd = await anyio.to_thread.run_sync(open_pidfd, guest.pid, guest.start)
+        try:
+            if fd is not None:
+                await anyio.wait_readable(fd)
+        finally:
+            if fd is not None:
+                os.close(fd)
         now = self.now()
-        for guest in victims:
-            if guest.state is Placement.RUNNING:  # a paused one had stopped already
-                self.record(GuestStopped(now, host, guest.uuid, StopReason.FENCED))
+        if guest.state is Placement.RUNNING:  # a paused one had stopped already
+            self.record(GuestStopped(now, guest.host, guest.uuid, StopReason.FENCED))
+        guest.state = Placement.CLEANUP
+        guest.pid = None
+        return now
+
+    async def _killed_for_good(self, slot: Slot) -> None:
+        """SIGKILL the host process and never bring that coordinator back: its supervisors must act.
+
+        Each guest must be dead (seen through a pidfd) no later than the last
+        lease deadline the coordinator pushed plus fence_timeout; that time is
+        recorded (``GuestStopped``), so the checker judges every takeover of
+        their disks against it, and a later death is a finding.
+        """
+        proc, killed_at = await self._kill_coordinator(slot, SlotState.DOWN, "coordinator_killed")
+        with anyio.move_on_after(SLACK):
+            await proc.closed.wait()  # its last deadline line read: the pipe has ended
+        # No deadline reported (killed before its first renewal): its last renewal came before
+        # the kill, so kill + lease_timeout bounds the deadline its supervisors were welcomed with.
+        deadline = proc.deadline or killed_at + TIMING["lease_timeout"]
+        bound = deadline + TIMING["fence_timeout"]
+        mine = [g for g in self.guests.values() if g.host == slot.name]
+        # Judged: the guests that run. A migration's paused source or a guest left to clean up
+        # may have been released from the deadline (its leases moved away): killed below.
+        running = [g for g in mine if g.state is Placement.RUNNING and g.pid is not None]
+        deaths: dict[str, float | None] = {}
+
+        async def watch(guest: PlacedGuest) -> None:
+            deaths[guest.uuid] = await self._watch_guest(guest)
+
+        with anyio.move_on_after(max(0.0, bound - self.now()) + SUPERVISOR_KILL_LIMIT):
+            async with anyio.create_task_group() as tg:
+                for guest in running:
+                    tg.start_soon(watch, guest, name=f"watch {guest.uuid}")
+        late = 0.0
+        for guest in mine:
+            if guest not in running:
+                await self._kill_guest(guest)
+                continue
+            seen = deaths.get(guest.uuid)
+            if seen is None:
+                self.findings.append(
+                    f"{slot.name}'s coordinator was killed for good and its guest {guest.uuid} still "
+                    f"ran {self.now() - bound:.2f} s past its last deadline + fence_timeout"
+                )
+                await self._kill_guest(guest)
+                self.record(GuestStopped(self.now(), slot.name, guest.uuid, StopReason.FENCED))
+            elif seen is not None:
+                self.kill_margins.append(seen - deadline)
+                late = max(late, seen - deadline)
+                if seen > bound:
+                    self.findings.append(
+                        f"{slot.name}'s coordinator was killed for good and its guest {guest.uuid} died "
+                        f"{seen - deadline:.3f} s after its last deadline (fence_timeout "
+                        f"{TIMING['fence_timeout']} s)"
+                    )
+        self.out(
+            f"coordinator of {slot.name} killed for good: {len(running)} guests dead, the last "
+            f"{late:.3f} s after its last lease deadline (bound: fence_timeout {TIMING['fence_timeout']} s)"
+        )
+        for key in [k for k in self.guests if k[0] == slot.name]:
+            del self.guests[key]
+
+    async def _takeover_then_restart(self, slot: Slot, downtime: float) -> None:
+        """Past host_dead, the other hosts take every disk the killed host's guests had; later a new
+        process boots in its place (a new incarnation: its guests died long before)."""
+        # host_dead after its last renewal (deadline - lease_timeout) the others may take over.
+        proc = slot.past[-1] if slot.past else None
+        renewed = self.now()
+        if proc is not None and proc.deadline:
+            renewed = proc.deadline - TIMING["lease_timeout"]
+        with anyio.move_on_after(max(0.0, renewed + TIMING["host_dead"] + SLACK - self.now())):
+            await self._stop.wait()
+        others = [s for s in self._up() if s is not slot]
+        if not self.stopping and others:
+            self.ops["takeover probes"] += 1
+            for index, path in enumerate(self.disks):
+                with suppress(HostGone, TimeoutError):
+                    await self._probe(others[index % len(others)], path)
+        await self._restart_later(slot, downtime)
+
+    async def _supervisor_kill(self, guest: PlacedGuest) -> bool:
+        """SIGKILL a guest's supervisor: the guest dies with it; then its domain is shut down.
+
+        False if that did not happen (the guest stopped meanwhile, its
+        supervisor had not reconnected to a restarted coordinator yet...).
+        """
+        key = (guest.host, guest.uuid)
+        async with self._locked(key):
+            proc = self._live_proc(guest.host)
+            if proc is None or self.guests.get(key) is not guest or guest.state is not Placement.RUNNING:
+                return False
+            try:
+                result = await proc.call("kill_supervisor", uuid=guest.uuid)
+            except HostOpError as exc:
+                self.ops[f"supervisor kill failed: {exc.kind}"] += 1
+                return False
+            except (HostGone, TimeoutError):
+                return False
+            self.faults["supervisor_kill"] += 1
+            if not result["died"]:
+                self.findings.append(
+                    f"the guest {guest.uuid} of {guest.host} outlived its killed supervisor "
+                    f"{result['supervisor']} by {result['after']:.2f} s"
+                )
             guest.state = Placement.CLEANUP
-        if victims:
-            self.ops["watchdog kills"] += len(victims)
+            with suppress(HostGone, TimeoutError):
+                await self._stop_guest(key, "cleanup")
+            return True
 
     async def _reattach(self, proc: HostProcess, guest: PlacedGuest) -> None:
         key = (guest.host, guest.uuid)
@@ -567,13 +706,11 @@ class FaultInjector(Workload):
                 return
             # libvirt kills a guest it cannot reconnect to; the host recorded no stop for it.
             was_running = guest.state is Placement.RUNNING
-            await self._kill_sleep(guest.host, guest.sleep)
-            guest.sleep = None
+            await self._kill_guest(guest)
             if was_running:
                 self.record(GuestStopped(self.now(), guest.host, guest.uuid, StopReason.FENCED))
             guest.state = Placement.CLEANUP
-        await self._kill_sleep(guest.host, guest.sleep)  # one that never ran (a destination's) too
-        guest.sleep = None
+        await self._kill_guest(guest)  # one that never ran (a destination's) too
         with suppress(HostOpError):
             result = await proc.call("stop", uuid=guest.uuid)
             if result["released"]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import signal
 from collections.abc import (
     Mapping,
@@ -16,7 +17,77 @@ import anyio.abc
 import attrs
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from .settings import CALL_TIMEOUT, MAX_LINE
+from ...guest import is_running_sync
+from .settings import CALL_TIMEOUT, MAX_LINE, REAP_TIMEOUT
+
+# --- the reaper: every host process runs under one -------------------------------------------
+
+# Run with ``python -I -c REAPER PYTHON ARGS...``. The supervisors a host process starts detach
+# from it (they must outlive it), so they and their guests would be orphaned to whatever reaps
+# for the machine; this small process is their subreaper instead. It runs the host process as
+# its child, gives up its copies of the control pipes (the host's death must close them), reaps
+# until nothing of its own is left, and on SIGTERM kills every process that is its child (the
+# host process, the supervisors; their guests then die of PR_SET_PDEATHSIG and are reaped too):
+# the machine died.
+REAPER = r"""
+import ctypes, os, signal, sys
+ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+host = os.fork()
+if host == 0:
+    os.execv(sys.argv[1], sys.argv[1:])
+null = os.open(os.devnull, os.O_RDWR)
+os.dup2(null, 0)
+os.dup2(null, 1)
+ending = False
+def kill_children():
+    me = str(os.getpid()).encode()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % entry, "rb") as f:
+                raw = f.read()
+            if raw[raw.rfind(b")") + 2:].split()[1] == me:
+                os.kill(int(entry), signal.SIGKILL)
+        except (OSError, IndexError):
+            pass
+def end(signum, frame):
+    global ending
+    ending = True
+    kill_children()
+signal.signal(signal.SIGTERM, end)
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        break
+    if ending:
+        kill_children()  # orphans reparented to us meanwhile
+"""
+
+
+def open_pidfd(pid: int, start: int | None) -> int | None:
+    """A pidfd of ``pid`` while it is still the process that started at ``start``; None once it is not.
+
+    Reads /proc: call it in a worker thread.
+    """
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return None
+    if not is_running_sync(pid, start):  # a zombie, or the pid was reused
+        os.close(fd)
+        return None
+    return fd
+
+
+async def wait_exit(fd: int, limit: float) -> bool:
+    """Whether the process of pidfd ``fd`` exits within ``limit`` seconds (a pidfd polls readable then)."""
+    with anyio.move_on_after(limit):
+        await anyio.wait_readable(fd)
+        return True
+    return False
+
 
 # --- the stall helper: holds lock files from outside ----------------------------------------
 
@@ -78,10 +149,18 @@ class _Reply:
 
 
 class HostProcess:
-    """The driver's handle on one host process (a standby until it becomes a host)."""
+    """The driver's handle on one host process (a standby until it becomes a host).
+
+    ``process`` is its reaper (:data:`REAPER`); the host process proper is
+    known by the pid it reports, through a pidfd.
+    """
 
     def __init__(self, process: anyio.abc.Process) -> None:
         self.process = process
+        self.host_pid = 0
+        self._pidfd = -1
+        # The last lease deadline its coordinator pushed to its supervisors, on CLOCK_MONOTONIC.
+        self.deadline = 0.0
         self.name = ""
         self.endpoint = ""
         self.incarnation = ""
@@ -91,13 +170,14 @@ class HostProcess:
         self.fenced: set[str] = set()  # guests its coordinator fenced, reported as they happen
         self._standby = anyio.Event()
         self._ready = anyio.Event()  # set on ready, on failure and on exit
+        self.closed = anyio.Event()  # the control channel ended: everything it said has been read
         self._pending: dict[int, _Reply] = {}
         self._ids = itertools.count(1)
         self._send_lock = anyio.Lock()  # trio's pipe streams refuse concurrent senders
 
     @property
     def pid(self) -> int:
-        return self.process.pid
+        return self.host_pid or self.process.pid
 
     @property
     def ready(self) -> bool:
@@ -110,7 +190,12 @@ class HostProcess:
             while True:
                 message = json.loads(await stream.receive_until(b"\n", MAX_LINE))
                 event = message.get("event")
-                if event == "standby":
+                if event == "deadline":
+                    self.deadline = float(message["at"])
+                elif event == "standby":
+                    self.host_pid = int(message["pid"])
+                    with suppress(ProcessLookupError):  # already dead: its pipe ends next
+                        self._pidfd = os.pidfd_open(self.host_pid)
                     self._standby.set()
                 elif event == "ready":
                     self.endpoint = str(message["endpoint"])
@@ -137,6 +222,7 @@ class HostProcess:
             pass
         finally:
             self.gone = True  # whoever still waits learns that no answer will come
+            self.closed.set()
             self._standby.set()
             self._ready.set()
             for pending in self._pending.values():
@@ -194,19 +280,46 @@ class HostProcess:
         return result
 
     def signal(self, sig: signal.Signals) -> None:
+        """Signal the host process (before it said who it is: SIGKILL ends its reaper's children)."""
+        if self._pidfd >= 0:
+            with suppress(ProcessLookupError):
+                signal.pidfd_send_signal(self._pidfd, sig)
+        elif sig is signal.SIGKILL:
+            self._end_reaper()
+
+    def _end_reaper(self) -> None:
         if self.process.returncode is None:
             with suppress(ProcessLookupError):
-                self.process.send_signal(sig)
+                self.process.send_signal(signal.SIGTERM)
 
     async def kill(self) -> None:
-        """SIGKILL and reap (nothing is released or left: a crash)."""
+        """SIGKILL the host process and wait for its death; its supervisors and guests live on.
+
+        Nothing is released or left: a crash of the coordinator.
+        """
         with anyio.CancelScope(shield=True):
             self.signal(signal.SIGKILL)
+            if self._pidfd < 0 or not await wait_exit(self._pidfd, REAP_TIMEOUT):
+                await self.kill_all()
+
+    async def kill_all(self) -> None:
+        """The machine dies: SIGKILL the host process, its supervisors and their guests, and reap them."""
+        with anyio.CancelScope(shield=True):
+            self.signal(signal.SIGKILL)
+            self._end_reaper()
+            with anyio.move_on_after(REAP_TIMEOUT):
+                await self.process.wait()
+                return
+            with suppress(ProcessLookupError):
+                self.process.kill()  # a reaper that does not end: its orphans go to the machine's
             await self.process.wait()
 
     async def aclose(self) -> None:
         with anyio.CancelScope(shield=True):
-            self.signal(signal.SIGKILL)
             # SIGCONT too: a stopped process does not die of SIGKILL any slower, but be plain about it.
             self.signal(signal.SIGCONT)
+            await self.kill_all()
             await self.process.aclose()
+            if self._pidfd >= 0:
+                os.close(self._pidfd)
+                self._pidfd = -1

@@ -32,6 +32,12 @@ class ChaosReport:
         unreadable_lines: torn history lines skipped (a process killed while appending).
         violations: what the checker found; empty in a correct run.
         workdir: where the lockspace, histories and logs are ("" once removed).
+        findings: what the driver judged wrong itself: a guest alive past its
+            supervisor's bound after its coordinator was killed for good, or
+            one that outlived its killed supervisor; empty in a correct run.
+        kill_margins: for each guest of a coordinator killed for good, when it
+            was seen dead, in seconds after the last lease deadline its
+            coordinator pushed (at most fence_timeout).
     """
 
     seed: int
@@ -48,9 +54,16 @@ class ChaosReport:
     unreadable_lines: int
     violations: tuple[Violation, ...]
     workdir: str = ""
+    findings: tuple[str, ...] = ()
+    kill_margins: tuple[float, ...] = ()
+
+    @property
+    def failures(self) -> int:
+        """Violations and findings together: what ``violations: N`` counts."""
+        return len(self.violations) + len(self.findings)
 
     def summary(self) -> list[str]:
-        """The report as lines of text; the last one is ``violations: N``."""
+        """The report as lines of text; the last one is ``violations: N`` (findings included)."""
         ops = ", ".join(f"{k} {v}" for k, v in sorted(self.operations_by_kind.items()))
         faults = " ".join(f"{k.replace(' ', '-')}={v}" for k, v in sorted(self.faults.items()))
         lines = [
@@ -61,12 +74,18 @@ class ChaosReport:
             f"migrations: {self.migrations_committed} committed, {self.migrations_cancelled} cancelled",
             f"events: {self.events} merged ({self.writes} writes, {self.unreadable_lines} torn lines)",
         ]
+        if self.kill_margins:
+            lines.append(
+                f"coordinators killed for good: {len(self.kill_margins)} guests seen dead, the last "
+                f"{max(self.kill_margins):.3f} s after the last lease deadline pushed"
+            )
         if self.workdir:
             lines.append(f"workdir: {self.workdir}")
+        lines.extend(f"FINDING: {finding}" for finding in self.findings)
         for violation in self.violations:
             lines.append(
                 f"VIOLATION rule {violation.rule.value} ({violation.rule.name}): {violation.message}"
             )
             lines.extend(f"    {event!r}" for event in violation.evidence)
-        lines.append(f"violations: {len(self.violations)}")
+        lines.append(f"violations: {self.failures}")
         return lines

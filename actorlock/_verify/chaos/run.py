@@ -120,6 +120,8 @@ async def run_chaos(
             unreadable_lines=torn,
             violations=tuple(violations),
             workdir=str(directory) if keep else "",
+            findings=tuple(driver.findings),
+            kill_margins=tuple(driver.kill_margins),
         )
     for line in report.summary():
         out(line)
@@ -130,7 +132,8 @@ def main_chaos(argv: Sequence[str] | None = None) -> int:
     """``actorlock chaos``: run :func:`run_chaos`; exit 1 on violations, 0 otherwise."""
     parser = argparse.ArgumentParser(
         prog="actorlock chaos",
-        description="Host processes on loopback under kill -9, SIGSTOP and restarts; the history is checked.",
+        description="Host processes on loopback, guests under supervisors, under kill -9, SIGSTOP, "
+        "stalled storage and restarts; the history is checked.",
     )
     parser.add_argument("--seconds", type=float, default=20.0, help="how long the workload runs (default 20)")
     parser.add_argument("--seed", type=int, help="seed of the random choices (default: random, printed)")
@@ -152,7 +155,7 @@ def main_chaos(argv: Sequence[str] | None = None) -> int:
         args.workdir,
         backend=args.backend,
     )
-    return 1 if report.violations else 0
+    return 1 if report.failures else 0
 
 
 async def _run_for_cli(

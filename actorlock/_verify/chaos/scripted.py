@@ -10,6 +10,7 @@ from collections.abc import (
 )
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -68,6 +69,30 @@ class ChaosHosts:
     async def kill9(self, host: str) -> None:
         """SIGKILL the host process and every guest on it."""
         await self._driver._kill9(self._slot(host))
+
+    async def kill_coordinator_for_good(self, host: str) -> list[float]:
+        """SIGKILL the host process, never to restart it, and wait for its running guests to die.
+
+        Returns, per guest, when it was seen dead in seconds after the last
+        lease deadline its coordinator pushed; a guest still alive past that
+        plus fence_timeout (and a little) is in :attr:`findings`.
+        """
+        driver = self._driver
+        before = len(driver.kill_margins)
+        await driver._killed_for_good(self._slot(host))
+        return driver.kill_margins[before:]
+
+    async def kill_supervisor(self, host: str, uuid: str) -> dict[str, Any]:
+        """SIGKILL the supervisor of guest ``uuid`` on ``host``: whether its guest died with it, and when."""
+        proc = self._slot(host).proc
+        if proc is None:
+            raise InvalidParameterError(f"chaos host {host} is down")
+        return await proc.call("kill_supervisor", uuid=uuid)
+
+    @property
+    def findings(self) -> list[str]:
+        """What the driver judged wrong itself (a guest that outlived its bound)."""
+        return list(self._driver.findings)
 
     @asynccontextmanager
     async def stalled_storage(

@@ -24,10 +24,12 @@ WRITE_INTERVAL = 0.05  # how often a running guest writes each of its disks
 # take over (host_dead after its last renewal, which started up to renew_interval
 # before the freeze): 1.0 - 0.3 - 0.1 = 0.6, less a margin for scheduling.
 SIGSTOP_MAX = 0.55
-# The supervisor stand-in: a crashed coordinator's guests are killed unless it is back,
-# resumed, this long after the crash. Its last renewal started at most renew_interval
-# before the crash, so the guests are gone well before host_dead after it.
-WATCHDOG = 0.4
+# Every guest runs under its supervisor (actorlock.supervisor), as this command line.
+GUEST_ARGV = ("sleep", "600")
+# How long a guest may take to die once its supervisor was killed (PR_SET_PDEATHSIG: at once).
+SUPERVISOR_KILL_LIMIT = 2.0
+# A host process, or a reaper killing what it reaps, that takes longer than this to die is stuck.
+REAP_TIMEOUT = 10.0
 # Rule 5's allowance between a refusal being decided in a backend and being recorded.
 SLACK = 0.25
 
@@ -67,5 +69,20 @@ SETTLE = TIMING["lease_timeout"]
 HELPER_TIMEOUT = 5.0  # the stall's lock holder must hold everything within this
 # The injector's first cycle (fixed, so that a short run sees every kind) and the later ones
 # (shuffled): a stall is the longest fault but one, and the one most worth meeting often.
-FIRST_FAULTS = ("sigstop", "storage-stall", "coordinator_crash", "kill9")
-FAULT_CYCLE = ("kill9", "sigstop", "coordinator_crash", "storage-stall", "storage-stall")
+FIRST_FAULTS = (
+    "sigstop",
+    "storage-stall",
+    "supervisor_kill",
+    "coordinator_crash",
+    "coordinator_killed",
+    "kill9",
+)
+FAULT_CYCLE = (
+    "kill9",
+    "sigstop",
+    "coordinator_crash",
+    "coordinator_killed",
+    "supervisor_kill",
+    "storage-stall",
+    "storage-stall",
+)

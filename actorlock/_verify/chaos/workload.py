@@ -64,32 +64,27 @@ class Workload(DriverCore):
             proc = self._live_proc(slot.name)
             if proc is None or key in self.guests:
                 return False
-            sleep = await self._spawn_sleep(slot.name)
             self.ops["start"] += 1
             try:
-                result = await proc.call("start", uuid=uuid, disks=self._disks_of(uuid), pid=sleep.pid)
+                result = await proc.call("start", uuid=uuid, disks=self._disks_of(uuid))
             except HostOpError as exc:
-                await self._kill_sleep(slot.name, sleep)
                 self.ops[
                     "start refused" if exc.is_a("ResourceBusyError") else f"start failed: {exc.kind}"
                 ] += 1
                 return False
             except TimeoutError:
-                # It may still finish there: the guest is killed and the domain cleaned up later.
-                await self._kill_sleep(slot.name, sleep)
+                # It may still finish there: the domain (and its guest) is cleaned up later.
                 if slot.proc is proc:
-                    self.guests[key] = PlacedGuest(slot.name, uuid, None, Placement.CLEANUP)
+                    self.guests[key] = PlacedGuest(slot.name, uuid, None, None, Placement.CLEANUP)
                 raise
-            except HostGone:
-                await self._kill_sleep(slot.name, sleep)
-                raise
+            guest = PlacedGuest(slot.name, uuid, result["pid"], result["start"], Placement.CLEANUP)
             if slot.proc is not proc:
-                await self._kill_sleep(slot.name, sleep)
+                await self._kill_guest(guest)
                 return False
             proc.fenced.discard(uuid)
-            state = Placement.RUNNING if result["running"] else Placement.CLEANUP
-            self.guests[key] = PlacedGuest(slot.name, uuid, sleep, state)
-            return state is Placement.RUNNING
+            guest.state = Placement.RUNNING if result["running"] else Placement.CLEANUP
+            self.guests[key] = guest
+            return guest.state is Placement.RUNNING
 
     async def _op_stop(self, rng: random.Random) -> None:
         if not self.guests:
@@ -101,7 +96,7 @@ class Workload(DriverCore):
             await self._stop_guest(key, "stop")
 
     async def _stop_guest(self, key: tuple[str, str], why: str) -> None:
-        """Stop the guest ``key`` (lock held): the host stops and shuts it down, then its sleep is killed.
+        """Stop the guest ``key`` (lock held): the host stops it, kills its ``sleep`` and shuts it down.
 
         ``why`` counts it: ``stop`` (the workload's) or ``cleanup`` (after a migration).
         """
@@ -118,8 +113,7 @@ class Workload(DriverCore):
         if self.slots[key[0]].proc is not proc:
             return  # crashed meanwhile: the crash took care of its guests
         proc.fenced.discard(guest.uuid)
-        await self._kill_sleep(guest.host, guest.sleep)
-        guest.sleep = None
+        guest.pid = None  # the host killed it
         if result["released"]:
             del self.guests[key]
         else:
@@ -163,9 +157,10 @@ class Workload(DriverCore):
         except HostOpError as exc:
             self.ops[f"migrate refused: {exc.kind}"] += 1
             return
-        sleep = await self._spawn_sleep(dst)
+        incoming = PlacedGuest(dst, uuid, None, None, Placement.CLEANUP)
         try:
-            await dproc.call("incoming", uuid=uuid, disks=self._disks_of(uuid), pid=sleep.pid)
+            result = await dproc.call("incoming", uuid=uuid, disks=self._disks_of(uuid))
+            incoming.pid, incoming.start = result["pid"], result["start"]
         except (HostOpError, HostGone, TimeoutError):
             commit = False  # the destination cannot take it: cancel on both sides
         op = "commit" if commit else "cancel"
@@ -175,16 +170,15 @@ class Workload(DriverCore):
         source, dest = results
         # The destination: keep its guest if it runs there, else drop its side.
         dst_key = (dst, uuid)
+        self.guests[dst_key] = incoming
         if isinstance(dest, dict) and dest["running"] and self.slots[dst].proc is dproc:
-            self.guests[dst_key] = PlacedGuest(dst, uuid, sleep, Placement.RUNNING)
+            incoming.state = Placement.RUNNING
+        elif self.slots[dst].proc is dproc:
+            with suppress(HostGone, TimeoutError):
+                await self._stop_guest(dst_key, "cleanup")
         else:
-            self.guests[dst_key] = PlacedGuest(dst, uuid, sleep, Placement.CLEANUP)
-            if self.slots[dst].proc is dproc:
-                with suppress(HostGone, TimeoutError):
-                    await self._stop_guest(dst_key, "cleanup")
-            else:
-                self.guests.pop(dst_key, None)
-                await self._kill_sleep(dst, sleep)
+            self.guests.pop(dst_key, None)
+            await self._kill_guest(incoming)
         outcome = ""
         for side in (source, dest):
             if isinstance(side, dict) and side["outcome"] in ("committed", "cancelled"):
@@ -225,7 +219,7 @@ class Workload(DriverCore):
                     return None
                 self.ops["probe"] += 1
                 try:
-                    await proc.call("start", uuid=uuid, disks=[[path, False]], pid=None, probe=True)
+                    await proc.call("start", uuid=uuid, disks=[[path, False]], probe=True)
                 except HostOpError as exc:
                     if exc.is_a("ResourceBusyError"):
                         self.ops["probe refused"] += 1

@@ -17,10 +17,13 @@ is real) and runs, concurrently:
     random downtime; some hosts stay down to the end (two always stay up);
   - coordinator crash, restarted (and its guests re-attached) before its
     lease expires;
-  - host pause (guests frozen too), short enough for the guests to be
-    fenced on waking before another host could take over (at most
-    ``host_dead - fence_timeout - renew_interval``), so sometimes past
-    ``lease_timeout`` (the guests are then fenced on waking) and sometimes not;
+  - coordinator down for good (``coordinator_down``): never restarted; its
+    guests' supervisors stop them at the last deadline it pushed, before
+    another host may take their disks (the HA hunters try);
+  - host pause (guests and their supervisors frozen too), up to twice
+    ``host_dead``: past it other hosts take the disks of its guests, which
+    write on waking before anything can stop them, and the storage, which
+    checks fencing tokens, refuses those writes;
   - backend faults (:data:`BACKEND_FAULTS`): renewals, acquisitions or
     releases failing or stalling, alone or together; each operation heals
     at its own time;
@@ -53,16 +56,14 @@ checker's rule 5 needs to judge that leases of hosts that stayed down were
 taken over. A snapshot of the lease records (``LeaseHeld``) is taken last and
 :func:`~actorlock.testing.checker.check` judges the whole history.
 
-Not generated, on purpose (known gaps, not bugs):
-
-- a coordinator that crashes and is not restarted within ``lease_timeout``:
-  nothing fences its guests (no supervisor yet; docs/timing.md, "What is not
-  covered yet");
-- a host paused for longer than ``host_dead - fence_timeout -
-  renew_interval``: its guests resume writing the instant it wakes, while
-  its failure action takes up to ``fence_timeout``, and another host may
-  take their disks ``host_dead`` after the last renewal; only a watchdog
-  that resets a host that stopped renewing (sanlock's wdmd) closes that.
+Every cluster runs supervised, on storage that checks fencing tokens
+(``open_cluster(supervised=True, fencing_storage=True)``, issue 9): each
+host's guests run under supervisors that outlive its coordinator, and the
+checker knows that storage refused the stale writes of a woken host. That
+is what makes the two faults above safe, and without either they are
+unsafe by design: a coordinator that stays down leaves its guests running
+as others take their disks, and a host frozen past ``host_dead`` wakes with
+guests whose first write nothing on the host can stop (docs/timing.md).
 
 The summary counts the faults by kind (``faults: storage-stall=N slow-io=N
 ...``, :data:`~actorlock.testing.cluster.FAULT_KINDS`).

@@ -48,6 +48,7 @@ class _Scenario:
         self.anomalies: list[str] = []
         self.own: dict[str, set[str]] = {}  # host -> the guest uuids its worker drives
         self.hunts = 0
+        self.down_for_good: set[str] = set()  # hosts whose coordinator never comes back
 
     # -- guest operations ------------------------------------------------------
 
@@ -114,7 +115,12 @@ class _Scenario:
 
     async def chaos_worker(self) -> None:
         rng = random.Random(f"{self.seed}:faults")
-        kinds = [k for k in FAULT_WEIGHTS if k != "read_delay" or self.cluster.backend_kind == "memory"]
+        kinds = [
+            k
+            for k in FAULT_WEIGHTS
+            if (k != "read_delay" or self.cluster.backend_kind == "memory")
+            and (k != "coordinator_down" or self.settings.supervised)
+        ]
         weights = [FAULT_WEIGHTS[k] for k in kinds]
         async with anyio.create_task_group() as tg:
             for _ in range(rng.randint(*self.settings.faults)):
@@ -150,9 +156,14 @@ class _Scenario:
             return label not in cluster.storage_faults(name)
         if any(h == name for h, _ in cluster.active_faults()):
             return False
-        if kind == "crash_host":
-            # Keep two hosts that can take over and probe.
-            alive = [h for h in cluster.hosts.values() if h.state is not HostState.CRASHED]
+        if kind in ("crash_host", "coordinator_down"):
+            # Keep two hosts that can take over and probe: a host whose coordinator is
+            # down for good is as gone to them as a crashed one.
+            alive = [
+                h
+                for h in cluster.hosts.values()
+                if h.state is not HostState.CRASHED and h.name not in self.down_for_good
+            ]
             return len(alive) > 2
         return True
 
@@ -184,12 +195,22 @@ class _Scenario:
             await cluster.crash_coordinator(name)
             duration = rng.uniform(0.0, 0.9) * left
             tg.start_soon(self._later, duration, self._restart, name)
+        elif kind == "coordinator_down":
+            # Never restarted: only the guests' supervisors stop them, at the last
+            # deadline it pushed, before another host may take their disks.
+            self.down_for_good.add(name)
+            await cluster.crash_coordinator(name, for_good=True)
+            duration = timing.host_dead + timing.renew_interval
         elif kind == "pause_host":
             await cluster.pause_host(name)
             # On waking, the guests run at once and the failure action takes up
             # to fence_timeout; it must be done before host_dead has passed since
             # the last renewal (less than one renew_interval before the pause).
             longest = timing.host_dead - timing.fence_timeout - timing.renew_interval
+            if self.cluster.storage.fences:
+                # Storage refuses the woken guests' writes with stale tokens
+                # (issue 9): the pause may outlast host_dead and the takeovers.
+                longest = 2 * timing.host_dead
             duration = rng.uniform(0.1, 1.0) * longest
             tg.start_soon(self._later, duration, cluster.resume_host, name)
         else:
@@ -557,6 +578,8 @@ async def run_scenario(
             fence_delay=knobs.fence_delay * fence_timeout,
             seed=seed,
             history=history,
+            supervised=knobs.supervised,
+            fencing_storage=knobs.supervised,
         ) as cluster:
             scenario = _Scenario(cluster, seed, knobs)
             try:

@@ -25,6 +25,8 @@ FAULT_WEIGHTS: Mapping[str, float] = MappingProxyType(
     {
         "crash_host": 2.0,
         "crash_coordinator": 2.0,
+        # The coordinator dies and never comes back: its guests' supervisors stop them (issue 9).
+        "coordinator_down": 1.5,
         "pause_host": 2.0,
         "backend": 3.0,
         # Storage faults with a duration (issue 7); Cluster.fault_counts spells them with dashes.
@@ -97,6 +99,12 @@ class ScenarioSettings:
         stall_inside: chance that a saturated pool comes with a storage stall
             of the same host (its lease I/O is what filled the pool), and that
             a slow state store meets one.
+        supervised: guests run under supervisors, on storage that checks
+            fencing tokens (issue 9), with the faults only they make safe
+            (coordinators down for good, pauses past host_dead). False is
+            the model before them, seed for seed: the sensitivity harness
+            uses it, since a supervisor would stop the guests that a
+            coordinator bug leaves running, and so hide the bug it measures.
     """
 
     guests_per_host: int = 3
@@ -115,3 +123,4 @@ class ScenarioSettings:
     read_delay: float = 1.0
     restart_inside: float = 0.35
     stall_inside: float = 0.6
+    supervised: bool = True
