@@ -336,7 +336,7 @@ def _write_temps(
                 view = view[os.write(fds[-1], view) :]
         if syncers is not None and len(fds) > _SYNC_ALONE:
             # list() waits for every fsync and raises the first failure.
-            list(syncers.map(_fsync_all, [fds[i :: _SYNCERS] for i in range(_SYNCERS)]))
+            list(syncers.map(_fsync_all, [fds[i::_SYNCERS] for i in range(_SYNCERS)]))
         else:
             _fsync_all(fds)
         while fds:
