@@ -70,6 +70,7 @@ import anyio
 import anyio.from_thread
 import anyio.to_thread
 import attrs
+from anyio.lowlevel import EventLoopToken
 
 from ..clock import host_clock
 from ..errors import (
@@ -759,6 +760,7 @@ class FileLeaseBackend:
         # Lease traffic (not renewals: they keep their own thread, see _liveness).
         self._worker: BatchWorker[_LeaseJob[Any]] = BatchWorker("actorlock-lockspace", self._run_batch)
         self._sync_pool: ThreadPoolExecutor | None = None  # made and used by the worker thread only
+        self._step_token: EventLoopToken | None = None  # worker thread only: the running job's loop
         # Entries a listing skipped and logged: each is logged once, not per listing.
         self._reported: set[tuple[str, str]] = set()
 
@@ -879,6 +881,7 @@ class FileLeaseBackend:
                     job.fail(_Abandoned())
                     continue
                 try:
+                    self._step_token = job.token
                     job.value, writes = job.step(job.cancel, job.locked)
                 except BaseException as exc:
                     job.fail(exc)
@@ -1109,7 +1112,8 @@ class FileLeaseBackend:
             pairs.append((holder, host_records[host_id]))
         if cancel.is_set():
             raise _Abandoned
-        return anyio.from_thread.run_sync(self._judge_on_loop, pairs, read_at)
+        # The loop of the job being run (the worker thread may have been started by an earlier one).
+        return anyio.from_thread.run_sync(self._judge_on_loop, pairs, read_at, token=self._step_token)
 
     def _judge_on_loop(
         self, pairs: Sequence[tuple[Holder, HostRecord | None]], read_at: float

@@ -41,7 +41,7 @@ __all__ = ["BatchWorker", "Job"]
 class Job(Generic[T]):
     """One caller's request; the batch function fills in ``value`` or ``error``."""
 
-    __slots__ = ("_done", "_token", "cancel", "error", "value")
+    __slots__ = ("_done", "cancel", "error", "token", "value")
 
     def __init__(self) -> None:
         self.cancel = threading.Event()  # set when the caller gave up: commit nothing for it
@@ -49,7 +49,7 @@ class Job(Generic[T]):
         self.error: BaseException | None = None
         # Created on the event loop thread, set there (anyio events are not thread-safe).
         self._done = anyio.Event()
-        self._token = anyio.lowlevel.current_token()
+        self.token = anyio.lowlevel.current_token()
 
     def fail(self, exc: BaseException) -> None:
         self.error = exc
@@ -161,7 +161,7 @@ def _wake(jobs: Sequence[Job[Any]]) -> None:
     """Set the events of settled jobs: one hop to each event loop, not one per job."""
     by_loop: dict[int, list[Job[Any]]] = {}
     for job in jobs:
-        by_loop.setdefault(id(job._token.native_token), []).append(job)
+        by_loop.setdefault(id(job.token.native_token), []).append(job)
     for group in by_loop.values():
 
         def wake(group: list[Job[Any]] = group) -> None:
@@ -170,4 +170,4 @@ def _wake(jobs: Sequence[Job[Any]]) -> None:
 
         # The loop has ended (nobody is waiting any more): nothing to wake.
         with contextlib.suppress(Exception):
-            anyio.from_thread.run_sync(wake, token=group[0]._token)
+            anyio.from_thread.run_sync(wake, token=group[0].token)
