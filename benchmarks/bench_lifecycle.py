@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import logging
 import os
 import struct
 import tempfile
@@ -33,7 +32,7 @@ import time
 from pathlib import Path
 
 import anyio
-from benchtable import Table
+from benchtable import Table, run
 
 import actorlock
 
@@ -51,18 +50,23 @@ UNLOCK = struct.pack("hhqqi0q", fcntl.F_UNLCK, os.SEEK_SET, 0, 0, 0)
 RECORD = b"r" * 512
 
 
+def update_in_place(path: str) -> None:
+    """The floor for one disk's record: lock, write it in place, fsync, unlock."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.fcntl(fd, F_OFD_SETLKW, LOCK)
+        os.pwrite(fd, RECORD, 0)
+        os.fsync(fd)
+        fcntl.fcntl(fd, F_OFD_SETLKW, UNLOCK)
+    finally:
+        os.close(fd)
+
+
 def floor_cycle(directory: str, names: list[str]) -> None:
-    """Per disk: lock, write its record in place, fsync, unlock; twice (start, shutdown)."""
+    """Per disk an in-place update, twice (start, shutdown)."""
     for _ in range(2):
         for name in names:
-            fd = os.open(os.path.join(directory, name), os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.fcntl(fd, F_OFD_SETLKW, LOCK)
-                os.pwrite(fd, RECORD, 0)
-                os.fsync(fd)
-                fcntl.fcntl(fd, F_OFD_SETLKW, UNLOCK)
-            finally:
-                os.close(fd)
+            update_in_place(os.path.join(directory, name))
 
 
 def replace_cycle(directory: str, names: list[str]) -> None:
@@ -225,13 +229,7 @@ def main() -> None:
     )
     parser.add_argument("--cycles", type=int, default=300, help="cycles for the single-domain storage runs")
     parser.add_argument("--domains", type=int, default=100, help="domains in the concurrent runs")
-    parser.add_argument("--trio", action="store_true", help="run on trio")
-    parser.add_argument("--dir", default=None, help="where to put the temporary lockspace")
-    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    args = parser.parse_args()
-    # Domains without a guest pid warn on every start: not what is measured here.
-    logging.getLogger("actorlock").setLevel(logging.ERROR)
-    anyio.run(main_async, args, backend="trio" if args.trio else "asyncio")
+    run(parser, main_async)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import logging
 import os
 import tempfile
 import time
 from pathlib import Path
 
 import anyio
-from bench_lifecycle import F_OFD_SETLKW, LOCK, RECORD, TIMING, UNLOCK
-from benchtable import Table
+from bench_lifecycle import TIMING, update_in_place
+from benchtable import Table, run
 
 import actorlock
 
@@ -42,21 +41,12 @@ def rss_bytes() -> int:
 
 def floor_starts(directory: Path, count: int) -> tuple[float, list[float]]:
     """One start's worth of the in-place floor per domain, ``count`` times in a row."""
-    import fcntl
-
     latencies = []
     begin = time.perf_counter()
     for n in range(count):
         t = time.perf_counter()
         for i in range(DISKS):
-            fd = os.open(directory / f"d{n % 64}-{i}", os.O_RDWR | os.O_CREAT, 0o600)
-            try:
-                fcntl.fcntl(fd, F_OFD_SETLKW, LOCK)
-                os.pwrite(fd, RECORD, 0)
-                os.fsync(fd)
-                fcntl.fcntl(fd, F_OFD_SETLKW, UNLOCK)
-            finally:
-                os.close(fd)
+            update_in_place(str(directory / f"d{n % 64}-{i}"))
         latencies.append(time.perf_counter() - t)
     return count / (time.perf_counter() - begin), latencies
 
@@ -147,12 +137,7 @@ def main() -> None:
     parser.add_argument("--backend", default="file", choices=["file", "memory"])
     parser.add_argument("--state-dir", action="store_true", help="give the host a state_dir")
     parser.add_argument("--concurrency", type=int, default=500, help="domains starting at once at most")
-    parser.add_argument("--trio", action="store_true", help="run on trio")
-    parser.add_argument("--dir", default=None, help="where to put the temporary lockspaces")
-    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    args = parser.parse_args()
-    logging.getLogger("actorlock").setLevel(logging.ERROR)
-    anyio.run(main_async, args, backend="trio" if args.trio else "asyncio")
+    run(parser, main_async)
 
 
 if __name__ == "__main__":

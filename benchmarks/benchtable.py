@@ -8,11 +8,16 @@ only: nothing is asserted (timing assertions would fail on a busy machine).
 
 from __future__ import annotations
 
+import argparse
 import json
+import logging
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+import anyio
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -21,6 +26,17 @@ def pct(samples: list[float], q: float) -> float:
         return 0.0
     ordered = sorted(samples)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def run(parser: argparse.ArgumentParser, main_async: Callable[[argparse.Namespace], Awaitable[None]]) -> None:
+    """Add the options every benchmark has, parse, and run ``main_async(args)``."""
+    parser.add_argument("--trio", action="store_true", help="run on trio")
+    parser.add_argument("--dir", default=None, help="where to put the temporary lockspaces")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    args = parser.parse_args()
+    # Domains without a guest pid warn on every start: not what is measured here.
+    logging.getLogger("actorlock").setLevel(logging.ERROR)
+    anyio.run(main_async, args, backend="trio" if args.trio else "asyncio")
 
 
 def load_average() -> tuple[float, float, float]:

@@ -799,18 +799,25 @@ class FileLeaseBackend:
             return fn(cancel)
 
         try:
-            if not abandonable:
-                return await anyio.to_thread.run_sync(job, limiter=limiter)
-            with anyio.fail_after(self._io_timeout):
-                return await anyio.to_thread.run_sync(job, abandon_on_cancel=True, limiter=limiter)
+            with self._errors_named():
+                if not abandonable:
+                    return await anyio.to_thread.run_sync(job, limiter=limiter)
+                with anyio.fail_after(self._io_timeout):
+                    return await anyio.to_thread.run_sync(job, abandon_on_cancel=True, limiter=limiter)
+        finally:
+            cancel.set()
+
+    @contextlib.contextmanager
+    def _errors_named(self) -> Iterator[None]:
+        """A timeout as BackendTimeoutError, an OSError as the backend error naming the file."""
+        try:
+            yield
         except TimeoutError as exc:
             raise BackendTimeoutError(
                 f"lockspace {self.path}: no answer within {self._io_timeout} s"
             ) from exc
         except OSError as exc:
             raise _os_error(self.path, exc) from exc
-        finally:
-            cancel.set()
 
     async def _submit(
         self, step: _Step[T], locks: Sequence[str] = (), *, create: bool = True, abandonable: bool = True
@@ -823,15 +830,9 @@ class FileLeaseBackend:
         if self._closed:
             raise InvalidStateError("file lease backend is closed")
         job = _LeaseJob(step, locks, create)
-        try:
+        with self._errors_named():
             await self._worker.submit(job, bound=self._io_timeout, abandonable=abandonable)
             return job.result()
-        except TimeoutError as exc:
-            raise BackendTimeoutError(
-                f"lockspace {self.path}: no answer within {self._io_timeout} s"
-            ) from exc
-        except OSError as exc:
-            raise _os_error(self.path, exc) from exc
 
     def _run_batch(self, jobs: list[_LeaseJob[Any]]) -> list[_LeaseJob[Any]]:
         """The I/O worker's batch: lock, decide, one group commit, unlock; returns the jobs left for later.
