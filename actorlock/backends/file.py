@@ -697,13 +697,15 @@ class FileLeaseBackend:
     :meth:`open` or else by the first operation; a problem raises
     :class:`~actorlock.errors.LockspaceError` before anything is written.
 
-    Each operation runs its whole locked read-decide-write sequence in one
-    worker thread, so no lock is ever held across an await. A task that is
-    cancelled or hits ``io_timeout`` abandons its thread: the thread stops
-    before writing if it has not started renaming records, and otherwise
+    Lease operations run their whole locked read-decide-write sequence on
+    one long-lived I/O thread, in batches that share one sync round (group
+    commit: docs/lockspace.md), so no lock is ever held across an await;
+    host records (join, renew, leave) keep their own worker thread. A task
+    that is cancelled or hits ``io_timeout`` abandons its operation: it is
+    dropped if its batch has not started renaming records, and otherwise
     finishes its (atomic) update. After a :class:`BackendTimeoutError` from
     ``acquire`` the leases may therefore exist; ``release`` is idempotent, so
-    releasing them is the safe cleanup.
+    releasing them is the safe cleanup (it queues behind the acquisition).
 
     Args:
         lockspace_dir: an existing directory, local or on shared storage.
