@@ -98,9 +98,11 @@ class BatchWorker(Generic[J]):
         try:
             # Outside the task group, so the timeout is raised as is, not in a group.
             with anyio.fail_after(bound if abandonable else None, shield=not abandonable):
+                if not start:
+                    await job._done.wait()  # the common case: a thread is serving
+                    return
                 async with anyio.create_task_group() as tg:
-                    if start:
-                        tg.start_soon(self._drive)
+                    tg.start_soon(self._drive)
                     await job._done.wait()
                     # The thread keeps serving the queue, abandoned by this caller.
                     tg.cancel_scope.cancel()
