@@ -15,6 +15,13 @@ generation number per file and renames its temporary file only if no newer
 write or delete of that file was issued meanwhile: a late write never
 replaces a newer state.
 
+Domain writes and deletes go through one long-lived I/O thread fed by a
+queue (:mod:`actorlock.backends.ioworker`), not a worker-thread hop each:
+everything queued while a batch runs is written in the next one, and of
+several writes of one file in a batch only the newest is made (the older
+ones would be overtaken anyway). The host's own file keeps a plain worker
+thread: the lifeline writes it and must not queue behind domain traffic.
+
 A file that cannot be read is an error naming it, never skipped silently:
 the host must not forget a guest it may be running. ``load_domains`` raises
 :class:`~actorlock.errors.CorruptStateError` carrying the domains it could
@@ -38,6 +45,7 @@ from typing import Any, Protocol
 import anyio
 import attrs
 
+from .backends.ioworker import BatchWorker, Job
 from .constants import ResourceFlags, ResourceType
 from .errors import CorruptRecordError, CorruptStateError, LockspaceError
 from .model import DomainIdentity, Lease, LeaseMode, Resource
@@ -129,6 +137,16 @@ class MemoryStateStore:
         self.domains.pop(uuid, None)
 
 
+class _StateJob(Job[None]):
+    __slots__ = ("data", "generation", "path")
+
+    def __init__(self, path: Path, data: Any, generation: int) -> None:
+        super().__init__()
+        self.path = path
+        self.data = data  # None: delete the file
+        self.generation = generation
+
+
 class FileStateStore:
     """``state_dir/host.json`` and ``state_dir/domains/<uuid>.json``."""
 
@@ -138,6 +156,7 @@ class FileStateStore:
         self._generations = itertools.count(1)
         self._issued: dict[Path, int] = {}  # newest write or delete issued per file (event loop only)
         self._renames = threading.Lock()  # worker threads: check the generation and rename as one step
+        self._worker: BatchWorker[_StateJob] = BatchWorker("actorlock-state", self._write_batch)
 
     def _issue(self, path: Path) -> int:
         generation = self._issued[path] = next(self._generations)
@@ -162,6 +181,33 @@ class FileStateStore:
 
     async def _run(self, fn: Any, *args: Any) -> None:
         await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+
+    async def _queue(self, path: Path, data: Any) -> None:
+        """Write (or with None delete) ``path`` in the I/O worker's next batch.
+
+        Abandonable, unbounded: the callers bound it by io_timeout.
+        """
+        job = _StateJob(path, data, self._issue(path))
+        await self._worker.submit(job, bound=None)
+        job.result()
+
+    def _write_batch(self, jobs: list[_StateJob]) -> list[_StateJob]:
+        newest: dict[Path, _StateJob] = {}
+        for job in jobs:
+            if job.path not in newest or newest[job.path].generation < job.generation:
+                newest[job.path] = job
+        for job in newest.values():
+            try:
+                if job.data is None:
+                    self._delete(job.path, job.generation)
+                else:
+                    self._replace(job.path, job.data, job.generation)
+            except BaseException as exc:
+                job.fail(exc)
+        for job in jobs:
+            # Overtaken: done when the newer write of its file is, failed when it failed.
+            job.error = newest[job.path].error
+        return []
 
     def _prepare(self) -> None:
         try:
@@ -216,11 +262,11 @@ class FileStateStore:
 
     async def save_domain(self, state: DomainState) -> None:
         path = self._domains / f"{_safe_name(state.identity.uuid)}.json"
-        await self._run(self._replace, path, _encode_domain(state), self._issue(path))
+        await self._queue(path, _encode_domain(state))
 
     async def delete_domain(self, uuid: str) -> None:
         path = self._domains / f"{_safe_name(uuid)}.json"
-        await self._run(self._delete, path, self._issue(path))
+        await self._queue(path, None)
 
 
 def _safe_name(uuid: str) -> str:

@@ -1,12 +1,23 @@
-"""Domain lifecycle throughput: start (4 exclusive disks) + shutdown.
+"""Domain lifecycle throughput: start (4 exclusive disks) + shutdown, against the storage floor.
 
-Prints cycles per second and p50/p99 latency of one start+shutdown cycle for
-the memory and file backends, with 1 and 1,000 concurrent domains, and in
-the same run the floor: raw OFD lock + durable write (temp, fsync, rename,
-directory fsync) + unlock of the same 4 files, done twice per cycle (acquire
-and release each rewrite 4 records). Figures only; nothing is asserted.
+Rows, all measured in this one run (a cycle is one start and one shutdown):
 
-    python benchmarks/bench_lifecycle.py [--cycles 300] [--domains 1000] [--trio]
+* floor: per disk an OFD lock, a 512 B pwrite, fsync and unlock, four disks,
+  twice per cycle (start and shutdown each update every disk's record): the
+  least a durable lock manager does per cycle; sequential, and with
+  ``--domains`` threads at once;
+* the same cycle with the durable replace actorlock does (temp file, fsync,
+  rename, directory fsync), for reference;
+* the file backend with a state_dir, one domain and ``--domains`` at once,
+  each against the sequential floor (goals: >= 1/3 and >= 1x);
+* the memory backend without a state_dir (the simulator's engine; goal
+  >= 20,000 cycles/s), its asks per second against an anyio memory-stream
+  round trip (the actor overhead per message), and with a state_dir.
+
+Figures only; nothing is asserted. The load average is printed: on a shared
+machine the storage figures move with the neighbours' I/O.
+
+    python benchmarks/bench_lifecycle.py [--cycles 300] [--domains 100] [--trio] [--json out.json]
 """
 
 from __future__ import annotations
@@ -15,12 +26,13 @@ import argparse
 import fcntl
 import os
 import struct
-import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 import anyio
+from benchtable import Table, run
 
 import actorlock
 
@@ -35,37 +47,47 @@ DISKS = 4
 F_OFD_SETLKW = getattr(fcntl, "F_OFD_SETLKW", 38)
 LOCK = struct.pack("hhqqi0q", fcntl.F_WRLCK, os.SEEK_SET, 0, 0, 0)
 UNLOCK = struct.pack("hhqqi0q", fcntl.F_UNLCK, os.SEEK_SET, 0, 0, 0)
+RECORD = b"r" * 512
 
 
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def report(label: str, latencies: list[float], elapsed: float) -> float:
-    rate = len(latencies) / elapsed
-    print(
-        f"{label:<34} {rate:9.1f} cycles/s   p50 {pct(latencies, 0.5) * 1e3:8.2f} ms"
-        f"   p99 {pct(latencies, 0.99) * 1e3:8.2f} ms   ({len(latencies)} cycles)"
-    )
-    return rate
+def update_in_place(path: str) -> None:
+    """The floor for one disk's record: lock, write it in place, fsync, unlock."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.fcntl(fd, F_OFD_SETLKW, LOCK)
+        os.pwrite(fd, RECORD, 0)
+        os.fsync(fd)
+        fcntl.fcntl(fd, F_OFD_SETLKW, UNLOCK)
+    finally:
+        os.close(fd)
 
 
 def floor_cycle(directory: str, names: list[str]) -> None:
-    """What a cycle must do at least: two locked, durable rewrites of 4 records."""
+    """Per disk an in-place update, twice (start, shutdown)."""
+    for _ in range(2):
+        for name in names:
+            update_in_place(os.path.join(directory, name))
+
+
+def replace_cycle(directory: str, names: list[str]) -> None:
+    """The durable replace: lock, temps, fsync each, renames, one directory fsync, unlock; twice."""
     for _ in range(2):
         fds = []
         for name in names:
-            fd = os.open(os.path.join(directory, name + ".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(os.path.join(directory, name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
             fcntl.fcntl(fd, F_OFD_SETLKW, LOCK)
             fds.append(fd)
+        temps = []
         for name in names:
             tmp = os.path.join(directory, f".{name}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            os.write(fd, b'{"key":"disk:/x","token":1,"holders":[]}')
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.write(fd, RECORD)
+            temps.append(fd)
+        for fd in temps:
             os.fsync(fd)
             os.close(fd)
-            os.rename(tmp, os.path.join(directory, name + ".json"))
+        for name in names:
+            os.rename(os.path.join(directory, f".{name}.tmp"), os.path.join(directory, name + ".json"))
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
         os.fsync(dfd)
         os.close(dfd)
@@ -74,30 +96,50 @@ def floor_cycle(directory: str, names: list[str]) -> None:
             os.close(fd)
 
 
-def bench_floor(directory: str, cycles: int) -> float:
-    names = [f"disk{i}" for i in range(DISKS)]
-    latencies = []
+def run_floor(root: Path, cycle: object, domains: int, cycles_each: int) -> tuple[float, list[float]]:
+    """``domains`` threads, each ``cycles_each`` cycles on its own four files."""
+    assert callable(cycle)
+    latencies: list[float] = []
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        directory = root / f"floor-{cycle.__name__}-{domains}-{n}"
+        directory.mkdir()
+        names = [f"disk{i}" for i in range(DISKS)]
+        mine = []
+        for _ in range(cycles_each):
+            t = time.perf_counter()
+            cycle(str(directory), names)
+            mine.append(time.perf_counter() - t)
+        with lock:
+            latencies.extend(mine)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(domains)]
     start = time.perf_counter()
-    for _ in range(cycles):
-        t = time.perf_counter()
-        floor_cycle(directory, names)
-        latencies.append(time.perf_counter() - t)
-    return report("floor: OFD lock+durable write x4 x2", latencies, time.perf_counter() - start)
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return len(latencies) / (time.perf_counter() - start), latencies
 
 
-async def bench_backend(backend: str, root: Path, domains: int, cycles_each: int) -> float:
+async def run_backend(
+    backend: str, root: Path, domains: int, cycles_each: int, *, state_dir: bool
+) -> tuple[float, list[float]]:
+    tag = f"{backend}-{domains}-{'state' if state_dir else 'nostate'}"
     cfg: dict[str, object] = {
         "host": {"name": "bench", "id": 1},
         "timing": TIMING,
         "locking": {"backend": backend, "kill_grace": 1.0},
-        "memory": {"lockspace": f"bench-{root.name}-{domains}"},
+        "memory": {"lockspace": f"bench-{root.name}-{tag}"},
     }
+    if state_dir:
+        cfg["host"] = {"name": "bench", "id": 1, "state_dir": str(root / f"state-{tag}")}
     if backend == "file":
-        lockspace = root / f"ls-{domains}"
+        lockspace = root / f"ls-{tag}"
         lockspace.mkdir()
         cfg["file"] = {"lockspace_dir": str(lockspace)}
     latencies: list[float] = []
-
     async with actorlock.open_host(cfg) as host:
 
         async def run_domain(n: int) -> None:
@@ -114,39 +156,80 @@ async def bench_backend(backend: str, root: Path, domains: int, cycles_each: int
             for n in range(domains):
                 tg.start_soon(run_domain, n)
         elapsed = time.perf_counter() - start
-    return report(f"{backend}, {domains} concurrent domain(s)", latencies, elapsed)
+    return len(latencies) / elapsed, latencies
+
+
+async def stream_round_trips(count: int) -> tuple[float, list[float]]:
+    """The floor of one actor ask: a message into a memory stream, a reply back through another."""
+    requests, inbox = anyio.create_memory_object_stream[int](16)
+    replies, outbox = anyio.create_memory_object_stream[int](16)
+    latencies: list[float] = []
+
+    async def echo() -> None:
+        async with inbox, replies:
+            async for message in inbox:
+                await replies.send(message)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(echo)
+        start = time.perf_counter()
+        async with requests, outbox:
+            for i in range(count):
+                t = time.perf_counter()
+                await requests.send(i)
+                await outbox.receive()
+                latencies.append(time.perf_counter() - t)
+        elapsed = time.perf_counter() - start
+    return count / elapsed, latencies
 
 
 async def main_async(args: argparse.Namespace) -> None:
+    table = Table(f"bench_lifecycle ({'trio' if args.trio else 'asyncio'}, {DISKS} disks per domain)")
     with tempfile.TemporaryDirectory(prefix="actorlock-bench-", dir=args.dir) as tmp:
         root = Path(tmp)
-        print(
-            f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, {'trio' if args.trio else 'asyncio'}, "
-            f"lockspace on {root}"
-        )
-        floor_dir = root / "floor"
-        floor_dir.mkdir()
-        floor = await anyio.to_thread.run_sync(bench_floor, str(floor_dir), args.cycles)
-        rates: dict[str, float] = {}
-        for backend in ("memory", "file"):
-            rates[f"{backend}/1"] = await bench_backend(backend, root, 1, args.cycles)
-            each = max(1, args.cycles * 2 // args.domains) if backend == "file" else 3
-            rates[f"{backend}/{args.domains}"] = await bench_backend(backend, root, args.domains, each)
-        print()
-        print(f"file backend, 1 domain, vs floor: {rates['file/1'] / floor:.2f}x the floor's rate")
-        print(f"file backend, {args.domains} domains, vs floor: {rates[f'file/{args.domains}'] / floor:.2f}x")
+        n = args.domains
+        each = max(1, args.cycles // n)
+        seq = "floor: lock+pwrite+fsync x4 x2"
+        rate, lat = await anyio.to_thread.run_sync(run_floor, root, floor_cycle, 1, args.cycles)
+        table.add(seq, rate, lat)
+        rate, lat = await anyio.to_thread.run_sync(run_floor, root, floor_cycle, n, each)
+        table.add(f"floor: same, {n} domains at once", rate, lat, floor=seq)
+        rate, lat = await anyio.to_thread.run_sync(run_floor, root, replace_cycle, 1, args.cycles)
+        table.add("floor: durable replace x4 x2", rate, lat, floor=seq)
+
+        rate, lat = await run_backend("file", root, 1, args.cycles, state_dir=True)
+        table.add("file+state_dir, 1 domain", rate, lat, floor=seq, goal=">= 0.33x")
+        rate, lat = await run_backend("file", root, n, each * 2, state_dir=True)
+        table.add(f"file+state_dir, {n} domains at once", rate, lat, floor=seq, goal=">= 1x")
+        rate, lat = await run_backend("file", root, 1, args.cycles, state_dir=False)
+        table.add("file, 1 domain", rate, lat, floor=seq)
+
+        hops = "floor: memory-stream round trip"
+        rate, lat = await stream_round_trips(args.cycles * 20)
+        table.add(hops, rate, lat)
+        mem_cycles = args.cycles * 20
+        rate, lat = await run_backend("memory", root, 1, mem_cycles, state_dir=False)
+        table.add("memory, 1 domain", rate, lat, goal=">= 20,000/s")
+        # start and shutdown are one ask each: the actor path per message against the bare hop.
+        table.add("memory, 1 domain: asks/s", rate * 2, lat, floor=hops)
+        rate, lat = await run_backend("memory", root, n, max(1, mem_cycles // n), state_dir=False)
+        table.add(f"memory, {n} domains at once", rate, lat)
+        rate, lat = await run_backend("memory", root, 1, args.cycles * 4, state_dir=True)
+        table.add("memory+state_dir, 1 domain", rate, lat)
+        rate, lat = await run_backend("memory", root, n, max(1, args.cycles * 4 // n), state_dir=True)
+        table.add(f"memory+state_dir, {n} domains at once", rate, lat)
+    one, five, _ = os.getloadavg()
+    table.note(f"load average at end: {one:.2f} (5 min {five:.2f})")
+    table.write_json(args.json)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--cycles", type=int, default=300, help="cycles for the single-domain runs")
-    parser.add_argument("--domains", type=int, default=1000, help="domains in the concurrent runs")
-    parser.add_argument("--trio", action="store_true", help="run on trio")
-    parser.add_argument("--dir", default=None, help="where to put the temporary lockspace")
-    args = parser.parse_args()
-    anyio.run(main_async, args, backend="trio" if args.trio else "asyncio")
+    parser.add_argument("--cycles", type=int, default=300, help="cycles for the single-domain storage runs")
+    parser.add_argument("--domains", type=int, default=100, help="domains in the concurrent runs")
+    run(parser, main_async)
 
 
 if __name__ == "__main__":

@@ -63,12 +63,14 @@ import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TypeVar
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import anyio
 import anyio.from_thread
 import anyio.to_thread
 import attrs
+from anyio.lowlevel import EventLoopToken
 
 from ..clock import host_clock
 from ..errors import (
@@ -95,6 +97,7 @@ from ..model import (
 from ..safefile import open_regular, read_capped
 from .base import BackendCapabilities, HostAdvert
 from .filemodes import Modes, check_lockspace, resolve_group
+from .ioworker import BatchWorker, Job
 from .liveness import LivenessObserver, wait_for_id_free
 from .mounts import MOUNTINFO, local_lock_option
 from .rules import normalize_requests, plan_acquire, plan_release, plan_transfer
@@ -116,6 +119,14 @@ MAX_RECORD_SIZE = 16 << 20
 # Descriptors left for everything else (renewals, sockets, the state store)
 # when one operation holds a lock file per resource.
 _FD_RESERVE = 64
+# Lock files one batch of operations holds at once (one descriptor each): a
+# batch of 64 four-disk starts already shares one sync round, more would
+# only hold descriptors and make other hosts wait longer for the locks.
+_BATCH_LOCKS = 256
+# Threads syncing one batch's temporary files at once. Even one four-disk
+# operation gains (measured on a busy virtual disk, interleaved runs: p50
+# 1.8 ms for four fsyncs at once, 3.1 ms one after the other).
+_SYNCERS = 16
 
 # Older Pythons lack the names; the values are fixed in the Linux ABI.
 _LINUX = sys.platform.startswith("linux")
@@ -135,6 +146,30 @@ class _LockMethod:
 
 class _Abandoned(Exception):
     """The awaiting task gave up (cancelled or timed out): do not commit."""
+
+
+# One lease operation as the I/O worker runs it: ``step(cancel, locked)`` reads
+# and decides with the locks held and returns its answer and the records to
+# write, which the batch commits together with the other operations' writes.
+_Step = Callable[[threading.Event, set[str]], tuple[T, list["_Write"]]]
+
+
+class _LeaseJob(Job[T]):
+    __slots__ = ("create", "locked", "locks", "step")
+
+    def __init__(self, step: _Step[T], locks: Sequence[str], create: bool) -> None:
+        super().__init__()
+        self.step = step
+        self.locks = tuple(locks)
+        self.create = create  # False: skip missing lock files (release: no record without one)
+        self.locked: set[str] = set()
+
+
+def _release_lock(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        _unlock(fd)
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def lease_file_name(key: str) -> str:
@@ -276,11 +311,16 @@ def _read_file(path: str) -> bytes | None:
     raise AssertionError("unreachable")
 
 
-def _write_temps(items: Sequence[tuple[str, bytes]], modes: Modes) -> list[str]:
+def _write_temps(
+    items: Sequence[tuple[str, bytes]], modes: Modes, syncers: ThreadPoolExecutor | None = None
+) -> list[str]:
     """Write each ``data`` durably to a fresh temporary file next to its ``final`` path.
 
-    All files are written before the first fsync: on a journaling file system
-    the first fsync commits the others' data too, so the later ones are cheap.
+    All files are written before the first fsync, then two or more are synced
+    by the ``syncers`` threads at once: one after the other, each fsync
+    waits a whole device round trip for its data blocks (measured: 256
+    files 1.3 s one by one on a busy virtual disk whose queue takes 100
+    writers at once at 6,000 fsyncs/s).
     """
     temps: list[str] = []
     fds: list[int] = []
@@ -294,8 +334,11 @@ def _write_temps(items: Sequence[tuple[str, bytes]], modes: Modes) -> list[str]:
             view = memoryview(data)
             while view:
                 view = view[os.write(fds[-1], view) :]
-        for fd in fds:
-            os.fsync(fd)
+        if syncers is not None and len(fds) > 1:
+            # list() waits for every fsync and raises the first failure.
+            list(syncers.map(_fsync_all, [fds[i::_SYNCERS] for i in range(min(_SYNCERS, len(fds)))]))
+        else:
+            _fsync_all(fds)
         while fds:
             # NFS reports deferred write errors on close: they must fail the write.
             os.close(fds.pop())
@@ -308,6 +351,11 @@ def _write_temps(items: Sequence[tuple[str, bytes]], modes: Modes) -> list[str]:
                 os.unlink(tmp)
         raise
     return temps
+
+
+def _fsync_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        os.fsync(fd)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -328,19 +376,42 @@ def _replace(directory: str, writes: Sequence[_Write], cancel: threading.Event, 
     one directory fsync covers every rename. If a rename or the directory
     sync fails, the records already renamed are put back as they were.
     """
-    if not writes:
-        return
-    pending = _write_temps([(path, data) for path, data, _ in writes], modes)
+    if writes and not _commit(directory, [(cancel, writes)], modes)[0]:
+        raise _Abandoned
+
+
+def _commit(
+    directory: str,
+    groups: Sequence[tuple[threading.Event, Sequence[_Write]]],
+    modes: Modes,
+    syncers: ThreadPoolExecutor | None = None,
+) -> list[bool]:
+    """Group commit: replace the records of several operations with one sync round.
+
+    Every group's temporary files are written, then synced (on a journaling
+    file system the first fsync commits the others' data too, so the later
+    ones are cheap), then a group whose ``cancel`` is set is dropped (its
+    caller gave up: it must not change anything), the others are renamed,
+    and one directory fsync covers every rename. Returns, per group, whether
+    it was committed. A failure of any rename or of the directory sync puts
+    back every record already renamed and raises: the whole batch failed.
+    """
+    flat = [(i, write) for i, (_, writes) in enumerate(groups) for write in writes]
+    if not flat:
+        return [not cancel.is_set() for cancel, _ in groups]
+    pending = _write_temps([(path, data) for _, (path, data, _) in flat], modes, syncers)
     try:
-        if cancel.is_set():
-            raise _Abandoned
+        committed = [not cancel.is_set() for cancel, _ in groups]
         done: list[tuple[str, bytes | None]] = []
         try:
-            for (path, _, before), tmp in zip(writes, list(pending), strict=True):
+            for (i, (path, _, before)), tmp in zip(flat, list(pending), strict=True):
+                if not committed[i]:
+                    continue  # unlinked below with the other leftovers
                 os.rename(tmp, path)
                 pending.remove(tmp)
                 done.append((path, before))
-            _fsync_dir(directory)
+            if done:
+                _fsync_dir(directory)
         except BaseException:
             _undo(directory, done, modes)
             raise
@@ -348,6 +419,7 @@ def _replace(directory: str, writes: Sequence[_Write], cancel: threading.Event, 
         for tmp in pending:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
+    return committed
 
 
 def _undo(directory: str, done: Sequence[tuple[str, bytes | None]], modes: Modes) -> None:
@@ -625,13 +697,15 @@ class FileLeaseBackend:
     :meth:`open` or else by the first operation; a problem raises
     :class:`~actorlock.errors.LockspaceError` before anything is written.
 
-    Each operation runs its whole locked read-decide-write sequence in one
-    worker thread, so no lock is ever held across an await. A task that is
-    cancelled or hits ``io_timeout`` abandons its thread: the thread stops
-    before writing if it has not started renaming records, and otherwise
+    Lease operations run their whole locked read-decide-write sequence on
+    one long-lived I/O thread, in batches that share one sync round (group
+    commit: docs/lockspace.md), so no lock is ever held across an await;
+    host records (join, renew, leave) keep their own worker thread. A task
+    that is cancelled or hits ``io_timeout`` abandons its operation: it is
+    dropped if its batch has not started renaming records, and otherwise
     finishes its (atomic) update. After a :class:`BackendTimeoutError` from
     ``acquire`` the leases may therefore exist; ``release`` is idempotent, so
-    releasing them is the safe cleanup.
+    releasing them is the safe cleanup (it queues behind the acquisition).
 
     Args:
         lockspace_dir: an existing directory, local or on shared storage.
@@ -684,6 +758,10 @@ class FileLeaseBackend:
         self._group = group
         self._mountinfo = mountinfo
         self._modes = Modes()
+        # Lease traffic (not renewals: they keep their own thread, see _liveness).
+        self._worker: BatchWorker[_LeaseJob[Any]] = BatchWorker("actorlock-lockspace", self._run_batch)
+        self._sync_pool: ThreadPoolExecutor | None = None  # made and used by the worker thread only
+        self._step_token: EventLoopToken | None = None  # worker thread only: the running job's loop
         # Entries a listing skipped and logged: each is logged once, not per listing.
         self._reported: set[tuple[str, str]] = set()
 
@@ -722,18 +800,141 @@ class FileLeaseBackend:
             return fn(cancel)
 
         try:
-            if not abandonable:
-                return await anyio.to_thread.run_sync(job, limiter=limiter)
-            with anyio.fail_after(self._io_timeout):
-                return await anyio.to_thread.run_sync(job, abandon_on_cancel=True, limiter=limiter)
+            with self._errors_named():
+                if not abandonable:
+                    return await anyio.to_thread.run_sync(job, limiter=limiter)
+                with anyio.fail_after(self._io_timeout):
+                    return await anyio.to_thread.run_sync(job, abandon_on_cancel=True, limiter=limiter)
+        finally:
+            cancel.set()
+
+    @contextlib.contextmanager
+    def _errors_named(self) -> Iterator[None]:
+        """A timeout as BackendTimeoutError, an OSError as the backend error naming the file."""
+        try:
+            yield
         except TimeoutError as exc:
             raise BackendTimeoutError(
                 f"lockspace {self.path}: no answer within {self._io_timeout} s"
             ) from exc
         except OSError as exc:
             raise _os_error(self.path, exc) from exc
-        finally:
-            cancel.set()
+
+    async def _submit(
+        self, step: _Step[T], locks: Sequence[str] = (), *, create: bool = True, abandonable: bool = True
+    ) -> T:
+        """Run one lease operation in the I/O worker's next batch; answered after its batch's sync.
+
+        Bounded by io_timeout and abandonable as :meth:`_run` is, except with
+        ``abandonable=False``.
+        """
+        if self._closed:
+            raise InvalidStateError("file lease backend is closed")
+        job = _LeaseJob(step, locks, create)
+        with self._errors_named():
+            await self._worker.submit(job, bound=self._io_timeout, abandonable=abandonable)
+            return job.result()
+
+    def _run_batch(self, jobs: list[_LeaseJob[Any]]) -> list[_LeaseJob[Any]]:
+        """The I/O worker's batch: lock, decide, one group commit, unlock; returns the jobs left for later.
+
+        Jobs whose lock files overlap an earlier job's in this batch wait for
+        the next one (two descriptions of one lock file exclude each other
+        even in one thread), as do jobs behind them on the same files, so
+        each file's operations keep their order. All lock files of the batch
+        are taken in one sorted order, like one operation's: no deadlock
+        with another host's batch or operation.
+        """
+        try:
+            self._open_sync()
+        except BaseException as exc:
+            for job in jobs:
+                job.fail(exc)
+            return []
+        batch: list[_LeaseJob[Any]] = []
+        later: list[_LeaseJob[Any]] = []
+        claimed: set[str] = set()
+        blocked: set[str] = set()
+        for job in jobs:
+            paths = set(job.locks)
+            if paths & (claimed | blocked) or (batch and len(claimed) + len(paths) > _BATCH_LOCKS):
+                later.append(job)
+                blocked |= paths
+                continue
+            try:
+                if len(claimed) + len(paths) > 1 and job.locks:
+                    _check_descriptors(job.locks[0], len(claimed) + len(paths))
+            except BaseException as exc:
+                if batch:
+                    later.append(job)  # may fit in a batch of its own
+                    blocked |= paths
+                else:
+                    job.fail(exc)
+                continue
+            batch.append(job)
+            claimed |= paths
+        with contextlib.ExitStack() as unlock:
+            self._lock_batch(batch, unlock)
+            commits: list[tuple[_LeaseJob[Any], list[_Write]]] = []
+            for job in batch:
+                if job.error is not None:
+                    continue
+                if job.cancel.is_set():
+                    job.fail(_Abandoned())
+                    continue
+                try:
+                    self._step_token = job.token
+                    job.value, writes = job.step(job.cancel, job.locked)
+                except BaseException as exc:
+                    job.fail(exc)
+                    continue
+                if writes:
+                    commits.append((job, writes))
+            if commits:
+                try:
+                    groups = [(job.cancel, w) for job, w in commits]
+                    done = _commit(self._leases_dir, groups, self._modes, self._syncers())
+                except BaseException as exc:
+                    for job, _ in commits:
+                        job.fail(exc)
+                else:
+                    for (job, _), ok in zip(commits, done, strict=True):
+                        if not ok:
+                            job.fail(_Abandoned())
+        return later
+
+    def _syncers(self) -> ThreadPoolExecutor | None:
+        # Lease traffic only (renewals write one file and sync it themselves):
+        # a pool stuck on hung storage never holds up a renewal. None once
+        # closed: a batch still in flight syncs alone rather than leak a pool.
+        if self._closed:
+            return None
+        if self._sync_pool is None:
+            self._sync_pool = ThreadPoolExecutor(_SYNCERS, thread_name_prefix="actorlock-fsync")
+        return self._sync_pool
+
+    def _lock_batch(self, batch: Sequence[_LeaseJob[Any]], unlock: contextlib.ExitStack) -> None:
+        """Take every job's lock files in one sorted order; a file that fails fails only its job."""
+        for path, i in sorted((path, i) for i, job in enumerate(batch) for path in job.locks):
+            job = batch[i]
+            if job.error is not None:
+                continue
+            try:
+                fd = _open_lock(path, self._modes, job.create)
+            except FileNotFoundError as exc:
+                if job.create:
+                    job.fail(exc)
+                continue
+            except BaseException as exc:
+                job.fail(exc)
+                continue
+            unlock.callback(_release_lock, fd)
+            try:
+                _lock(fd)
+            except BaseException as exc:
+                job.fail(exc)
+                continue
+            job.locked.add(path)
 
     def _open_sync(self) -> None:
         if self._lockspace_id is not None:
@@ -869,11 +1070,10 @@ class FileLeaseBackend:
                 records[key] = _decode_lease(path, stem, data)
         return records, raw
 
-    def _write_leases_sync(
-        self, updated: Mapping[str, LeaseRecord], raw: Mapping[str, bytes | None], cancel: threading.Event
-    ) -> None:
-        writes = [(self._lease_paths(k)[0], _encode_lease(r), raw[k]) for k, r in updated.items()]
-        _replace(self._leases_dir, writes, cancel, self._modes)
+    def _lease_writes(
+        self, updated: Mapping[str, LeaseRecord], raw: Mapping[str, bytes | None]
+    ) -> list[_Write]:
+        return [(self._lease_paths(k)[0], _encode_lease(r), raw[k]) for k, r in updated.items()]
 
     def _judge(
         self,
@@ -914,7 +1114,8 @@ class FileLeaseBackend:
             pairs.append((holder, host_records[host_id]))
         if cancel.is_set():
             raise _Abandoned
-        return anyio.from_thread.run_sync(self._judge_on_loop, pairs, read_at)
+        # The loop of the job being run (the worker thread may have been started by an earlier one).
+        return anyio.from_thread.run_sync(self._judge_on_loop, pairs, read_at, token=self._step_token)
 
     def _judge_on_loop(
         self, pairs: Sequence[tuple[Holder, HostRecord | None]], read_at: float
@@ -931,7 +1132,7 @@ class FileLeaseBackend:
                 writable; nothing was created.
             CorruptRecordError: ``lockspace.json`` is malformed.
         """
-        await self._run(lambda cancel: None)
+        await self._submit(lambda cancel, locked: (None, []))
 
     async def lockspace_id(self) -> str:
         """The random id stored in ``lockspace.json`` when the lockspace was created."""
@@ -1036,7 +1237,9 @@ class FileLeaseBackend:
         """Every host record, judged by this observer, sorted by host id."""
 
         read_at = self._observer.now()
-        found, bad = await self._run(lambda cancel: self._listing(self._hosts_dir, _decode_named_host))
+        found, bad = await self._submit(
+            lambda cancel, locked: (self._listing(self._hosts_dir, _decode_named_host), [])
+        )
         self._report(bad)
         return [self._observer.observe(record, read_at) for record in sorted(found, key=lambda r: r.id)]
 
@@ -1046,12 +1249,12 @@ class FileLeaseBackend:
         Each error names its file; ``actorlock leases`` shows them.
         """
 
-        def read(cancel: threading.Event) -> list[CorruptRecordError]:
+        def read(cancel: threading.Event, locked: set[str]) -> tuple[list[CorruptRecordError], list[_Write]]:
             _, bad_hosts = self._listing(self._hosts_dir, _decode_named_host)
             _, bad_leases = self._listing(self._leases_dir, _decode_lease)
-            return bad_hosts + bad_leases
+            return bad_hosts + bad_leases, []
 
-        return await self._run(read)
+        return await self._submit(read)
 
     async def acquire(self, owner: LeaseOwner, requests: Sequence[LeaseRequest]) -> tuple[Lease, ...]:
         """Take every requested lease or none; see :meth:`LeaseBackend.acquire`."""
@@ -1060,32 +1263,27 @@ class FileLeaseBackend:
         wanted = normalize_requests(requests)
         read_at = self._observer.now()
 
-        def acquire(cancel: threading.Event) -> tuple[Lease, ...]:
-            locks = [self._lease_paths(req.key)[1] for req in wanted]
-            with _locked(locks, self._modes):
-                records, raw = self._read_leases_sync([req.key for req in wanted])
-                alive = self._judge(owner, wanted, records, read_at, cancel)
-                updated, leases = plan_acquire(
-                    records, owner, incarnation, wanted, lambda h: alive.get(h, True)
-                )
-                self._write_leases_sync(updated, raw, cancel)
-            return leases
+        def acquire(cancel: threading.Event, locked: set[str]) -> tuple[tuple[Lease, ...], list[_Write]]:
+            records, raw = self._read_leases_sync([req.key for req in wanted])
+            alive = self._judge(owner, wanted, records, read_at, cancel)
+            updated, leases = plan_acquire(records, owner, incarnation, wanted, lambda h: alive.get(h, True))
+            return leases, self._lease_writes(updated, raw)
 
-        return await self._run(acquire)
+        return await self._submit(acquire, [self._lease_paths(req.key)[1] for req in wanted])
 
     async def release(self, owner: LeaseOwner, keys: Sequence[str]) -> None:
         """Drop ``owner``'s entries for ``keys``; others' entries and absent keys are left alone."""
         ordered = sorted(set(keys))
 
-        def release(cancel: threading.Event) -> None:
-            paths = {self._lease_paths(k)[1]: k for k in ordered}
-            with _locked(list(paths), self._modes, create=False) as locked:
-                present = [paths[lock] for lock in locked]
-                records, raw = self._read_leases_sync(present)
-                self._write_leases_sync(plan_release(records, owner, present), raw, cancel)
+        paths = {self._lease_paths(k)[1]: k for k in ordered}
+
+        def release(cancel: threading.Event, locked: set[str]) -> tuple[None, list[_Write]]:
+            present = [paths[lock] for lock in sorted(locked)]
+            records, raw = self._read_leases_sync(present)
+            return None, self._lease_writes(plan_release(records, owner, present), raw)
 
         if ordered:
-            await self._run(release)
+            await self._submit(release, list(paths), create=False)
 
     async def transfer(
         self,
@@ -1103,37 +1301,39 @@ class FileLeaseBackend:
         incarnation = self._incarnation
         keys = sorted({lease.key for lease in leases})
 
-        def transfer(cancel: threading.Event) -> tuple[Lease, ...]:
-            with _locked([self._lease_paths(k)[1] for k in keys], self._modes):
-                records, raw = self._read_leases_sync(keys)
-                updated, moved = plan_transfer(
-                    records, source, incarnation, destination, destination_incarnation, leases
-                )
-                self._write_leases_sync(updated, raw, cancel)
-            return moved
+        def transfer(cancel: threading.Event, locked: set[str]) -> tuple[tuple[Lease, ...], list[_Write]]:
+            records, raw = self._read_leases_sync(keys)
+            updated, moved = plan_transfer(
+                records, source, incarnation, destination, destination_incarnation, leases
+            )
+            return moved, self._lease_writes(updated, raw)
 
         # Not abandonable: a commit still running in a thread after we gave up
         # could land after a backend query that concluded it had not.
-        return await self._run(transfer, abandonable=False)
+        locks = [self._lease_paths(k)[1] for k in keys]
+        return await self._submit(transfer, locks, abandonable=False)
 
     async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
         """Lease records for ``keys`` (all when None), sorted by key."""
         wanted = None if keys is None else sorted(set(keys))
 
-        def read(cancel: threading.Event) -> list[LeaseRecord]:
+        def read(cancel: threading.Event, locked: set[str]) -> tuple[list[LeaseRecord], list[_Write]]:
             if wanted is not None:
                 records, _ = self._read_leases_sync(wanted)
-                return [records[k] for k in wanted if k in records]
+                return [records[k] for k in wanted if k in records], []
             found, bad = self._listing(self._leases_dir, _decode_lease)
             skipped.extend(bad)
-            return sorted(found, key=lambda r: r.key)
+            return sorted(found, key=lambda r: r.key), []
 
         skipped: list[CorruptRecordError] = []
         try:
-            return await self._run(read)
+            return await self._submit(read)
         finally:
             self._report(skipped)
 
     async def aclose(self) -> None:
         """Refuse further operations. Idempotent; no descriptor outlives an operation."""
         self._closed = True
+        pool, self._sync_pool = self._sync_pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)  # never waits for storage: a batch in flight finishes alone
