@@ -29,6 +29,7 @@ import struct
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
@@ -96,7 +97,9 @@ def replace_cycle(directory: str, names: list[str]) -> None:
             os.close(fd)
 
 
-def run_floor(root: Path, cycle: object, domains: int, cycles_each: int) -> tuple[float, list[float]]:
+def run_floor(
+    root: Path, cycle: Callable[[str, list[str]], None], domains: int, cycles_each: int
+) -> tuple[float, list[float]]:
     """``domains`` threads, each ``cycles_each`` cycles on its own four files."""
     assert callable(cycle)
     latencies: list[float] = []

@@ -52,7 +52,7 @@ def floor_starts(directory: Path, count: int) -> tuple[float, list[float]]:
 
 
 async def run_count(
-    table: Table, root: Path, backend: str, count: int, state_dir: bool, concurrency: int
+    table: Table, root: Path, backend: str, count: int, *, state_dir: bool, concurrency: int
 ) -> None:
     tag = f"{backend}-{count}"
     floor_dir = root / f"floor-{tag}"
@@ -122,7 +122,9 @@ async def main_async(args: argparse.Namespace) -> None:
     table = Table(f"bench_scale ({'trio' if args.trio else 'asyncio'}, {DISKS} disks per domain)", "ops/s")
     with tempfile.TemporaryDirectory(prefix="actorlock-scale-", dir=args.dir) as tmp:
         for count in (int(c) for c in args.counts.split(",")):
-            await run_count(table, Path(tmp), args.backend, count, args.state_dir, args.concurrency)
+            await run_count(
+                table, Path(tmp), args.backend, count, state_dir=args.state_dir, concurrency=args.concurrency
+            )
     one, five, _ = os.getloadavg()
     table.note(f"load average at end: {one:.2f} (5 min {five:.2f})")
     table.note("goals: 10,000 domains started in <= 10 s on the file backend, <= 16 KiB RSS per domain")

@@ -157,7 +157,7 @@ _Step = Callable[[threading.Event, set[str]], tuple[T, list["_Write"]]]
 class _LeaseJob(Job[T]):
     __slots__ = ("create", "locked", "locks", "step")
 
-    def __init__(self, step: _Step[T], locks: Sequence[str], create: bool) -> None:
+    def __init__(self, step: _Step[T], locks: Sequence[str], *, create: bool) -> None:
         super().__init__()
         self.step = step
         self.locks = tuple(locks)
@@ -830,7 +830,7 @@ class FileLeaseBackend:
         """
         if self._closed:
             raise InvalidStateError("file lease backend is closed")
-        job = _LeaseJob(step, locks, create)
+        job = _LeaseJob(step, locks, create=create)
         with self._errors_named():
             await self._worker.submit(job, bound=self._io_timeout, abandonable=abandonable)
             return job.result()
@@ -851,6 +851,14 @@ class FileLeaseBackend:
             for job in jobs:
                 job.fail(exc)
             return []
+        batch, later = self._select_batch(jobs)
+        with contextlib.ExitStack() as unlock:
+            self._lock_batch(batch, unlock)
+            self._decide_and_commit(batch)
+        return later
+
+    def _select_batch(self, jobs: list[_LeaseJob[Any]]) -> tuple[list[_LeaseJob[Any]], list[_LeaseJob[Any]]]:
+        """This batch's jobs (no two sharing a lock file, within the descriptor bound) and those left."""
         batch: list[_LeaseJob[Any]] = []
         later: list[_LeaseJob[Any]] = []
         claimed: set[str] = set()
@@ -873,35 +881,37 @@ class FileLeaseBackend:
                 continue
             batch.append(job)
             claimed |= paths
-        with contextlib.ExitStack() as unlock:
-            self._lock_batch(batch, unlock)
-            commits: list[tuple[_LeaseJob[Any], list[_Write]]] = []
-            for job in batch:
-                if job.error is not None:
-                    continue
-                if job.cancel.is_set():
+        return batch, later
+
+    def _decide_and_commit(self, batch: list[_LeaseJob[Any]]) -> None:
+        """Under the batch's locks: each job decides, then one group commit makes them durable."""
+        commits: list[tuple[_LeaseJob[Any], list[_Write]]] = []
+        for job in batch:
+            if job.error is not None:
+                continue
+            if job.cancel.is_set():
+                job.fail(_Abandoned())
+                continue
+            try:
+                self._step_token = job.token
+                job.value, writes = job.step(job.cancel, job.locked)
+            except BaseException as exc:
+                job.fail(exc)
+                continue
+            if writes:
+                commits.append((job, writes))
+        if not commits:
+            return
+        try:
+            groups = [(job.cancel, w) for job, w in commits]
+            done = _commit(self._leases_dir, groups, self._modes, self._syncers())
+        except BaseException as exc:
+            for job, _ in commits:
+                job.fail(exc)
+        else:
+            for (job, _), ok in zip(commits, done, strict=True):
+                if not ok:
                     job.fail(_Abandoned())
-                    continue
-                try:
-                    self._step_token = job.token
-                    job.value, writes = job.step(job.cancel, job.locked)
-                except BaseException as exc:
-                    job.fail(exc)
-                    continue
-                if writes:
-                    commits.append((job, writes))
-            if commits:
-                try:
-                    groups = [(job.cancel, w) for job, w in commits]
-                    done = _commit(self._leases_dir, groups, self._modes, self._syncers())
-                except BaseException as exc:
-                    for job, _ in commits:
-                        job.fail(exc)
-                else:
-                    for (job, _), ok in zip(commits, done, strict=True):
-                        if not ok:
-                            job.fail(_Abandoned())
-        return later
 
     def _syncers(self) -> ThreadPoolExecutor | None:
         # Lease traffic only (renewals write one file and sync it themselves):
@@ -920,7 +930,7 @@ class FileLeaseBackend:
             if job.error is not None:
                 continue
             try:
-                fd = _open_lock(path, self._modes, job.create)
+                fd = _open_lock(path, self._modes, create=job.create)
             except FileNotFoundError as exc:
                 if job.create:
                     job.fail(exc)
