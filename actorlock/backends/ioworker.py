@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import weakref
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
@@ -35,7 +36,20 @@ import anyio.to_thread
 T = TypeVar("T")
 J = TypeVar("J", bound="Job[Any]")
 
-__all__ = ["BatchWorker", "Job"]
+__all__ = ["BatchWorker", "Job", "any_worker_busy"]
+
+# Every worker alive, for any_worker_busy (a virtual clock's question).
+_WORKERS: weakref.WeakSet[BatchWorker[Any]] = weakref.WeakSet()
+
+
+def any_worker_busy() -> bool:
+    """Whether some batch worker has a job queued or in hand.
+
+    A simulator's virtual clock must not jump then: the worker's thread may
+    have been started by a caller that has since moved on, so the event
+    loop's own count of busy threads does not see it.
+    """
+    return any(worker.busy for worker in list(_WORKERS))
 
 
 class Job(Generic[T]):
@@ -81,6 +95,12 @@ class BatchWorker(Generic[J]):
         self._queue: queue.SimpleQueue[J] = queue.SimpleQueue()
         self._claim = threading.Lock()  # held by the one thread serving the queue
         self._limiter: anyio.CapacityLimiter | None = None
+        self._waiting = 0  # callers in submit, counted on their event loops' threads
+        _WORKERS.add(self)
+
+    @property
+    def busy(self) -> bool:
+        return self._waiting > 0
 
     async def submit(self, job: J, *, bound: float | None, abandonable: bool = True) -> None:
         """Queue ``job`` and wait until its batch settled it.
@@ -90,6 +110,7 @@ class BatchWorker(Generic[J]):
         unbounded: for commits whose outcome must be known before anyone
         looks at the records again.
         """
+        self._waiting += 1
         self._queue.put(job)
         # Queued first, checked second: a thread that is leaving looks at the
         # queue again after giving up its claim (see _loop), so one of the two
@@ -108,6 +129,7 @@ class BatchWorker(Generic[J]):
                     tg.cancel_scope.cancel()
         finally:
             job.cancel.set()  # harmless once settled; stops a commit not yet started
+            self._waiting -= 1
 
     async def _drive(self) -> None:
         """Start a worker thread: an anyio one, so code it runs may call back with anyio.from_thread.

@@ -19,6 +19,8 @@ import trio
 import trio.abc
 import trio.testing
 
+from ..backends.ioworker import any_worker_busy
+
 __all__ = ["VirtualClock", "virtual_clock"]
 
 
@@ -53,7 +55,10 @@ def virtual_clock() -> VirtualClock:
 
 
 def _threads_busy() -> bool:
-    # Counts every trio.to_thread.run_sync in flight, whatever its limiter.
+    # Counts every trio.to_thread.run_sync in flight, whatever its limiter, and
+    # the backends' batch workers, whose thread may outlive the call that started it.
+    if any_worker_busy():
+        return True
     try:
         return bool(trio.testing.active_thread_count())
     except RuntimeError:  # pragma: no cover - asked outside a run
