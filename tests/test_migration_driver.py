@@ -173,3 +173,26 @@ async def test_a_domain_that_migrated_away_refuses_hotplug() -> None:
                 await on_a.hotplug(actorlock.disk("/d/extra.img"))
             # Nothing was taken for it on the old host; the new host holds the rest.
             assert not [h for r in await a.leases() for h in r.holders if h.owner.host == "a"]
+
+
+async def test_migrations_to_one_peer_share_one_connection() -> None:
+    other_uuid = "3b0c7a52-0000-4000-8000-0000000000d2"
+    with guest_process() as first, guest_process() as second, guest_process() as third:
+        async with two_hosts() as (a, b):
+            on_a, on_b = a.domain(UUID, name="vm"), b.domain(UUID, name="vm")
+            await on_a.start(disks(), pid=first.pid)
+            await migrate(on_a, b, on_b, second.pid)
+            other_a = a.domain(other_uuid, name="vm2")
+            other_b = b.domain(other_uuid, name="vm2")
+            await other_a.start([actorlock.disk("/d/other.img")], pid=third.pid)
+            with anyio.fail_after(ANSWER_WITHIN):
+                async with anyio.create_task_group() as tg, other_a.migrate_to(b.peer_endpoint):
+                    tg.start_soon(
+                        lambda: other_b.complete_migration(
+                            commit=True, resources=[actorlock.disk("/d/other.img")], pid=third.pid
+                        )
+                    )
+            assert (await other_b.status()).phase == "running"
+            # Two migrations a -> b, one connection a -> b; b opened one back to a for its commits.
+            assert a._coordinator.connections.opened == 1
+            assert b._coordinator.connections.opened == 1

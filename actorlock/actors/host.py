@@ -60,6 +60,7 @@ from .lifeline import Lifeline, Membership, read_boot_id
 from .mailbox import ActorRef
 from .messages import DomainStatus
 from .migrations import MigrationRegistry
+from .peer_connections import PeerConnections
 from .peer_limits import PeerDirectory
 from .peer_service import PeerService
 from .ports import DomainServices
@@ -169,6 +170,8 @@ class HostCoordinator:
             io_timeout=config.timing.io_timeout,
         )
         self.peer_service = PeerService(config.peer, self.membership, self.peers, self.migrations)
+        # One connection per peer, kept across migrations (no CURVE handshake each time).
+        self.connections = PeerConnections(self.peer_service.connect, task_group)
         self.domains.bind(
             DomainServices(
                 leases=self,
@@ -186,7 +189,7 @@ class HostCoordinator:
         )
 
     def _connect(self, endpoint: str, server_key: str) -> AbstractAsyncContextManager[PeerClient]:
-        return self.peer_service.connect(endpoint, server_key)
+        return self.connections.shared(endpoint, server_key)
 
     def _release_guest(self, uuid: str) -> None:
         """The domain's leases moved away: its supervisor no longer enforces our deadline."""

@@ -469,6 +469,11 @@ class PeerClient:
         self._waiters: dict[bytes, _Waiter] = {}
         self._ids = count(1)
 
+    @property
+    def usable(self) -> bool:
+        """False once the connection's socket was closed (its ``async with`` ended or failed)."""
+        return not self._pump.closed
+
     async def request(self, frame: bytes) -> bytes:
         """Send ``frame`` and wait for the reply, for as long as the caller's deadline allows.
 
