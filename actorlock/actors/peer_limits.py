@@ -47,10 +47,8 @@ def check_offer(offer: LockState) -> None:
 def admit_incoming(message: Prepare, drivers: Iterable[MigrationDriver], config: PeerConfig) -> None:
     """Refuse a PREPARE for a new incoming migration before any driver or socket is made for it.
 
-    Every incoming migration not yet decided counts: each holds a task and
-    its machine until it ends (within prepare_timeout + migration_timeout).
-    One that ended and only lingers to answer retransmissions does not: it
-    ends by itself within seconds, and connections are one per peer, shared.
+    Every incoming migration still known (pending, or lingering to answer
+    retransmissions) counts: each holds a task and its machine.
 
     Raises:
         ProtocolError: the lock state is empty, or the PREPARE is numbered below 1.
@@ -63,7 +61,7 @@ def admit_incoming(message: Prepare, drivers: Iterable[MigrationDriver], config:
     if message.seq < 1:
         # The machine would refuse it and stay idle with no timer: a driver that never ends.
         raise ProtocolError(f"PREPARE #{message.seq} from {message.sender}: requests are numbered from 1")
-    incoming = [d for d in drivers if d.role is MigrationRole.DESTINATION and not d.finished]
+    incoming = [d for d in drivers if d.role is MigrationRole.DESTINATION]
     if len(incoming) >= config.max_incoming:
         raise PeerRefusedError(
             f"{len(incoming)} incoming migrations are pending, the most peer.max_incoming allows"
