@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import AsyncIterator, Sequence
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
@@ -19,7 +19,6 @@ from actorlock.actors.call_result import CallResult
 from actorlock.actors.domain import DomainActor
 from actorlock.actors.fencing import FenceTarget
 from actorlock.actors.mailbox import ActorRef, open_mailbox, run_actor
-from actorlock.actors.messages import MigrationSettled
 from actorlock.actors.ports import DomainServices, MigrationHandle, PeerHost
 from actorlock.backends.base import BackendCapabilities
 from actorlock.config import LockingConfig
@@ -217,10 +216,6 @@ async def running_domain(
         tg.cancel_scope.cancel()
 
 
-def settled(migration_id: str, role: Any, outcome: Any, lock_state: LockState | None) -> MigrationSettled:
-    return MigrationSettled(migration_id, role, outcome, lock_state)
-
-
 class FakePeerClient:
     """Answers each request frame with ``answer(request)`` (encoded), or never when it returns None."""
 
@@ -237,14 +232,3 @@ class FakePeerClient:
         if reply is None:
             await anyio.sleep_forever()
         return codec.encode(reply)
-
-
-def connect_to(client: FakePeerClient) -> Any:
-    @asynccontextmanager
-    async def connection() -> AsyncIterator[FakePeerClient]:
-        yield client
-
-    def connect(endpoint: str, server_key: str) -> AbstractAsyncContextManager[FakePeerClient]:
-        return connection()
-
-    return connect

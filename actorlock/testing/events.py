@@ -21,14 +21,14 @@ class Event:
 
     time: float
     record: HostEvent
+    # Taken once: every wait_for and of() reads it, for every event logged.
+    fields: dict[str, Any] = attrs.field(
+        init=False, default=attrs.Factory(lambda self: self.record.fields(), takes_self=True)
+    )
 
     @property
     def kind(self) -> str:
         return self.record.kind
-
-    @property
-    def fields(self) -> dict[str, Any]:
-        return self.record.fields()
 
     @property
     def host(self) -> str:
