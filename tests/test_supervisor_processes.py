@@ -7,6 +7,7 @@ test's own descendants whatever happens.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -140,7 +141,9 @@ def cleanup(info: dict[str, Any]) -> None:
     """Kill what a failed test may leave: the supervisor first (its guest follows it)."""
     for pid in (info.get("supervisor", 0), info.get("pid", 0)):
         if pid and alive(pid):
-            os.kill(pid, signal.SIGKILL)
+            # The guest may die with its supervisor between the check and the kill.
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 async def test_a_coordinator_killed_for_good_has_its_guest_killed_before_another_host_takes_the_disk(
