@@ -5,9 +5,10 @@ then prints dom4 cycles per second and p50/p99 latency, sequential and with
 ``--domains`` concurrent domains, and in the same run the floor: two raw
 txns per cycle on the same cluster (each compares the mod revision of 4 keys
 and puts 4 values, as an acquisition and a release must), with the same
+concurrency. Each backend row's floor is the raw-txn row of the same
 concurrency. Figures only; nothing is asserted.
 
-    python benchmarks/bench_etcd.py [--cycles 200] [--domains 100] [--trio]
+    python benchmarks/bench_etcd.py [--cycles 200] [--domains 100] [--trio] [--json out.json]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 
 import anyio
+from benchtable import Table, run
 
 import actorlock
 from actorlock.backends.etcd_client import EtcdClient, mod_is, put_op, range_kvs, range_op
@@ -36,21 +38,7 @@ TIMING = {
 DISKS = 4
 
 
-def pct(samples: list[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def report(label: str, latencies: list[float], elapsed: float) -> float:
-    rate = len(latencies) / elapsed
-    print(
-        f"{label:<40} {rate:9.1f} cycles/s   p50 {pct(latencies, 0.5) * 1e3:8.2f} ms"
-        f"   p99 {pct(latencies, 0.99) * 1e3:8.2f} ms   ({len(latencies)} cycles)"
-    )
-    return rate
-
-
-async def bench_floor(endpoints: list[str], domains: int, cycles_each: int) -> float:
+async def bench_floor(table: Table, endpoints: list[str], domains: int, cycles_each: int) -> None:
     """Two txns per cycle, each a compare-and-put of 4 keys: what a cycle needs at least."""
     client = EtcdClient(endpoints, io_timeout=30.0, request_timeout=30.0)
     latencies: list[float] = []
@@ -82,10 +70,10 @@ async def bench_floor(endpoints: list[str], domains: int, cycles_each: int) -> f
                 tg.start_soon(run_domain, n)
     finally:
         await client.aclose()
-    return report(f"floor: 2 raw txns, {domains} domain(s)", latencies, time.perf_counter() - start)
+    table.add(floor_name(domains), len(latencies) / (time.perf_counter() - start), latencies)
 
 
-async def bench_backend(endpoints: list[str], domains: int, cycles_each: int) -> float:
+async def bench_backend(table: Table, endpoints: list[str], domains: int, cycles_each: int) -> None:
     cfg = {
         "host": {"name": "bench", "id": 1},
         "timing": TIMING,
@@ -109,22 +97,37 @@ async def bench_backend(endpoints: list[str], domains: int, cycles_each: int) ->
             for n in range(domains):
                 tg.start_soon(run_domain, n)
         elapsed = time.perf_counter() - start
-    return report(f"etcd backend, {domains} domain(s)", latencies, elapsed)
-
-
-async def main_async(args: argparse.Namespace, cluster: EtcdCluster) -> None:
-    ends = cluster.endpoints
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, {'trio' if args.trio else 'asyncio'}")
-    each = max(3, args.cycles * 2 // args.domains)
-    floor_1 = await bench_floor(ends, 1, args.cycles)
-    seq = await bench_backend(ends, 1, args.cycles)
-    floor_n = await bench_floor(ends, args.domains, each)
-    conc = await bench_backend(ends, args.domains, each)
-    print()
-    print(
-        f"sequential: etcd backend at {seq / floor_1:.2f}x the floor's rate ({floor_1 / seq:.2f}x its time)"
+    table.add(
+        f"etcd backend, {domains} domain(s)",
+        len(latencies) / elapsed,
+        latencies,
+        floor=floor_name(domains),
     )
-    print(f"{args.domains} domains: etcd backend at {conc / floor_n:.2f}x the floor's rate")
+
+
+def floor_name(domains: int) -> str:
+    return f"floor: 2 raw txns, {domains} domain(s)"
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    binary = shutil.which("etcd")
+    if binary is None:
+        sys.exit("bench_etcd: no etcd binary on PATH (apt-get install etcd-server)")
+    backend = "trio" if args.trio else "asyncio"
+    table = Table(f"bench_etcd ({backend}, {DISKS} disks per domain, 3 etcd members on loopback)")
+    with tempfile.TemporaryDirectory(prefix="actorlock-bench-etcd-") as tmp:
+        cluster = EtcdCluster(binary, Path(tmp))
+        try:
+            await anyio.to_thread.run_sync(cluster.start)
+            ends = cluster.endpoints
+            each = max(3, args.cycles * 2 // args.domains)
+            await bench_floor(table, ends, 1, args.cycles)
+            await bench_backend(table, ends, 1, args.cycles)
+            await bench_floor(table, ends, args.domains, each)
+            await bench_backend(table, ends, args.domains, each)
+        finally:
+            await anyio.to_thread.run_sync(cluster.stop)
+    table.write_json(args.json)
 
 
 def main() -> None:
@@ -133,18 +136,7 @@ def main() -> None:
     )
     parser.add_argument("--cycles", type=int, default=200, help="cycles in each run (split among domains)")
     parser.add_argument("--domains", type=int, default=100, help="domains in the concurrent runs")
-    parser.add_argument("--trio", action="store_true", help="run on trio")
-    args = parser.parse_args()
-    binary = shutil.which("etcd")
-    if binary is None:
-        sys.exit("bench_etcd: no etcd binary on PATH (apt-get install etcd-server)")
-    with tempfile.TemporaryDirectory(prefix="actorlock-bench-etcd-") as tmp:
-        cluster = EtcdCluster(binary, Path(tmp))
-        try:
-            cluster.start()
-            anyio.run(main_async, args, cluster, backend="trio" if args.trio else "asyncio")
-        finally:
-            cluster.stop()
+    run(parser, main_async)
 
 
 if __name__ == "__main__":
