@@ -16,7 +16,11 @@ GIL), answered/unanswered frames by kind, RSS at start, after the first
 unchanged, no incoming migration left on b, no domain started on b, no
 lockspace loss, b renewing throughout, and a real migration a -> b after.
 
+It has no floor row: it is a robustness run, judged by its checks (the
+exit status is 1 if one fails); its table gives the rate and the memory.
+
     python benchmarks/bench_peer_fuzz.py [--frames 1000000] [--seed 1] [--workers 32] [--backend trio]
+                                        [--json out.json]
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import tempfile
 import time
 
 import anyio
+from benchtable import Table
 
 from actorlock.testing.peer_fuzz import FuzzOutcome, fuzz_real_host, rss_kib
 
@@ -52,6 +57,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--workers", type=int, default=32, help="requests the hostile peer keeps in flight")
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    parser.add_argument("--json", default=None, help="also write the rows and checks to this JSON file")
     args = parser.parse_args()
     # The host's warnings about refused frames are rate-limited; keep them off the figures.
     logging.basicConfig(level=logging.ERROR)
@@ -85,6 +91,13 @@ def main() -> int:
     }
     for what, ok in checks.items():
         print(f"  {'ok  ' if ok else 'FAIL'} {what}")
+    table = Table(f"bench_peer_fuzz ({args.backend}, {args.workers} in flight)", unit="per s or KiB")
+    table.add("hostile frames/s", report.rate, extra={"frames": report.sent, "seconds": report.seconds})
+    table.add("RSS KiB, warm", outcome.rss_warm_kib)
+    table.add("RSS KiB, end", outcome.rss_end_kib, floor="RSS KiB, warm")
+    for what, ok in checks.items():
+        table.note(f"check {'ok' if ok else 'FAILED'}: {what}")
+    table.write_json(args.json)
     return 0 if all(checks.values()) else 1
 
 
