@@ -275,20 +275,17 @@ async def run(args: argparse.Namespace) -> None:
             await src.call("shutdown", uuid=UUID)
 
         floors(table, control=control, wire=wire, transfers=transfers, reads=reads)
-        table.add(
+        table.add_latencies(
             "handoff (as the hosts timed it)",
-            len(inside) / sum(inside),
             inside,
             floor=WIRE,
             by="p50",
             goal="p50 <= 3 ms, p99 <= 15 ms",
         )
-        table.add("handoff (hosts) against its path", len(inside) / sum(inside), inside, floor=PATH, by="p50")
-        table.add(
-            "handoff (as this script sees it)", len(outside) / sum(outside), outside, floor=CONTROL, by="p50"
-        )
-        table.add("  prepare, on the source", len(prepares) / sum(prepares), prepares, floor=WIRE, by="p50")
-        table.add("  commit, the slower side", len(commits) / sum(commits), commits, floor=TRANSFER, by="p50")
+        table.add_latencies("handoff (hosts) against its path", inside, floor=PATH, by="p50")
+        table.add_latencies("handoff (as this script sees it)", outside, floor=CONTROL, by="p50")
+        table.add_latencies("  prepare, on the source", prepares, floor=WIRE, by="p50")
+        table.add_latencies("  commit, the slower side", commits, floor=TRANSFER, by="p50")
         # Ratio of rates: handoffs per second against one path floor's worth per second.
         table.add("handoffs/s over the whole run", len(outside) / run_time, floor=PATH)
     table.write_json(args.json)
@@ -309,12 +306,12 @@ def floors(
     reads: list[float],
 ) -> None:
     """The floor rows, measured before the handoffs with both hosts idle."""
-    table.add(CONTROL, len(control) / sum(control), control)
-    table.add(WIRE, len(wire["warm"]) / sum(wire["warm"]), wire["warm"])
+    table.add_latencies(CONTROL, control)
+    table.add_latencies(WIRE, wire["warm"])
     cold = wire["cold"]
-    table.add("floor: wire, fresh conn. + handshake", len(cold) / sum(cold), cold, floor=WIRE, by="p50")
-    table.add(TRANSFER, len(transfers) / sum(transfers), transfers)
-    table.add(f"floor: file records of {DISKS} leases", len(reads) / sum(reads), reads)
+    table.add_latencies("floor: wire, fresh conn. + handshake", cold, floor=WIRE, by="p50")
+    table.add_latencies(TRANSFER, transfers)
+    table.add_latencies(f"floor: file records of {DISKS} leases", reads)
     # One handoff's path: PREPARE and COMMIT round trips, the transfer, the destination's two reads.
     path = 2 * pct(wire["warm"], 0.5) + pct(transfers, 0.5) + 2 * pct(reads, 0.5)
     table.add(PATH, 1 / path, [path], extra={"sum_of_p50s": True})

@@ -137,14 +137,13 @@ async def supervised(table: Table, guests: int, tmp: Path) -> None:
         for i in range(guests):
             await host.domain(f"vm{i}").shutdown()
     bare_row = "floor: bare fork/exec of the guest"
-    table.add(bare_row, len(bare) / sum(bare), bare)
+    table.add_latencies(bare_row, bare)
     mib = {"guest_rss_mib": statistics.median(guest_rss) / 1024}
     for key, label in (("Rss", "rss"), ("Pss", "pss"), ("Private", "private")):
         values = [f["Private_Clean"] + f["Private_Dirty"] if key == "Private" else f[key] for f in figures]
         mib[f"supervisor_{label}_mib"] = statistics.median(values) / 1024
-    table.add(
+    table.add_latencies(
         "Domain.spawn (supervised start)",
-        len(spawned) / sum(spawned),
         spawned,
         floor=bare_row,
         by="p50",
@@ -179,9 +178,8 @@ async def kill_times(table: Table, kills: int, tmp: Path) -> None:
                 await anyio.wait_readable(fd)
             gone.append(time.perf_counter() - killed)
             os.close(fd)
-    table.add(
+    table.add_latencies(
         "coordinator SIGKILLed: guest gone",
-        len(gone) / sum(gone),
         gone,
         floor=bound_row,
         by="p50",

@@ -117,7 +117,7 @@ def main() -> None:
         for curve in (False, True):
             samples, rate = anyio.run(functools.partial(measure, curve=curve), args.seconds, backend=backend)
             one = f"{backend}, CURVE {'on' if curve else 'off'}, 1 in flight"
-            table.add(one, len(samples) / sum(samples), samples, floor=first, by="p50")
+            table.add_latencies(one, samples, floor=first, by="p50")
             first = first or one
             table.add(f"{backend}, CURVE {'on' if curve else 'off'}, 64 in flight", rate, floor=one)
     table.write_json(args.json)

@@ -111,6 +111,10 @@ def destination(host: FakeMigrationHost) -> MigrationDriver:
         lockspace_id="space",
         timing=TIMING,
     )
+    return driver_for(host, machine)
+
+
+def driver_for(host: FakeMigrationHost, machine: Any, **options: Any) -> MigrationDriver:
     return MigrationDriver(
         host,
         machine,
@@ -119,6 +123,7 @@ def destination(host: FakeMigrationHost) -> MigrationDriver:
         domain_uuid=VM.uuid,
         request_timeout=1.0,
         io_timeout=1.0,
+        **options,
     )
 
 
@@ -237,16 +242,7 @@ async def prepared_source(host: FakeDestinationHost, alive: str) -> BaseExceptio
         lock_state=OFFERED,
         timing=SHORT,
     )
-    driver = MigrationDriver(
-        host,
-        machine,
-        peer_endpoint="tcp://127.0.0.1:1",
-        peer_key="",
-        domain_uuid=VM.uuid,
-        request_timeout=1.0,
-        io_timeout=1.0,
-        confirm=confirm,
-    )
+    driver = driver_for(host, machine, confirm=confirm)
 
     def start(m: Any, now: float) -> Any:
         return m.start(now=now, deadline_at=now + 2.0)

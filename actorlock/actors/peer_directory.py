@@ -26,7 +26,9 @@ lookup (BackendTimeoutError) and releases the directory for the next one.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import anyio
 
@@ -34,6 +36,16 @@ from ..errors import BackendTimeoutError, ProtocolError
 from ..model import HostRecord, HostState, HostView
 
 __all__ = ["PeerDirectory"]
+
+T = TypeVar("T")
+
+
+class _Miss(enum.Enum):
+    """Whose lookup found nothing in the cached records: it decides whether they are read again."""
+
+    LOCAL = "local"  # a migration this host starts: read again every time
+    SENDER = "sender"  # a peer's name: once per renewal, whatever names peers send
+    INCARNATION = "incarnation"  # a peer's PREPARE reply to confirm: once per renewal
 
 
 class PeerDirectory:
@@ -59,8 +71,7 @@ class PeerDirectory:
         self._by_name: dict[str, list[HostView]] | None = None
         self._by_endpoint: dict[str, list[HostView]] = {}
         self._read_at = -1
-        self._missed_at = -1
-        self._unconfirmed_at = -1
+        self._missed_at: dict[_Miss, int] = {}  # the renewal in which each kind of miss last read again
         self._lock = anyio.Lock()
         self.reads = 0  # reads of the hosts folder so far (a figure for tests and benchmarks)
 
@@ -74,18 +85,11 @@ class PeerDirectory:
             ProtocolError: two hosts use the name (so neither can be trusted).
             BackendTimeoutError: reading the records took longer than io_timeout.
         """
-        generation = self._generation()
-        async with self._lock:
-            if self._stale(generation):
-                await self._refresh(generation)
-            elif name not in (self._by_name or {}) and self._missed_at != generation:
-                self._missed_at = generation
-                await self._refresh(generation)
-            views = (self._by_name or {}).get(name, [])
+        views = await self._cached(lambda: (self._by_name or {}).get(name), miss=_Miss.SENDER)
         # An old record under the name (a host that left or died, then came
         # back with another id) does not make the live one ambiguous.
-        alive = [v for v in views if v.alive]
-        candidates = alive or views
+        alive = [v for v in views or [] if v.alive]
+        candidates = alive or views or []
         if len(candidates) > 1:
             ids = ", ".join(str(v.record.id) for v in candidates)
             raise ProtocolError(f"host name {name!r} is used by hosts {ids}: it cannot be trusted")
@@ -101,16 +105,7 @@ class PeerDirectory:
         Raises:
             BackendTimeoutError: reading the records took longer than io_timeout.
         """
-        generation = self._generation()
-        async with self._lock:
-            fresh = self._stale(generation)
-            if fresh:
-                await self._refresh(generation)
-            found = _live(self._by_endpoint.get(endpoint, []))
-            if found is None and not fresh:
-                await self._refresh(generation)
-                found = _live(self._by_endpoint.get(endpoint, []))
-        return found
+        return await self._cached(lambda: _live(self._by_endpoint.get(endpoint, [])), miss=_Miss.LOCAL)
 
     async def confirm(self, name: str, host_id: int, incarnation: str) -> bool:
         """Whether host ``name`` (id ``host_id``) is alive as ``incarnation``: a peer's PREPARE reply.
@@ -122,18 +117,15 @@ class PeerDirectory:
         Raises:
             BackendTimeoutError: reading the records took longer than io_timeout.
         """
-        generation = self._generation()
-        async with self._lock:
-            fresh = self._stale(generation)
-            if fresh:
-                await self._refresh(generation)
-            if self._shows(name, host_id, incarnation):
-                return True
-            if fresh or self._unconfirmed_at == generation:
-                return False
-            self._unconfirmed_at = generation
-            await self._refresh(generation)
-            return self._shows(name, host_id, incarnation)
+
+        def shown() -> bool | None:
+            views = (self._by_name or {}).get(name, [])
+            return (
+                any(v.alive and v.record.id == host_id and v.record.incarnation == incarnation for v in views)
+                or None
+            )
+
+        return bool(await self._cached(shown, miss=_Miss.INCARNATION))
 
     def invalidate(self) -> None:
         """Forget the records: the next lookup reads them again (a migration found no one there)."""
@@ -143,11 +135,26 @@ class PeerDirectory:
     def _stale(self, generation: int) -> bool:
         return self._by_name is None or self._read_at != generation
 
-    def _shows(self, name: str, host_id: int, incarnation: str) -> bool:
-        return any(
-            v.alive and v.record.id == host_id and v.record.incarnation == incarnation
-            for v in (self._by_name or {}).get(name, [])
-        )
+    async def _cached(self, find: Callable[[], T | None], *, miss: _Miss) -> T | None:
+        """``find()`` in this renewal's records; on a ``miss``, in records read again if it may."""
+        generation = self._generation()
+        async with self._lock:
+            fresh = self._stale(generation)
+            if fresh:
+                await self._refresh(generation)
+            found = find()
+            if found is None and not fresh and self._may_read_again(miss, generation):
+                await self._refresh(generation)
+                found = find()
+        return found
+
+    def _may_read_again(self, miss: _Miss, generation: int) -> bool:
+        if miss is _Miss.LOCAL:
+            return True
+        if self._missed_at.get(miss) == generation:
+            return False
+        self._missed_at[miss] = generation
+        return True
 
     async def _refresh(self, generation: int) -> None:
         views: list[HostView] = []
