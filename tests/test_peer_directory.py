@@ -184,6 +184,30 @@ async def test_a_restarted_peer_on_a_new_endpoint_is_found_by_the_next_migration
                 assert holders(await a.leases()) == {("b", b2.incarnation)}
 
 
+async def test_an_unknown_peer_is_a_clear_error_and_nothing_changes() -> None:
+    space = unique()
+    unknown = "tcp://127.0.0.1:9"
+    with guest_process() as guest, anyio.fail_after(30):
+        async with (
+            anyio.create_task_group() as tg,
+            host_in_task(tg, peer_config("a", 1, space)) as a,
+            host_in_task(tg, peer_config("b", 2, space)) as b,
+        ):
+            vm = a.domain(UUID, name="vm")
+            await vm.start([actorlock.disk(p) for p in DISKS], pid=guest.pid)
+            before = holders(await a.leases())
+            peers = pin_renewals(a)
+            await a._coordinator.migrations.resolve_peer(b.peer_endpoint)  # the cache knows b
+            reads = peers.reads
+            with pytest.raises(PeerRefusedError) as refused:
+                await vm.prepare_migration(unknown)
+            assert unknown in str(refused.value)
+            assert a.lockspace_id in str(refused.value)
+            assert peers.reads == reads + 1, "a miss reads the records again before refusing"
+            assert holders(await a.leases()) == before
+            assert (await vm.status()).phase == "running"
+
+
 async def test_a_stale_entry_cannot_route_a_migration_to_a_dead_incarnation() -> None:
     """b1 stops renewing but still answers on its endpoint; b2 takes over host 2 elsewhere.
 
