@@ -28,8 +28,8 @@ with and the ratio of p50s:
 Figures and ratios only; nothing is asserted. Bounded: ``--handoffs`` (or
 ``--seconds``) after 5 warm-up handoffs, under a deadline.
 
-    python benchmarks/bench_migration.py [--handoffs 200] [--seconds S] [--plaintext] [--trio]
-                                         [--json out.json]
+    python benchmarks/bench_migration.py [--handoffs 200] [--seconds S] [--plaintext] [--state-dir]
+                                         [--trio] [--json out.json]
 """
 
 from __future__ import annotations
@@ -199,7 +199,10 @@ def guest_args(pid: int) -> dict[str, Any]:
 async def run(args: argparse.Namespace) -> None:
     backend = "trio" if args.trio else "asyncio"
     curve = "off" if args.plaintext else "on"
-    table = Table(f"bench_migration ({backend}, CURVE {curve}, {DISKS} disks, file lockspace)", unit="ops/s")
+    state = ", state_dir" if args.state_dir else ""
+    table = Table(
+        f"bench_migration ({backend}, CURVE {curve}, {DISKS} disks, file lockspace{state})", unit="ops/s"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-migration-", dir=args.dir) as tmp:
         workdir = Path(tmp)
         lockspace = workdir / "lockspace"
@@ -211,6 +214,10 @@ async def run(args: argparse.Namespace) -> None:
             guests = await stack.enter_async_context(host_processes.guest_processes())
             hosts = {}
             for name, host_id in (("a", 1), ("b", 2)):
+                state_dir = None
+                if args.state_dir:
+                    state_dir = workdir / f"state-{name}"
+                    state_dir.mkdir(mode=0o700)
                 spawn = host_processes.spawn_host(
                     name,
                     host_id,
@@ -220,6 +227,7 @@ async def run(args: argparse.Namespace) -> None:
                     backend=backend,
                     timing=TIMING,
                     script=SCRIPT,
+                    state_dir=state_dir,
                 )
                 hosts[name] = await stack.enter_async_context(spawn)
             pids = {name: (await host_processes.start_guest(guests)).pid for name in hosts}
@@ -329,6 +337,9 @@ def main() -> None:
     parser.add_argument("--handoffs", type=int, default=200, help="timed handoffs (after 5 warm-up ones)")
     parser.add_argument("--seconds", type=float, default=0.0, help="run this long instead of --handoffs")
     parser.add_argument("--plaintext", action="store_true", help="peer traffic without CURVE")
+    parser.add_argument(
+        "--state-dir", action="store_true", help="hosts persist guest state (a durable write per step)"
+    )
     benchtable.run(parser, run)
 
 
