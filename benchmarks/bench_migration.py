@@ -7,39 +7,47 @@ sequence: prepare on the source, register the incoming guest on the
 destination, commit on both sides at once. The source's shutdown after
 each handoff is not timed (it releases nothing: the leases moved).
 
-Printed, all from the same run: handoff p50/p99 as the driving script sees
-it and as the hosts measured it, handoffs per second over the whole run,
-and the floors under a handoff:
+Printed as one table (benchtable; ``--json`` writes the rows), all from the
+same run: handoff p50/p99 as the hosts measured it and as the driving
+script sees it, its prepare and commit, handoffs per second over the whole
+run, and the floors under a handoff, each row with the floor it is compared
+with and the ratio of p50s:
 
 * the control channel: one JSON-lines round trip between this script and a
   host process (the driving script's own overhead);
 * the wire: a DEALER/ROUTER round trip of msgpack codec frames between the
   *same two host processes* (a ROUTER in host b, a DEALER in host a, CURVE
   as configured), on a warm connection and on a fresh one (connect,
-  handshake, first reply: each migration opens its own connections);
+  handshake, first reply);
 * the backend: ``FileLeaseBackend.transfer`` of 4 leases alone on the same
-  lockspace, between two backends joined as hosts 11 and 12 in this process.
+  lockspace, between two backends joined as hosts 11 and 12 in this
+  process, and ``records`` of the same 4 leases (a handoff reads them twice:
+  the destination's check of the offer and of the commit);
+* their sum along a handoff's path: 2 warm round trips + 1 transfer + 2 reads.
 
-Figures and ratios only; nothing is asserted.
+Figures and ratios only; nothing is asserted. Bounded: ``--handoffs`` (or
+``--seconds``) after 5 warm-up handoffs, under a deadline.
 
-    python benchmarks/bench_migration.py [--handoffs 200] [--seconds S] [--plaintext] [--backend trio]
+    python benchmarks/bench_migration.py [--handoffs 200] [--seconds S] [--plaintext] [--state-dir]
+                                         [--trio] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import anyio
+import benchtable
+from benchtable import Table, pct
 
 from actorlock._verify import host_processes
 from actorlock.backends.base import HostAdvert
@@ -149,19 +157,9 @@ class BenchAgent(host_processes.HostAgent):
 # --- the parent --------------------------------------------------------------------
 
 
-def pct(samples: Sequence[float], q: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
-def row(label: str, samples: Sequence[float]) -> None:
-    print(
-        f"  {label:<64} {pct(samples, 0.5) * 1e3:8.3f} {pct(samples, 0.99) * 1e3:8.3f}   (n={len(samples)})"
-    )
-
-
-async def transfer_floor(lockspace: Path, count: int) -> list[float]:
-    """``transfer`` of 4 leases ping-ponged between two backends joined as hosts 11 and 12."""
+async def backend_floor(lockspace: Path, count: int) -> tuple[list[float], list[float]]:
+    """``transfer`` of 4 leases ping-ponged between two backends joined as hosts 11 and 12,
+    and ``records`` of the same 4 leases after each."""
     sides = []
     for host_id in (11, 12):
         backend = FileLeaseBackend(lockspace, host_dead=TIMING["host_dead"])
@@ -172,21 +170,25 @@ async def transfer_floor(lockspace: Path, count: int) -> list[float]:
     requests = [LeaseRequest(f"disk:/floor/disk{i}.qcow2", LeaseMode.EXCLUSIVE) for i in range(DISKS)]
     holder, other = 0, 1
     leases = await sides[holder][0].acquire(sides[holder][1], requests)
-    samples = []
+    transfers, reads = [], []
+    keys = [request.key for request in requests]
     try:
         for _ in range(count):
             backend, source, _ = sides[holder]
             _, destination, destination_incarnation = sides[other]
             started = time.perf_counter()
             leases = await backend.transfer(source, destination, destination_incarnation, leases)
-            samples.append(time.perf_counter() - started)
+            transfers.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            await sides[other][0].records(keys)
+            reads.append(time.perf_counter() - started)
             holder, other = other, holder
     finally:
         await sides[holder][0].release(sides[holder][1], [lease.key for lease in leases])
         for backend, _, _ in sides:
             await backend.leave(clean=True)
             await backend.aclose()
-    return samples
+    return transfers, reads
 
 
 def guest_args(pid: int) -> dict[str, Any]:
@@ -195,6 +197,12 @@ def guest_args(pid: int) -> dict[str, Any]:
 
 
 async def run(args: argparse.Namespace) -> None:
+    backend = "trio" if args.trio else "asyncio"
+    curve = "off" if args.plaintext else "on"
+    state = ", state_dir" if args.state_dir else ""
+    table = Table(
+        f"bench_migration ({backend}, CURVE {curve}, {DISKS} disks, file lockspace{state})", unit="ops/s"
+    )
     with tempfile.TemporaryDirectory(prefix="bench-migration-", dir=args.dir) as tmp:
         workdir = Path(tmp)
         lockspace = workdir / "lockspace"
@@ -206,24 +214,24 @@ async def run(args: argparse.Namespace) -> None:
             guests = await stack.enter_async_context(host_processes.guest_processes())
             hosts = {}
             for name, host_id in (("a", 1), ("b", 2)):
+                state_dir = None
+                if args.state_dir:
+                    state_dir = workdir / f"state-{name}"
+                    state_dir.mkdir(mode=0o700)
                 spawn = host_processes.spawn_host(
                     name,
                     host_id,
                     lockspace,
                     workdir,
                     keys=keys[name],
-                    backend=args.backend,
+                    backend=backend,
                     timing=TIMING,
                     script=SCRIPT,
+                    state_dir=state_dir,
                 )
                 hosts[name] = await stack.enter_async_context(spawn)
             pids = {name: (await host_processes.start_guest(guests)).pid for name in hosts}
             a, b = hosts["a"], hosts["b"]
-            print(
-                f"python {sys.version.split()[0]}, {os.cpu_count()} cpus, hosts on {args.backend}, "
-                f"CURVE {'off' if args.plaintext else 'on'}, {DISKS} disks, lockspace on {lockspace}"
-            )
-
             # Floors first, with both hosts idle.
             control = []
             for _ in range(CONTROL_ROUND_TRIPS):
@@ -239,7 +247,7 @@ async def run(args: argparse.Namespace) -> None:
                 count=WIRE_ROUND_TRIPS,
                 fresh=WIRE_FRESH_CONNECTIONS,
             )
-            transfers = await transfer_floor(lockspace, TRANSFERS)
+            transfers, reads = await backend_floor(lockspace, TRANSFERS)
 
             await a.call("start", **guest_args(pids["a"]))
             outside: list[float] = []
@@ -274,33 +282,47 @@ async def run(args: argparse.Namespace) -> None:
             run_time = time.perf_counter() - run_started
             await src.call("shutdown", uuid=UUID)
 
-        rate = len(outside) / run_time
-        print(f"\n{'':2}{'':<64} {'p50 ms':>8} {'p99 ms':>8}")
-        print("handoff (prepare + register incoming + commit on both sides)")
-        row("as this script sees it (3 control round trips included)", outside)
-        row("as the hosts measured it (prepare + register + slower commit)", inside)
-        row("  prepare, on the source", prepares)
-        row("  commit, the slower side", commits)
-        print("floors (same run)")
-        row("control channel round trip (this script <-> host, JSON lines)", control)
-        row("wire: DEALER/ROUTER msgpack round trip a -> b, warm", wire["warm"])
-        row("wire: fresh connection + handshake + first round trip", wire["cold"])
-        row(f"backend transfer of {DISKS} leases (FileLeaseBackend)", transfers)
-        print(f"\nhandoffs per second over the run (source shutdown and control included): {rate:.1f}")
-        p50 = {
-            "inside": statistics.median(inside),
-            "wire": statistics.median(wire["warm"]),
-            "cold": statistics.median(wire["cold"]),
-            "transfer": statistics.median(transfers),
-        }
-        # PREPARE and COMMIT are one round trip each; the commit runs one transfer.
-        floor = 2 * p50["wire"] + p50["transfer"]
-        print("ratios of p50s:")
-        print(f"  handoff / warm wire round trip          {p50['inside'] / p50['wire']:8.1f}x")
-        print(f"  handoff / backend transfer              {p50['inside'] / p50['transfer']:8.1f}x")
-        print(f"  handoff / (2 warm round trips + transfer) {p50['inside'] / floor:6.1f}x")
-        fresh_floor = 2 * p50["cold"] + p50["transfer"]
-        print(f"  handoff / (2 fresh round trips + transfer) {p50['inside'] / fresh_floor:5.1f}x")
+        floors(table, control=control, wire=wire, transfers=transfers, reads=reads)
+        table.add_latencies(
+            "handoff (as the hosts timed it)",
+            inside,
+            floor=WIRE,
+            by="p50",
+            goal="p50 <= 3 ms, p99 <= 15 ms",
+        )
+        table.add_latencies("handoff (hosts) against its path", inside, floor=PATH, by="p50")
+        table.add_latencies("handoff (as this script sees it)", outside, floor=CONTROL, by="p50")
+        table.add_latencies("  prepare, on the source", prepares, floor=WIRE, by="p50")
+        table.add_latencies("  commit, the slower side", commits, floor=TRANSFER, by="p50")
+        # Ratio of rates: handoffs per second against one path floor's worth per second.
+        table.add("handoffs/s over the whole run", len(outside) / run_time, floor=PATH)
+    table.write_json(args.json)
+
+
+CONTROL = "floor: control round trip"
+WIRE = "floor: wire round trip, warm"
+TRANSFER = f"floor: file transfer of {DISKS} leases"
+PATH = "floor: 2 RT + transfer + 2 reads"
+
+
+def floors(
+    table: Table,
+    *,
+    control: list[float],
+    wire: Mapping[str, list[float]],
+    transfers: list[float],
+    reads: list[float],
+) -> None:
+    """The floor rows, measured before the handoffs with both hosts idle."""
+    table.add_latencies(CONTROL, control)
+    table.add_latencies(WIRE, wire["warm"])
+    cold = wire["cold"]
+    table.add_latencies("floor: wire, fresh conn. + handshake", cold, floor=WIRE, by="p50")
+    table.add_latencies(TRANSFER, transfers)
+    table.add_latencies(f"floor: file records of {DISKS} leases", reads)
+    # One handoff's path: PREPARE and COMMIT round trips, the transfer, the destination's two reads.
+    path = 2 * pct(wire["warm"], 0.5) + pct(transfers, 0.5) + 2 * pct(reads, 0.5)
+    table.add(PATH, 1 / path, [path], extra={"sum_of_p50s": True})
 
 
 def main() -> None:
@@ -315,10 +337,10 @@ def main() -> None:
     parser.add_argument("--handoffs", type=int, default=200, help="timed handoffs (after 5 warm-up ones)")
     parser.add_argument("--seconds", type=float, default=0.0, help="run this long instead of --handoffs")
     parser.add_argument("--plaintext", action="store_true", help="peer traffic without CURVE")
-    parser.add_argument("--backend", default="asyncio", choices=("asyncio", "trio"), help="for every process")
-    parser.add_argument("--dir", default=None, help="where to put the temporary lockspace")
-    args = parser.parse_args()
-    anyio.run(run, args, backend=args.backend)
+    parser.add_argument(
+        "--state-dir", action="store_true", help="hosts persist guest state (a durable write per step)"
+    )
+    benchtable.run(parser, run)
 
 
 if __name__ == "__main__":

@@ -1,20 +1,23 @@
 """What a supervised guest costs, and how soon it dies after its coordinator does.
 
-Prints, for ``--guests`` guests (``sleep``):
+Prints one table (benchtable; ``--json`` writes the rows), for ``--guests``
+guests (``sleep``), every row against a floor from the same run:
 
-* start time: a bare ``fork``/``exec`` of the guest until it runs, against
-  ``Domain.spawn`` (supervisor start, control-socket welcome, guest start,
-  registration), median and max;
+* start time: ``Domain.spawn`` (supervisor start, control-socket welcome,
+  guest start, registration) against a bare ``fork``/``exec`` of the guest
+  until it runs (ratio of p50s);
 * memory of one supervisor process: RSS, PSS (its share of pages it shares
-  with the other supervisors) and private memory, from /proc/PID/smaps_rollup;
+  with the other supervisors) and private memory, from /proc/PID/smaps_rollup
+  (notes, and fields of the spawn row in the JSON);
 * kill time: a coordinator process is SIGKILLed and never restarted; the
   time until its supervised guest is gone, against the bound
   lease_timeout + fence_timeout counted from the kill (the last renewal was
-  at or before it, so the real bound is never later).
+  at or before it, so the real bound is never later): the ratio is <= 1
+  when the bound holds.
 
-Figures only; nothing is asserted.
+Figures only; nothing is asserted. Bounded: every wait has a deadline.
 
-    python benchmarks/bench_supervisor.py [--guests 10] [--kills 3] [--trio]
+    python benchmarks/bench_supervisor.py [--guests 10] [--kills 3] [--trio] [--json out.json]
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+from benchtable import Table, run
 
 import actorlock
 
@@ -113,11 +117,7 @@ def bare_starts(guests: int) -> list[float]:
     return times
 
 
-def ms(values: list[float]) -> str:
-    return f"median {statistics.median(values) * 1000:6.1f} ms, max {max(values) * 1000:6.1f} ms"
-
-
-async def supervised(guests: int, tmp: Path) -> None:
+async def supervised(table: Table, guests: int, tmp: Path) -> None:
     bare = await anyio.to_thread.run_sync(bare_starts, guests)
     spawned: list[float] = []
     supervisors: list[int] = []
@@ -136,19 +136,31 @@ async def supervised(guests: int, tmp: Path) -> None:
             os.kill(s, signal.SIGKILL)  # its guest follows it (PR_SET_PDEATHSIG)
         for i in range(guests):
             await host.domain(f"vm{i}").shutdown()
-    extra = statistics.median(spawned) - statistics.median(bare)
-    print(f"guests: {guests} x sleep")
-    print(f"  bare start        {ms(bare)}")
-    print(f"  supervised start  {ms(spawned)}")
-    print(f"  extra start       median {extra * 1000:6.1f} ms")
-    print(f"  guest itself      RSS {statistics.median(guest_rss) / 1024:5.2f} MiB (bare or supervised)")
-    for key, label in (("Rss", "RSS"), ("Pss", "PSS"), ("Private", "private")):
+    bare_row = "floor: bare fork/exec of the guest"
+    table.add_latencies(bare_row, bare)
+    mib = {"guest_rss_mib": statistics.median(guest_rss) / 1024}
+    for key, label in (("Rss", "rss"), ("Pss", "pss"), ("Private", "private")):
         values = [f["Private_Clean"] + f["Private_Dirty"] if key == "Private" else f[key] for f in figures]
-        print(f"  supervisor {label:8s} median {statistics.median(values) / 1024:5.2f} MiB per guest")
+        mib[f"supervisor_{label}_mib"] = statistics.median(values) / 1024
+    table.add_latencies(
+        "Domain.spawn (supervised start)",
+        spawned,
+        floor=bare_row,
+        by="p50",
+        extra=mib,
+    )
+    table.note(
+        f"per supervisor (median of {guests}): RSS {mib['supervisor_rss_mib']:.2f} MiB, "
+        f"PSS {mib['supervisor_pss_mib']:.2f} MiB, private {mib['supervisor_private_mib']:.2f} MiB; "
+        f"the guest itself RSS {mib['guest_rss_mib']:.2f} MiB"
+    )
 
 
-async def kill_times(kills: int, tmp: Path) -> None:
+async def kill_times(table: Table, kills: int, tmp: Path) -> None:
     bound = TIMING["lease_timeout"] + TIMING["fence_timeout"]
+    bound_row = "bound: lease_timeout + fence_timeout"
+    table.add(bound_row, 1 / bound, [bound], extra={"configured": True})
+    gone: list[float] = []
     for attempt in range(kills):
         run = tmp / f"kill{attempt}"
         run.mkdir()
@@ -164,18 +176,25 @@ async def kill_times(kills: int, tmp: Path) -> None:
             fd = os.pidfd_open(pid)
             with anyio.fail_after(10):
                 await anyio.wait_readable(fd)
-            took = time.perf_counter() - killed
+            gone.append(time.perf_counter() - killed)
             os.close(fd)
-        print(
-            f"coordinator SIGKILLed: guest gone after {took:.3f}s "
-            f"(lease_timeout {TIMING['lease_timeout']} + fence_timeout {TIMING['fence_timeout']} = {bound}s)"
-        )
+    table.add_latencies(
+        "coordinator SIGKILLed: guest gone",
+        gone,
+        floor=bound_row,
+        by="p50",
+        goal="<= 1x",
+    )
 
 
 async def main(args: argparse.Namespace) -> None:
-    with tempfile.TemporaryDirectory() as tmp:
-        await supervised(args.guests, Path(tmp))
-        await kill_times(args.kills, Path(tmp))
+    table = Table(
+        f"bench_supervisor ({'trio' if args.trio else 'asyncio'}, {args.guests} guests)", unit="ops/s"
+    )
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        await supervised(table, args.guests, Path(tmp))
+        await kill_times(table, args.kills, Path(tmp))
+    table.write_json(args.json)
 
 
 if __name__ == "__main__":
@@ -184,6 +203,4 @@ if __name__ == "__main__":
     )
     parser.add_argument("--guests", type=int, default=10)
     parser.add_argument("--kills", type=int, default=3)
-    parser.add_argument("--trio", action="store_true")
-    options = parser.parse_args()
-    anyio.run(main, options, backend="trio" if options.trio else "asyncio")
+    run(parser, main)

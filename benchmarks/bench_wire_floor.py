@@ -1,20 +1,24 @@
 """The floor under peer messaging: DEALER/ROUTER round trips of codec frames.
 
-Prints, for asyncio and trio, with CURVE off and on: the latency of one
-request at a time (p50/p99) and the throughput with 64 requests in flight.
-Each measurement runs for a bounded time. Figures only; no assertions.
+Prints one table (benchtable; ``--json`` writes the rows), for asyncio and
+trio, with CURVE off and on: requests per second and latency (p50/p99) one
+request at a time, and the throughput with 64 requests in flight. The floor
+of each row is measured in the same run: the first row (asyncio, CURVE off,
+one at a time) for the other one-at-a-time rows (ratio of p50s), and the
+same configuration one at a time for the 64-in-flight rows (ratio of
+rates). Each measurement runs for ``--seconds``. Figures only; no assertions.
 
-    python benchmarks/bench_wire_floor.py [--seconds 1.5]
+    python benchmarks/bench_wire_floor.py [--seconds 1.5] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import time
 
 import anyio
+from benchtable import Table
 
 from actorlock.model import DomainIdentity, Lease, LeaseMode, LockState
 from actorlock.protocol import Prepare, PrepareReply
@@ -105,16 +109,18 @@ async def measure(seconds: float, *, curve: bool) -> tuple[list[float], float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=1.5, help="length of each measurement")
+    parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = parser.parse_args()
-    print(f"request frame {len(REQUEST)} bytes; reply decoded each time")
-    print(f"{'backend':8} {'curve':5} {'p50 ms':>8} {'p99 ms':>8} {'req/s @1':>9} {'req/s @64':>10}")
+    table = Table(f"bench_wire_floor (request frame {len(REQUEST)} bytes, reply decoded)", unit="req/s")
+    first = ""
     for backend in ("asyncio", "trio"):
         for curve in (False, True):
             samples, rate = anyio.run(functools.partial(measure, curve=curve), args.seconds, backend=backend)
-            cuts = statistics.quantiles(samples, n=100)
-            one = len(samples) / sum(samples)
-            p50, p99 = cuts[49] * 1e3, cuts[98] * 1e3
-            print(f"{backend:8} {'on' if curve else 'off':5} {p50:8.3f} {p99:8.3f} {one:9.0f} {rate:10.0f}")
+            one = f"{backend}, CURVE {'on' if curve else 'off'}, 1 in flight"
+            table.add_latencies(one, samples, floor=first, by="p50")
+            first = first or one
+            table.add(f"{backend}, CURVE {'on' if curve else 'off'}, 64 in flight", rate, floor=one)
+    table.write_json(args.json)
 
 
 if __name__ == "__main__":

@@ -71,30 +71,47 @@ class Table:
         floor: str = "",
         goal: str = "",
         extra: dict[str, Any] | None = None,
+        by: str = "rate",
     ) -> float:
-        """Record and print one row; ``floor`` names an earlier row: the ratio is rate / its rate."""
+        """Record and print one row; ``floor`` names an earlier row: the ratio is rate / its rate.
+
+        With ``by="p50"`` the ratio is this row's p50 over the floor's (for
+        latencies, where the floor is the smaller one).
+        """
         samples = latencies or []
-        base = next((row["rate"] for row in self.rows if row["name"] == floor), None) if floor else None
-        ratio = rate / base if base else None
+        p50_ms = pct(samples, 0.5) * 1e3
+        base_row = next((row for row in self.rows if row["name"] == floor), None) if floor else None
+        ratio = None
+        if base_row is not None and by == "p50":
+            ratio = p50_ms / base_row["p50_ms"] if base_row["p50_ms"] else None
+        elif base_row is not None:
+            ratio = rate / base_row["rate"] if base_row["rate"] else None
         row: dict[str, Any] = {
             "name": name,
             "rate": rate,
             "unit": self.unit,
-            "p50_ms": pct(samples, 0.5) * 1e3,
+            "p50_ms": p50_ms,
             "p99_ms": pct(samples, 0.99) * 1e3,
             "n": len(samples),
             "floor": floor or None,
             "ratio": ratio,
+            "ratio_of": by,
             "goal": goal or None,
             **(extra or {}),
         }
         self.rows.append(row)
         shown = f"{ratio:6.2f}x" if ratio is not None else "      -"
+        if ratio is not None and by == "p50":
+            shown += " p50"
         print(
             f"{name:<44} {rate:11.1f} {row['p50_ms']:9.2f} {row['p99_ms']:9.2f} {len(samples):7d}  "
             f"{floor or '(is a floor)':<32} {shown}" + (f"   goal: {goal}" if goal else "")
         )
         return rate
+
+    def add_latencies(self, name: str, latencies: list[float], **options: Any) -> float:
+        """A row of operations run one after another: its rate is their count over their total time."""
+        return self.add(name, len(latencies) / sum(latencies), latencies, **options)
 
     def note(self, text: str) -> None:
         self.notes.append(text)

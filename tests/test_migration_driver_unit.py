@@ -16,7 +16,7 @@ import pytest
 
 from actorlock.actors.messages import MigrationSettled
 from actorlock.actors.migration import MigrationDriver
-from actorlock.errors import MigrationError
+from actorlock.errors import ActorlockError, MigrationError, PeerRefusedError, PeerUnreachableError
 from actorlock.model import (
     DomainIdentity,
     Holder,
@@ -29,10 +29,12 @@ from actorlock.model import (
     MigrationRole,
 )
 from actorlock.protocol import (
+    Call,
     Commit,
     CommitReply,
     IllegalEventError,
     MigrationDestination,
+    MigrationSource,
     Outcome,
     Prepare,
     PrepareReply,
@@ -109,6 +111,10 @@ def destination(host: FakeMigrationHost) -> MigrationDriver:
         lockspace_id="space",
         timing=TIMING,
     )
+    return driver_for(host, machine)
+
+
+def driver_for(host: FakeMigrationHost, machine: Any, **options: Any) -> MigrationDriver:
     return MigrationDriver(
         host,
         machine,
@@ -117,6 +123,7 @@ def destination(host: FakeMigrationHost) -> MigrationDriver:
         domain_uuid=VM.uuid,
         request_timeout=1.0,
         io_timeout=1.0,
+        **options,
     )
 
 
@@ -187,3 +194,82 @@ async def test_a_driver_that_ended_fails_its_late_callers_with_migration_error()
     late = await driver.complete(commit=True)
     with pytest.raises(MigrationError, match="has ended"):
         await late.wait()
+
+
+# -- the source's check of the destination's PREPARE reply ---------------------------
+
+SHORT = Timing(retry_interval=0.02, prepare_timeout=0.3, transfer_margin=0.1)
+
+
+class FakeDestinationHost(FakeMigrationHost):
+    """A source's host whose peer answers every PREPARE as incarnation ``answering``."""
+
+    def __init__(self, answering: str) -> None:
+        super().__init__()
+        self.client = FakePeerClient(self.destination_answers)
+        self.answering = answering
+
+    def destination_answers(self, request: Request) -> Response | None:
+        if isinstance(request, Prepare):
+            return PrepareReply(
+                migration_id=request.migration_id,
+                sender="b",
+                seq=request.seq,
+                deadline_remaining=5.0,
+                host_id=2,
+                incarnation=self.answering,
+            )
+        return None
+
+    async def transfer(self, *args: Any) -> tuple[Lease, ...]:
+        raise AssertionError("nothing may be transferred to an unconfirmed incarnation")
+
+
+async def prepared_source(host: FakeDestinationHost, alive: str) -> BaseException | None:
+    """Run a source driver whose records show incarnation ``alive`` of host b; how PREPARE ended."""
+
+    async def confirm(reply: PrepareReply) -> None:
+        if reply.incarnation != alive:
+            raise PeerRefusedError(f"incarnation {reply.incarnation} is not alive")
+
+    machine = MigrationSource(
+        migration_id="m2",
+        local=HostIdentity("a", 1),
+        peer="b",
+        domain=VM,
+        lockspace_kind="fake",
+        lockspace_id="space",
+        lock_state=OFFERED,
+        timing=SHORT,
+    )
+    driver = driver_for(host, machine, confirm=confirm)
+
+    def start(m: Any, now: float) -> Any:
+        return m.start(now=now, deadline_at=now + 2.0)
+
+    failure: BaseException | None = None
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            await tg.start(driver.run)
+            result = await driver.call(Call.PREPARE, start)
+            try:
+                await result.wait()
+            except ActorlockError as exc:
+                failure = exc
+            tg.cancel_scope.cancel()
+    return failure
+
+
+async def test_a_prepare_reply_from_the_alive_incarnation_prepares() -> None:
+    host = FakeDestinationHost(answering="inc-b2")
+    assert await prepared_source(host, alive="inc-b2") is None
+    assert len([r for r in host.client.requests if isinstance(r, Prepare)]) == 1
+
+
+async def test_a_prepare_reply_from_an_unconfirmed_incarnation_counts_as_no_answer() -> None:
+    host = FakeDestinationHost(answering="inc-b1")
+    failure = await prepared_source(host, alive="inc-b2")
+    assert isinstance(failure, PeerUnreachableError), failure
+    assert "no answer from b to PREPARE" in str(failure)
+    prepares = [r for r in host.client.requests if isinstance(r, Prepare)]
+    assert len(prepares) > 1, "each unconfirmed reply was treated as no answer and PREPARE sent again"

@@ -61,7 +61,7 @@ from .mailbox import ActorRef
 from .messages import DomainStatus
 from .migrations import MigrationRegistry
 from .peer_connections import PeerConnections
-from .peer_limits import PeerDirectory
+from .peer_directory import PeerDirectory
 from .peer_service import PeerService
 from .ports import DomainServices
 
@@ -157,8 +157,12 @@ class HostCoordinator:
         self.watchdog: Watchdog | None = None
         if config.watchdog.device is not None:
             self.watchdog = Watchdog(config.watchdog.device, host=config.host.name)
-        # Peer requests read host records at most once per renewal.
-        self.peers = PeerDirectory(lambda: self.backend.hosts(), lambda: self.lifeline.renewals)
+        # Peer requests and outgoing migrations read host records at most once per renewal.
+        self.peers = PeerDirectory(
+            lambda: self.backend.hosts(),
+            lambda: self.lifeline.renewals,
+            io_timeout=config.timing.io_timeout,
+        )
         self.migrations = MigrationRegistry(
             config.peer,
             self.membership,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 import anyio
@@ -35,6 +35,7 @@ from ..protocol import (
     MigrationDestination,
     MigrationSource,
     Ownership,
+    PrepareReply,
     QueryBackend,
     Reply,
     Request,
@@ -60,6 +61,8 @@ log = logging.getLogger(__name__)
 
 Machine = MigrationSource | MigrationDestination
 Input = Callable[[Machine, float], list[Effect]]
+# The source's check of the destination's PREPARE reply (the incarnation it names is alive).
+Confirm = Callable[[PrepareReply], Awaitable[None]]
 
 _serials = itertools.count(1)
 
@@ -93,6 +96,7 @@ class MigrationDriver:
         request_timeout: float,
         io_timeout: float,
         peer_name: str = "",
+        confirm: Confirm | None = None,
     ) -> None:
         self.host = host
         self.machine = machine
@@ -106,6 +110,7 @@ class MigrationDriver:
         self._io_timeout = io_timeout
         self._peer_endpoint = peer_endpoint
         self._peer_key = peer_key
+        self._confirm = confirm
         self._send, self._inbox = anyio.create_memory_object_stream[tuple[Input, _Caller | None]](256)
         self._timers: dict[Timer, anyio.CancelScope] = {}
         self._replies: dict[int, list[_ReplySlot]] = {}
@@ -355,6 +360,10 @@ class MigrationDriver:
             if isinstance(self.machine, MigrationDestination) and committed(reply):
                 assert isinstance(reply, CommitReply)
                 await check_commit(self.host.records, self._io_timeout, self.machine, reply)
+            elif isinstance(reply, PrepareReply) and self._confirm is not None:
+                # The peer was found in records cached for a renewal period: the
+                # transfer will name the incarnation this reply names, so it must be alive.
+                await self._confirm(reply)
         except (PeerError, ActorlockError) as exc:
             failure = exc  # the name bound by except is deleted when the block ends
             await self._put(lambda m, now: m.io_failed(message, failure, now=now), None)

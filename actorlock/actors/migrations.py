@@ -11,19 +11,30 @@ from __future__ import annotations
 import uuid as uuidlib
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
+from functools import partial
 from typing import TYPE_CHECKING
 
 from anyio.abc import TaskGroup
 
 from ..config import PeerConfig
-from ..errors import NotSupportedError, PeerRefusedError
-from ..model import DomainIdentity, HostState, Lease, LeaseOwner, LeaseRecord, LockState, MigrationRole
-from ..protocol import Call, Effect, MigrationDestination, MigrationSource, Prepare, Timing
+from ..errors import LockspaceLostError, NotSupportedError, PeerRefusedError
+from ..model import DomainIdentity, Lease, LeaseOwner, LeaseRecord, LockState, MigrationRole
+from ..protocol import (
+    Call,
+    Effect,
+    MigrationDestination,
+    MigrationSource,
+    Outcome,
+    Prepare,
+    PrepareReply,
+    Timing,
+)
 from .call_result import CallResult
 from .lifeline import Membership
 from .messages import MigrationSettled
-from .migration import Machine, MigrationDriver
-from .peer_limits import PeerDirectory, admit_incoming
+from .migration import Confirm, Machine, MigrationDriver
+from .peer_directory import PeerDirectory
+from .peer_limits import admit_incoming
 from .ports import HostLeases, PeerHost
 
 if TYPE_CHECKING:
@@ -75,24 +86,29 @@ class MigrationRegistry:
             raise NotSupportedError(f"the {self._leases.backend_kind} backend does not support migration")
 
     async def resolve_peer(self, uri: str) -> PeerHost:
-        """The host advertising peer endpoint ``uri`` in our lockspace, if we may migrate to it."""
+        """The live host advertising peer endpoint ``uri`` in our lockspace, if we may migrate to it.
+
+        Answered from the peer directory (host records read once per
+        renewal, again on a miss): no listing of the hosts folder per
+        migration. A stale answer is caught later: the destination's reply
+        names its incarnation, which the driver confirms before any transfer.
+        """
         self.require_peer_service()
         me = self._membership
-        for view in await self._leases.hosts():
-            record = view.record
-            if record.peer_endpoint == uri and record.state is HostState.LIVE:
-                if record.id == me.identity.id:
-                    raise PeerRefusedError(f"{uri} is this host ({me.identity.name}): nothing to migrate to")
-                if not self._peer.plaintext and record.public_key not in self._peer.allowed_keys:
-                    raise PeerRefusedError(
-                        f"host {record.name} at {uri} has public key {record.public_key!r}, "
-                        "which is not in [peer] allowed_keys"
-                    )
-                return PeerHost(record.name, record.public_key, uri)
-        raise PeerRefusedError(
-            f"no live host in lockspace {me.lockspace_id} advertises peer endpoint {uri}: "
-            "it is down, or uses another lockspace or backend"
-        )
+        record = await self._peers.at_endpoint(uri)
+        if record is None:
+            raise PeerRefusedError(
+                f"no live host in lockspace {me.lockspace_id} advertises peer endpoint {uri}: "
+                "it is down, or uses another lockspace or backend"
+            )
+        if record.id == me.identity.id:
+            raise PeerRefusedError(f"{uri} is this host ({me.identity.name}): nothing to migrate to")
+        if not self._peer.plaintext and record.public_key not in self._peer.allowed_keys:
+            raise PeerRefusedError(
+                f"host {record.name} at {uri} has public key {record.public_key!r}, "
+                "which is not in [peer] allowed_keys"
+            )
+        return PeerHost(record.name, record.public_key, uri)
 
     async def start_outgoing(
         self, identity: DomainIdentity, lock_state: LockState, peer: PeerHost
@@ -108,7 +124,9 @@ class MigrationRegistry:
             lock_state=lock_state,
             timing=self._timing(),
         )
-        driver = self._driver(machine, peer.endpoint, peer.public_key, identity.uuid)
+        driver = self._driver(
+            machine, peer.endpoint, peer.public_key, identity.uuid, confirm=partial(self._confirm, peer.name)
+        )
         await self._start(driver)
         deadline = self._peer.migration_timeout
 
@@ -139,6 +157,10 @@ class MigrationRegistry:
     async def start_incoming(self, message: Prepare, peer_key: str) -> MigrationDriver:
         """The driver for a PREPARE, started unless the caps on pending migrations refuse it."""
         me = self._membership
+        if not self._leases.live:
+            # Our lease may have run out, so others may judge this incarnation dead (and a new
+            # one may have joined): a PREPARE reply naming it must never lead to a transfer.
+            raise LockspaceLostError(f"host {me.identity.name} has no valid lockspace membership")
         record = await self._peers.lookup(message.sender)
         peer_endpoint = record.peer_endpoint if record is not None else ""
         existing = self._migrations.get(message.migration_id)
@@ -177,6 +199,9 @@ class MigrationRegistry:
         return self._connect(endpoint, server_key)
 
     async def domain_settled(self, uuid: str, settled: MigrationSettled) -> None:
+        if settled.role is MigrationRole.SOURCE and settled.outcome is not Outcome.COMMITTED:
+            # Perhaps nobody answered at the cached endpoint: the next migration reads again.
+            self._peers.invalidate()
         await self._settle(uuid, settled)
 
     def migration_ended(self, driver: MigrationDriver) -> None:
@@ -195,8 +220,23 @@ class MigrationRegistry:
             max_pending=peer.prepare_timeout + peer.migration_timeout,
         )
 
+    async def _confirm(self, name: str, reply: PrepareReply) -> None:
+        """Refuse a PREPARE reply from an incarnation of ``name`` the lockspace does not show alive."""
+        if not await self._peers.confirm(name, reply.host_id, reply.incarnation):
+            raise PeerRefusedError(
+                f"host {name} answered as host {reply.host_id}, incarnation {reply.incarnation}, "
+                "which the lockspace does not show alive"
+            )
+
     def _driver(
-        self, machine: Machine, endpoint: str, key: str, uuid: str, *, peer_name: str = ""
+        self,
+        machine: Machine,
+        endpoint: str,
+        key: str,
+        uuid: str,
+        *,
+        peer_name: str = "",
+        confirm: Confirm | None = None,
     ) -> MigrationDriver:
         return MigrationDriver(
             self,
@@ -207,6 +247,7 @@ class MigrationRegistry:
             request_timeout=self._peer.request_timeout,
             io_timeout=self._io_timeout,
             peer_name=peer_name,
+            confirm=confirm,
         )
 
     async def _start(self, driver: MigrationDriver) -> None:

@@ -3,22 +3,19 @@
 Kept apart from the host actor so the rules read in one place: an incoming
 migration costs a driver task and a socket (file descriptors) until it
 ends, so a peer may keep only so many pending, and an offer with nothing in
-it is refused before it costs anything. Peer requests are authenticated
-against host records cached once per renewal, so a flood of requests is
-not a flood of lockspace reads.
+it is refused before it costs anything. (Peer requests are authenticated
+against host records cached once per renewal: peer_directory.)
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
-import anyio
-
 from ..errors import ActorlockError, InvalidStateError, PeerRefusedError, ProtocolError
-from ..model import HostRecord, HostView, LockState, MigrationRole
+from ..model import LockState, MigrationRole
 from ..transport.limits import check_lock_state
 from ..transport.ratelimit import LogLimiter
 
@@ -72,56 +69,6 @@ def admit_incoming(message: Prepare, drivers: Iterable[MigrationDriver], config:
             f"{from_sender} incoming migrations from {message.sender} are pending, "
             "the most peer.max_incoming_per_peer allows"
         )
-
-
-class PeerDirectory:
-    """Host records as peers' requests need them, read at most once per renewal.
-
-    ``generation()`` is the host's count of successful renewals: a new one
-    means the cache may be stale. A name not found may read again once per
-    generation, so a host that joined since is found without waiting, and
-    a flood of unknown senders still costs one read per renewal.
-    """
-
-    def __init__(self, read: Callable[[], Awaitable[list[HostView]]], generation: Callable[[], int]) -> None:
-        self._read = read
-        self._generation = generation
-        self._records: dict[str, list[HostView]] | None = None
-        self._read_at = -1
-        self._missed_at = -1
-        self._lock = anyio.Lock()
-        self.reads = 0
-
-    async def lookup(self, name: str) -> HostRecord | None:
-        """The record of the host called ``name``, None if there is none.
-
-        Raises:
-            ProtocolError: two hosts use the name (so neither can be trusted).
-        """
-        generation = self._generation()
-        async with self._lock:
-            if self._records is None or self._read_at != generation:
-                await self._refresh(generation)
-            elif name not in (self._records or {}) and self._missed_at != generation:
-                self._missed_at = generation
-                await self._refresh(generation)
-            views = (self._records or {}).get(name, [])
-        # An old record under the name (a host that left or died, then came
-        # back with another id) does not make the live one ambiguous.
-        alive = [v for v in views if v.alive]
-        candidates = alive or views
-        if len(candidates) > 1:
-            ids = ", ".join(str(v.record.id) for v in candidates)
-            raise ProtocolError(f"host name {name!r} is used by hosts {ids}: it cannot be trusted")
-        return candidates[0].record if candidates else None
-
-    async def _refresh(self, generation: int) -> None:
-        views = await self._read()
-        self.reads += 1
-        records: dict[str, list[HostView]] = {}
-        for view in views:
-            records.setdefault(view.record.name, []).append(view)
-        self._records, self._read_at = records, generation
 
 
 class RefusalLog:

@@ -21,7 +21,8 @@ from ..transport import codec
 from ..transport.zmq import KeyPair, PeerClient, PeerServer, connect, load_keypair
 from .lifeline import Membership
 from .migrations import MigrationRegistry
-from .peer_limits import PeerDirectory, RefusalLog
+from .peer_directory import PeerDirectory
+from .peer_limits import RefusalLog
 
 __all__ = ["PeerService"]
 

@@ -17,7 +17,7 @@ import attrs
 from ..backends.base import BackendCapabilities
 from ..config import LockingConfig
 from ..events import HostEvent
-from ..model import DomainIdentity, HostView, Lease, LeaseOwner, LeaseRecord, LeaseRequest, LockState
+from ..model import DomainIdentity, Lease, LeaseOwner, LeaseRecord, LeaseRequest, LockState
 from ..statestore import DomainState
 from .call_result import CallResult
 from .fencing import FenceTarget
@@ -59,7 +59,7 @@ class LeaseAccess(Protocol):
 
 
 class HostLeases(LeaseAccess, Protocol):
-    """Lease access plus what migrations need: the commit's transfer and the lockspace's hosts."""
+    """Lease access plus what migrations need: the commit's transfer (peers: the peer directory)."""
 
     async def transfer(
         self,
@@ -68,7 +68,6 @@ class HostLeases(LeaseAccess, Protocol):
         destination_incarnation: str,
         leases: Sequence[Lease],
     ) -> tuple[Lease, ...]: ...
-    async def hosts(self) -> list[HostView]: ...
 
 
 class DomainStore(Protocol):
