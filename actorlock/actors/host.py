@@ -27,6 +27,7 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
+from ..backends import memory as memory_backend
 from ..backends.base import BackendCapabilities, LeaseBackend
 from ..clock import host_clock
 from ..config import Config
@@ -51,6 +52,7 @@ from ..events import (
 )
 from ..model import DomainIdentity, HostIdentity, HostView, Lease, LeaseOwner, LeaseRecord, LeaseRequest
 from ..statestore import DomainPhase, DomainState, StateStore
+from ..statestore import completes_without_suspending as store_completes_without_suspending
 from ..supervisor.service import SupervisorService
 from ..supervisor.watchdog import Watchdog
 from .domains import DomainRegistry
@@ -185,6 +187,8 @@ class HostCoordinator:
                 owner_for=self.owner_for,
                 stopped=self.domains.forget,
                 release_guest=self._release_guest,
+                immediate_leases=memory_backend.completes_without_suspending(backend),
+                immediate_store=store_completes_without_suspending(store),
             )
         )
 
