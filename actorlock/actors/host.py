@@ -279,12 +279,14 @@ class HostCoordinator:
             with anyio.move_on_after(self.config.timing.io_timeout, shield=True):
                 await self.backend.release(owner, [r.key for r in requests])
             raise LockspaceLostError(f"host {self.identity.name} lost its lockspace while acquiring")
-        self.emit(LeasesAcquired(host=self.identity.name, owner=owner, leases=leases))
+        if self._event_sink is not None:  # the record is built only for a listener
+            self.emit(LeasesAcquired(host=self.identity.name, owner=owner, leases=leases))
         return leases
 
     async def release(self, owner: LeaseOwner, keys: Sequence[str]) -> None:
         await self.backend.release(owner, keys)
-        self.emit(LeasesReleased(host=self.identity.name, owner=owner, keys=tuple(keys)))
+        if self._event_sink is not None:
+            self.emit(LeasesReleased(host=self.identity.name, owner=owner, keys=tuple(keys)))
 
     async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
         return await self.backend.records(keys)
