@@ -72,8 +72,9 @@ class Mailbox:
     """A bounded FIFO of envelopes with one reader, the actor's task.
 
     ``put`` does not yield when there is room; a sender that finds the
-    mailbox full (or others already waiting for room) queues behind them and
-    its envelope goes in when the reader takes one out. Once closed, puts
+    mailbox full waits in line, and each envelope the reader takes out
+    makes room for the first one waiting (so newcomers never overtake it:
+    the mailbox stays full while anyone waits). Once closed, puts
     fail with :class:`ActorStoppedError` (so do the senders still waiting
     for room), and ``get`` hands out what was queued, then raises
     ``anyio.EndOfStream``.
@@ -104,7 +105,7 @@ class Mailbox:
         """Queue ``envelope``; raises anyio.WouldBlock when full, ActorStoppedError when closed."""
         if self._closed:
             raise self._stopped()
-        if self._waiting_senders or len(self._queue) >= self._capacity:
+        if len(self._queue) >= self._capacity:
             raise anyio.WouldBlock
         self._queue.append(envelope)
         wakeup = self._reader_wakeup
