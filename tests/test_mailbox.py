@@ -238,3 +238,18 @@ async def test_an_ask_cancelled_while_handled_runs_to_the_end_and_the_actor_carr
             assert await ref.ask("next") == ("done", "next")
             assert actor.seen == ["wait", "next"]
             tg.cancel_scope.cancel()
+
+
+async def test_an_ask_from_an_already_cancelled_caller_is_never_handled() -> None:
+    with anyio.fail_after(5):  # a lost wake-up fails the test, never hangs it
+        actor = Recorder()
+        ref, mailbox = open_mailbox("recorder")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(run_actor, actor, ref, mailbox)
+            with anyio.CancelScope() as scope:
+                scope.cancel()
+                await ref.ask("never")  # queued without yielding, abandoned at the reply wait
+            assert scope.cancelled_caught
+            assert await ref.ask("next") == ("done", "next")
+            assert actor.seen == ["next"]
+            tg.cancel_scope.cancel()

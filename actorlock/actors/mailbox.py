@@ -183,6 +183,8 @@ class ActorRef(Generic[M]):
         message is skipped; once started it runs to completion so the actor's
         state stays whole.
         """
+        # Queuing does not yield: a caller cancelled already must not get its message in.
+        await anyio.lowlevel.checkpoint_if_cancelled()
         reply = _ReplySlot()
         try:
             await self._mailbox.put(Envelope(message, reply))
