@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import os
 import posixpath
@@ -105,18 +106,20 @@ class Resource:
     path: str = attrs.field(default="", validator=_check_text)
     offset: int = 0
 
-    @property
+    # Cached (in slots of their own, outside the fields: equality, hashing and
+    # the wire ignore them): every start asks each resource for them again.
+    @functools.cached_property
     def key(self) -> str:
         """The lockspace-wide key of the lease protecting this resource."""
         if self.type is ResourceType.DISK:
             return "disk:" + normalize_disk_path(self.name)
         return f"lease:{self.lockspace}/{self.name}"
 
-    @property
+    @functools.cached_property
     def mode(self) -> LeaseMode:
         return LeaseMode.SHARED if self.flags & ResourceFlags.SHARED else LeaseMode.EXCLUSIVE
 
-    @property
+    @functools.cached_property
     def readonly(self) -> bool:
         return bool(self.flags & ResourceFlags.READONLY)
 

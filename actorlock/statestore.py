@@ -137,6 +137,11 @@ class MemoryStateStore:
         self.domains.pop(uuid, None)
 
 
+def completes_without_suspending(store: object) -> bool:
+    """Whether every call of ``store`` finishes without ever suspending: a plain :class:`MemoryStateStore`."""
+    return type(store) is MemoryStateStore
+
+
 class _StateJob(Job[None]):
     __slots__ = ("data", "generation", "path")
 

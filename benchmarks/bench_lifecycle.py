@@ -12,7 +12,11 @@ Rows, all measured in this one run (a cycle is one start and one shutdown):
   each against the sequential floor (goals: >= 1/3 and >= 1x);
 * the memory backend without a state_dir (the simulator's engine; goal
   >= 20,000 cycles/s), its asks per second against an anyio memory-stream
-  round trip (the actor overhead per message), and with a state_dir.
+  round trip (the actor overhead per message), and with a state_dir;
+* what bounds that cycle: an ask to a live actor whose handler does nothing
+  (the mailbox round trip: two task switches), and an actor's whole life as
+  a cycle has it (spawn its task, two asks, stop), which the memory cycle
+  is compared with: the rest of the cycle is the domain's own work.
 
 Figures only; nothing is asserted. The load average is printed: on a shared
 machine the storage figures move with the neighbours' I/O.
@@ -36,6 +40,7 @@ import anyio
 from benchtable import Table, run
 
 import actorlock
+from actorlock.actors.mailbox import Actor, open_mailbox, run_actor
 
 TIMING = {
     "renew_interval": 1.0,
@@ -186,6 +191,52 @@ async def stream_round_trips(count: int) -> tuple[float, list[float]]:
     return count / elapsed, latencies
 
 
+class _Echo(Actor[object]):
+    """Answers every message with itself; stops after ``"stop"``."""
+
+    def __init__(self) -> None:
+        self.stopping = False
+
+    async def handle(self, message: object) -> object:
+        self.stopping = message == "stop"
+        return message
+
+    def should_stop(self) -> bool:
+        return self.stopping
+
+
+async def actor_asks(count: int) -> tuple[float, list[float]]:
+    """Asks to one live actor with an empty handler: the mailbox round trip alone."""
+    latencies: list[float] = []
+    async with anyio.create_task_group() as tg:
+        ref, mailbox = open_mailbox("echo")
+        tg.start_soon(run_actor, _Echo(), ref, mailbox)
+        start = time.perf_counter()
+        for i in range(count):
+            t = time.perf_counter()
+            await ref.ask(i)
+            latencies.append(time.perf_counter() - t)
+        elapsed = time.perf_counter() - start
+        tg.cancel_scope.cancel()
+    return count / elapsed, latencies
+
+
+async def actor_lifetimes(count: int) -> tuple[float, list[float]]:
+    """A domain cycle's actor skeleton: spawn the task, ask twice, stop (the task ends)."""
+    latencies: list[float] = []
+    async with anyio.create_task_group() as tg:
+        start = time.perf_counter()
+        for _ in range(count):
+            t = time.perf_counter()
+            ref, mailbox = open_mailbox("echo")
+            tg.start_soon(run_actor, _Echo(), ref, mailbox)
+            await ref.ask("start")
+            await ref.ask("stop")
+            latencies.append(time.perf_counter() - t)
+        elapsed = time.perf_counter() - start
+    return count / elapsed, latencies
+
+
 async def main_async(args: argparse.Namespace) -> None:
     table = Table(f"bench_lifecycle ({'trio' if args.trio else 'asyncio'}, {DISKS} disks per domain)")
     with tempfile.TemporaryDirectory(prefix="actorlock-bench-", dir=args.dir) as tmp:
@@ -211,8 +262,13 @@ async def main_async(args: argparse.Namespace) -> None:
         rate, lat = await stream_round_trips(args.cycles * 20)
         table.add(hops, rate, lat)
         mem_cycles = args.cycles * 20
+        rate, lat = await actor_asks(mem_cycles)
+        table.add("actor ask, empty handler", rate, lat, floor=hops)
+        skeleton = "actor spawn + 2 asks + stop"
+        rate, lat = await actor_lifetimes(mem_cycles)
+        table.add(skeleton, rate, lat)
         rate, lat = await run_backend("memory", root, 1, mem_cycles, state_dir=False)
-        table.add("memory, 1 domain", rate, lat, goal=">= 20,000/s")
+        table.add("memory, 1 domain", rate, lat, floor=skeleton, goal=">= 20,000/s")
         # start and shutdown are one ask each: the actor path per message against the bare hop.
         table.add("memory, 1 domain: asks/s", rate * 2, lat, floor=hops)
         rate, lat = await run_backend("memory", root, n, max(1, mem_cycles // n), state_dir=False)

@@ -58,7 +58,7 @@ def one_scenario(seed: int, hosts: int = 3, history: History | None = None) -> S
     return anyio.run(
         functools.partial(run_scenario, seed, hosts=hosts, history=history),
         backend="trio",
-        backend_options={"clock": seeded_virtual_clock(seed)},
+        backend_options={"clock": seeded_virtual_clock(seed, inline_worker_calls=True)},
     )
 
 

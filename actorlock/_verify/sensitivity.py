@@ -121,7 +121,7 @@ def undone_scenario(
         return anyio.run(
             functools.partial(run_scenario, seed, hosts=hosts, settings=settings or UNSUPERVISED),
             backend="trio",
-            backend_options={"clock": seeded_virtual_clock(seed)},
+            backend_options={"clock": seeded_virtual_clock(seed, inline_worker_calls=True)},
         )
 
 

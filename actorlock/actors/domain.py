@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Iterable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import attrs
@@ -63,6 +63,7 @@ from .ports import DomainServices, MigrationHandle
 log = logging.getLogger(__name__)
 
 P = DomainPhase
+T = TypeVar("T")
 
 
 class DomainActor(Actor[Any]):
@@ -400,23 +401,22 @@ class DomainActor(Actor[Any]):
             self.identity.uuid, FenceTarget(self.identity, self.pid, self.pid_start, keys)
         )
         io_timeout = self.services.io_timeout
-        with anyio.CancelScope(shield=True):
+        acquiring = self.services.leases.acquire(self.owner, requests)
+        try:
+            leases = await self._shielded_io(acquiring, immediate=self.services.immediate_leases)
+        except (TimeoutError, BackendTimeoutError):
+            # The backend may have written the leases before we stopped
+            # waiting; release is idempotent, so undo unconditionally.
             try:
-                with anyio.fail_after(io_timeout):
-                    leases = await self.services.leases.acquire(self.owner, requests)
-            except (TimeoutError, BackendTimeoutError):
-                # The backend may have written the leases before we stopped
-                # waiting; release is idempotent, so undo unconditionally.
-                try:
-                    await self._give_back([r.key for r in requests])
-                finally:
-                    self._publish()
-                raise BackendTimeoutError(
-                    f"{self.name}: acquiring leases took longer than io_timeout={io_timeout}s"
-                ) from None
-            except BaseException:
+                await self._give_back([r.key for r in requests])
+            finally:
                 self._publish()
-                raise
+            raise BackendTimeoutError(
+                f"{self.name}: acquiring leases took longer than io_timeout={io_timeout}s"
+            ) from None
+        except BaseException:
+            self._publish()
+            raise
         return leases
 
     async def _check_not_lost_since(self, losses: int) -> None:
@@ -429,15 +429,14 @@ class DomainActor(Actor[Any]):
         raise LeaseLostError(f"{self.name}: {self.lost_reason}", sorted(self.leases))
 
     async def _give_back(self, keys: list[str]) -> None:
-        io_timeout = self.services.io_timeout
-        with anyio.CancelScope(shield=True):
-            try:
-                with anyio.fail_after(io_timeout):
-                    await self.services.leases.release(self.owner, keys)
-            except TimeoutError:
-                raise BackendTimeoutError(
-                    f"{self.name}: releasing {', '.join(keys)} took longer than io_timeout={io_timeout}s"
-                ) from None
+        releasing = self.services.leases.release(self.owner, keys)
+        try:
+            await self._shielded_io(releasing, immediate=self.services.immediate_leases)
+        except TimeoutError:
+            raise BackendTimeoutError(
+                f"{self.name}: releasing {', '.join(keys)} took longer than "
+                f"io_timeout={self.services.io_timeout}s"
+            ) from None
 
     async def _verify_held(self) -> None:
         records = {r.key: r for r in await self.services.leases.records(list(self.leases))}
@@ -466,15 +465,28 @@ class DomainActor(Actor[Any]):
 
     async def _bounded_store_write(self, what: str, write: Awaitable[None]) -> None:
         """Shielded from cancellation (the write records what the guest holds), but bounded by io_timeout."""
-        io_timeout = self.services.io_timeout
-        with anyio.CancelScope(shield=True):
-            try:
-                with anyio.fail_after(io_timeout):
-                    await write
-            except TimeoutError:
-                raise BackendTimeoutError(
-                    f"{self.name}: the state store took longer than io_timeout={io_timeout}s {what}"
-                ) from None
+        try:
+            await self._shielded_io(write, immediate=self.services.immediate_store)
+        except TimeoutError:
+            raise BackendTimeoutError(
+                f"{self.name}: the state store took longer than io_timeout={self.services.io_timeout}s {what}"
+            ) from None
+
+    async def _shielded_io(self, call: Awaitable[T], *, immediate: bool) -> T:
+        """``call`` shielded from cancellation and bounded by io_timeout; TimeoutError past it.
+
+        What lease and state calls do must not be cut in half by a cancelled
+        caller or host. One cancel scope does both jobs: its deadline still
+        cancels what it shields. An ``immediate`` call never suspends, so
+        nothing could land inside it: it gets no scope at all.
+        """
+        if immediate:
+            return await call
+        deadline = anyio.current_time() + self.services.io_timeout
+        with anyio.CancelScope(shield=True, deadline=deadline):
+            return await call
+        # Only the scope's own deadline can have cancelled what it shields.
+        raise TimeoutError
 
     def _publish(self) -> None:
         target = None

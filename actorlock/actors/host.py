@@ -27,6 +27,7 @@ import anyio
 import attrs
 from anyio.abc import TaskGroup
 
+from ..backends import memory as memory_backend
 from ..backends.base import BackendCapabilities, LeaseBackend
 from ..clock import host_clock
 from ..config import Config
@@ -51,6 +52,7 @@ from ..events import (
 )
 from ..model import DomainIdentity, HostIdentity, HostView, Lease, LeaseOwner, LeaseRecord, LeaseRequest
 from ..statestore import DomainPhase, DomainState, StateStore
+from ..statestore import completes_without_suspending as store_completes_without_suspending
 from ..supervisor.service import SupervisorService
 from ..supervisor.watchdog import Watchdog
 from .domains import DomainRegistry
@@ -189,6 +191,8 @@ class HostCoordinator:
                 owner_for=self.owner_for,
                 stopped=self.domains.forget,
                 release_guest=self._release_guest,
+                immediate_leases=memory_backend.completes_without_suspending(backend),
+                immediate_store=store_completes_without_suspending(store),
             )
         )
 
@@ -279,12 +283,14 @@ class HostCoordinator:
             with anyio.move_on_after(self.config.timing.io_timeout, shield=True):
                 await self.backend.release(owner, [r.key for r in requests])
             raise LockspaceLostError(f"host {self.identity.name} lost its lockspace while acquiring")
-        self.emit(LeasesAcquired(host=self.identity.name, owner=owner, leases=leases))
+        if self._event_sink is not None:  # the record is built only for a listener
+            self.emit(LeasesAcquired(host=self.identity.name, owner=owner, leases=leases))
         return leases
 
     async def release(self, owner: LeaseOwner, keys: Sequence[str]) -> None:
         await self.backend.release(owner, keys)
-        self.emit(LeasesReleased(host=self.identity.name, owner=owner, keys=tuple(keys)))
+        if self._event_sink is not None:
+            self.emit(LeasesReleased(host=self.identity.name, owner=owner, keys=tuple(keys)))
 
     async def records(self, keys: Sequence[str] | None = None) -> list[LeaseRecord]:
         return await self.backend.records(keys)

@@ -149,3 +149,8 @@ class DomainServices:
     owner_for: Callable[[DomainIdentity], LeaseOwner]
     stopped: Callable[[str, object], None]  # (uuid, actor): the actor's task ended
     release_guest: Callable[[str], None]  # (uuid): its leases moved away, its supervisor's deadline ends
+    # The lease backend / state store completes every call without suspending
+    # (in-process memory, no fault injection): no cancellation and no deadline
+    # can land inside one, so the actor spends no cancel scope on it.
+    immediate_leases: bool = False
+    immediate_store: bool = False

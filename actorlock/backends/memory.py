@@ -191,3 +191,13 @@ class MemoryLeaseBackend:
 
     async def aclose(self) -> None:
         return None
+
+
+def completes_without_suspending(backend: object) -> bool:
+    """Whether every call of ``backend`` finishes without ever suspending.
+
+    True only for a plain :class:`MemoryLeaseBackend` without an injected
+    read delay: its operations never await. A wrapper around one (fault
+    injection) may add waits, so only the exact class counts.
+    """
+    return type(backend) is MemoryLeaseBackend and backend._read_delay is None

@@ -175,7 +175,8 @@ _Run = tuple[int, int, str, ScenarioSettings | None, bool]
 
 def _scenario_alone(run: _Run) -> ScenarioResult:
     seed, hosts, backend, settings, real_time = run
-    options: dict[str, Any] = {} if real_time else {"clock": seeded_virtual_clock(seed)}
+    clock = seeded_virtual_clock(seed, inline_worker_calls=backend == "memory")
+    options: dict[str, Any] = {} if real_time else {"clock": clock}
     scenario = functools.partial(run_scenario, seed, hosts=hosts, backend=backend, settings=settings)
     return anyio.run(scenario, backend="trio", backend_options=options)
 
