@@ -25,7 +25,7 @@ import pytest
 
 from actorlock.backends import file as file_backend
 from actorlock.backends.base import BackendCapabilities, HostAdvert, LeaseBackend
-from actorlock.backends.file import FileLeaseBackend, lease_file_name
+from actorlock.backends.file import FORMAT_VERSION, FileLeaseBackend, lease_file_name
 from actorlock.errors import (
     BackendError,
     BackendTimeoutError,
@@ -36,6 +36,21 @@ from actorlock.errors import (
     ResourceBusyError,
 )
 from actorlock.model import HostIdentity, LeaseMode, LeaseOwner, LeaseRecord, LeaseRequest
+
+from .lease_files import (
+    BLOCK,
+    CRASH_EXIT,
+    HEAD,
+    HEADER,
+    MAGIC,
+    crash_while_writing,
+    lease_lock,
+    lease_payloads,
+    newest,
+    newest_payload,
+    put_record,
+    slots,
+)
 
 HOST_DEAD = 60.0
 PROCESS_TIMEOUT = 20.0
@@ -60,16 +75,15 @@ async def joined(directory: Path, host: HostIdentity, **kwargs: Any) -> FileLeas
     return b
 
 
-def lease_json(directory: Path, key: str) -> Path:
-    return directory / "leases" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
-
-
 def snapshot(directory: Path) -> dict[str, bytes]:
-    """Every record and temporary file (lock files are empty and never replaced)."""
+    """Every file's bytes: records, temporary files, lock files holding lease records.
+
+    Empty lock files hold nothing: an operation that fails may leave one.
+    """
     return {
         str(p.relative_to(directory)): p.read_bytes()
         for p in sorted(directory.rglob("*"))
-        if p.is_file() and not p.name.endswith(".lock")
+        if p.is_file() and (p.stat().st_size or not p.name.endswith(".lock"))
     }
 
 
@@ -250,7 +264,7 @@ def _valid(key: str = "bad") -> dict[str, Any]:
         "token": 3,
         "incarnation": "inc-host-a",
     }
-    return {"format": 1, "type": "lease", "key": key, "token": 3, "holders": [holder]}
+    return {"format": FORMAT_VERSION, "type": "lease", "key": key, "token": 3, "holders": [holder]}
 
 
 def _edited(**changes: Any) -> bytes:
@@ -291,7 +305,8 @@ CORRUPTIONS = {
     "holders-not-list": _edited(holders={"a": 1}),
     "missing-holders": _without("holders"),
     "unknown-field": _edited(extra=1),
-    "future-format": _edited(format=2),
+    "future-format": _edited(format=FORMAT_VERSION + 1),
+    "old-format": _edited(format=1),
     "wrong-type": _edited(type="host"),
     "bad-mode": _holder_edited(mode="sideways"),
     "host-id-as-float": _holder_edited(host_id=1.0),
@@ -300,14 +315,77 @@ CORRUPTIONS = {
 }
 
 
+def _flip(data: bytearray, offset: int) -> None:
+    data[offset + HEAD.size] ^= 0xFF  # the first checksum byte
+
+
+def _both_torn(data: bytearray) -> None:
+    _flip(data, 0)
+    _flip(data, 4096)
+
+
+def _slot_zero_torn_other_garbage(data: bytearray) -> None:
+    _flip(data, 0)
+    data[4096 : 4096 + 16] = b"not a slot at al"
+
+
+def _both_future_format(data: bytearray) -> None:
+    for offset in (0, 4096):
+        _, _, _, seq, length, _ = HEAD.unpack_from(data, offset)
+        payload = bytes(data[offset + HEADER : offset + HEADER + length])
+        head = HEAD.pack(MAGIC, FORMAT_VERSION + 1, 0, seq, length, 0)
+        data[offset : offset + HEADER] = head + hashlib.sha256(head + payload).digest()
+
+
+def _both_too_long(data: bytearray) -> None:
+    for offset in (0, 4096):
+        struct.pack_into("<I", data, offset + 24, 1 << 30)  # the length field
+
+
+def _garbage(data: bytearray) -> None:
+    data[:] = b"garbage"
+
+
+# Whole-file damage to a lease file whose two slots both hold a record: no valid copy is left.
+FILE_CORRUPTIONS = {
+    "both-slots-torn": _both_torn,
+    "one-torn-one-garbage": _slot_zero_torn_other_garbage,
+    "both-future-format": _both_future_format,
+    "both-lengths-past-the-end": _both_too_long,
+    "garbage": _garbage,
+}
+
+
 @pytest.mark.anyio
 @pytest.mark.parametrize("content", CORRUPTIONS.values(), ids=list(CORRUPTIONS))
 async def test_corrupt_lease_record_raises_and_changes_nothing(tmp_path: Path, content: bytes) -> None:
+    """A record whose slot is whole (its checksum holds) but whose JSON is bad: corrupt, never skipped."""
     a, b = await joined(tmp_path, A), await joined(tmp_path, B)
     await a.acquire(OWNER_A, [excl("good"), excl("bad")])
     await a.release(OWNER_A, ["good"])
-    path = lease_json(tmp_path, "bad")
-    path.write_bytes(content)
+    path = lease_lock(tmp_path, "bad")
+    put_record(path, content)
+    await _check_corrupt(tmp_path, a, b, path)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("damage", FILE_CORRUPTIONS.values(), ids=list(FILE_CORRUPTIONS))
+async def test_a_lease_file_with_no_valid_slot_left_raises_and_changes_nothing(
+    tmp_path: Path, damage: Any
+) -> None:
+    """Both slots present and bad (or not a lease file at all): corrupt, naming the file."""
+    a, b = await joined(tmp_path, A), await joined(tmp_path, B)
+    await a.acquire(OWNER_A, [excl("good"), excl("bad")])
+    await a.release(OWNER_A, ["good", "bad"])
+    path = lease_lock(tmp_path, "bad")
+    assert sorted(s.offset for s in slots(path) if s.valid) == [0, 4096]
+    data = bytearray(path.read_bytes())
+    damage(data)
+    path.write_bytes(bytes(data))
+    await _check_corrupt(tmp_path, a, b, path)
+
+
+async def _check_corrupt(tmp_path: Path, a: FileLeaseBackend, b: FileLeaseBackend, path: Path) -> None:
     before = snapshot(tmp_path)
 
     with pytest.raises(CorruptRecordError) as info:
@@ -332,7 +410,7 @@ async def test_corrupt_lease_record_raises_and_changes_nothing(tmp_path: Path, c
 async def test_a_valid_hand_written_record_is_accepted(tmp_path: Path) -> None:
     """The documented format is the real one: a record written by hand reads back."""
     a = await joined(tmp_path, A)
-    lease_json(tmp_path, "bad").write_bytes(signed(_valid()))
+    put_record(lease_lock(tmp_path, "bad"), signed(_valid()))
     (record,) = await a.records(["bad"])
     assert (record.token, record.holders[0].owner) == (3, LeaseOwner("host-a", 1, "vm-a", ""))
     (lease,) = await a.acquire(OWNER_A, [excl("bad")])
@@ -453,80 +531,72 @@ def test_read_only_lockspace_is_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.anyio
-async def test_stray_temporary_files_are_ignored(tmp_path: Path) -> None:
+async def test_stray_temporary_and_hidden_files_are_ignored(tmp_path: Path) -> None:
     a = await joined(tmp_path, A)
     (first,) = await a.acquire(OWNER_A, [excl("x")])
     await a.release(OWNER_A, ["x"])
-    final = lease_json(tmp_path, "x")
-    old = final.read_bytes()
-    # A crash after writing the temporary file and before the rename.
-    newer = json.loads(old)
+    lock = lease_lock(tmp_path, "x")
+    old = lock.read_bytes()
+    newer = json.loads(newest_payload(lock) or b"")
     newer["token"] = 99
-    (final.parent / f".{final.name}.deadbeef0000.tmp").write_bytes(signed(newer))
-    (final.parent / f".{final.name}.0badc0ffee00.tmp").write_bytes(old[:10])
+    # Hidden files in leases/ are nobody's lease file (an older version's temporary files).
+    (lock.parent / f".{lock.stem}.json.deadbeef0000.tmp").write_bytes(signed(newer))
+    # A host record: a crash after writing the temporary file and before the rename.
     (tmp_path / "hosts" / ".2.json.abcdef012345.tmp").write_bytes(b"{")
 
     b = await joined(tmp_path, B)
     assert [h.record.id for h in await b.hosts()] == [1, 2]
     assert [(r.key, r.token) for r in await b.records()] == [("x", first.token)]
-    assert final.read_bytes() == old
+    assert await b.damaged() == []
+    assert lock.read_bytes() == old
     (second,) = await b.acquire(OWNER_B, [excl("x")])
     assert second.token == first.token + 1
 
 
-CRASHER = """
-import os, sys
-import anyio
-from actorlock.backends.base import HostAdvert
-from actorlock.backends.file import FileLeaseBackend
-from actorlock.model import HostIdentity, LeaseMode, LeaseOwner, LeaseRequest
-
-directory, renames_before_crash = sys.argv[1], int(sys.argv[2])
-host = HostIdentity("crasher", 3)
-owner = LeaseOwner(host.name, host.id, "vm")
-real_rename = os.rename
-count = 0
-
-def crashing_rename(src, dst):
-    global count
-    if count == renames_before_crash:
-        os._exit(17)
-    count += 1
-    real_rename(src, dst)
-
-async def main():
-    b = FileLeaseBackend(directory, host_dead=60)
-    await b.join(host, "inc-crasher", HostAdvert())
-    os.rename = crashing_rename
-    await b.acquire(owner, [LeaseRequest(k, LeaseMode.EXCLUSIVE) for k in ("k1", "k2", "k3")])
-
-anyio.run(main)
-"""
+# (fault, n, bytes of the nth slot write that land; negative: all but that many): the crasher's acquisition of
+# k1, k2, k3 dies before its first or third slot write, in the middle of one
+# (header cut short, record cut short inside its checksum), or before a sync.
+CRASHES = [
+    ("before-write", 0, 0),
+    ("before-write", 2, 0),
+    ("torn-write", 0, 30),
+    ("torn-write", 2, 100),
+    ("torn-write", 1, HEADER),
+    ("torn-write", 1, -10),
+    # The records are A's: the crasher syncs them before writing (syncs 0-2), then writes all three.
+    ("before-sync", 0, 0),
+    ("before-sync", 3, 0),
+]
 
 
-@pytest.mark.parametrize("renames_before_crash", [0, 2])
-def test_crash_during_an_update_leaves_whole_records(tmp_path: Path, renames_before_crash: int) -> None:
-    async def prepare() -> dict[str, bytes]:
+@pytest.mark.parametrize(("fault", "nth", "keep"), CRASHES, ids=[f"{f}-{n}-{k}" for f, n, k in CRASHES])
+def test_crash_during_an_update_leaves_whole_records(tmp_path: Path, fault: str, nth: int, keep: int) -> None:
+    """Each record is the old one or the new one after the writer dies, whatever step it died at."""
+    keys = ("k1", "k2", "k3")
+
+    async def prepare() -> dict[str, bytes | None]:
         a = await joined(tmp_path, A)
-        await a.acquire(OWNER_A, [excl("k1"), excl("k2"), excl("k3")])
-        await a.release(OWNER_A, ["k1", "k2", "k3"])
-        return {k: lease_json(tmp_path, k).read_bytes() for k in ("k1", "k2", "k3")}
+        await a.acquire(OWNER_A, [excl(k) for k in keys])
+        await a.release(OWNER_A, list(keys))
+        return {k: newest_payload(lease_lock(tmp_path, k)) for k in keys}
 
     old = anyio.run(prepare)
-    result = run_python(CRASHER, str(tmp_path), str(renames_before_crash))
-    assert result.returncode == 17, result.stderr
-    leftovers = [p.name for p in (tmp_path / "leases").iterdir() if p.name.endswith(".tmp")]
-    assert len(leftovers) == 3 - renames_before_crash
+    result = crash_while_writing(tmp_path, keys, fault, nth, keep=keep)
+    assert result.returncode == CRASH_EXIT, result.stdout + result.stderr
+    assert [p.name for p in (tmp_path / "leases").iterdir() if not p.name.endswith(".lock")] == []
+    # The process died: what it wrote stays in the page cache, what it did not write never happened.
+    written = (len(keys) if nth >= len(keys) else 0) if fault == "before-sync" else nth
 
     async def after() -> None:
         b = await joined(tmp_path, B)
         records = {r.key: r for r in await b.records()}
-        for n, key in enumerate(("k1", "k2", "k3")):
-            renamed = n < renames_before_crash
-            assert (lease_json(tmp_path, key).read_bytes() == old[key]) is not renamed
-            assert [h.owner.host for h in records[key].holders] == (["crasher"] if renamed else [])
+        assert await b.damaged() == []
+        for n, key in enumerate(keys):
+            new = n < written
+            assert (newest_payload(lease_lock(tmp_path, key)) == old[key]) is not new
+            assert [h.owner.host for h in records[key].holders] == (["crasher"] if new else [])
         # The dead process's locks died with it: the other keys are free now.
-        free = [excl(k) for k in ("k1", "k2", "k3")[renames_before_crash:]]
+        free = [excl(k) for k in keys[written:]]
         with anyio.fail_after(10):
             leases = await b.acquire(OWNER_B, free)
         assert all(lease.token == 2 for lease in leases)
@@ -534,32 +604,70 @@ def test_crash_during_an_update_leaves_whole_records(tmp_path: Path, renames_bef
     anyio.run(after)
 
 
+@pytest.mark.parametrize("keep", [0, 8, 30, HEADER, 100, -10])
+def test_a_crash_in_the_first_write_of_a_record_leaves_no_record(tmp_path: Path, keep: int) -> None:
+    """A torn first write is no record: its caller was never answered, so nobody holds a token from it."""
+
+    async def prepare() -> None:
+        await joined(tmp_path, A)
+
+    anyio.run(prepare)
+    result = crash_while_writing(tmp_path, ["fresh"], "torn-write", 0, keep=keep)
+    assert result.returncode == CRASH_EXIT, result.stdout + result.stderr
+    lock = lease_lock(tmp_path, "fresh")
+    assert (lock.stat().st_size == keep) if keep >= 0 else (0 < lock.stat().st_size < BLOCK)
+    assert newest(lock) is None
+
+    async def after() -> None:
+        b = await joined(tmp_path, B)
+        assert await b.records() == []
+        assert await b.records(["fresh"]) == []
+        assert await b.damaged() == []
+        (lease,) = await b.acquire(OWNER_B, [excl("fresh")])
+        assert lease.token == 1
+        (record,) = await b.records(["fresh"])
+        assert [h.owner for h in record.holders] == [OWNER_B]
+
+    anyio.run(after)
+
+
 @pytest.mark.anyio
-async def test_failed_rename_puts_back_what_was_already_renamed(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("failing", ["pwrite", "fdatasync"])
+async def test_a_failed_write_puts_back_what_was_already_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failing: str
 ) -> None:
     a = await joined(tmp_path, A)
     await a.acquire(OWNER_A, [excl("k1"), excl("k2"), excl("k3")])
     await a.release(OWNER_A, ["k2"])
     before = snapshot(tmp_path)
-    real_rename = os.rename
-    calls: list[str] = []
+    payloads = lease_payloads(tmp_path)
+    records = await a.records()
+    real = getattr(os, failing)
+    calls: list[int] = []
 
-    def failing_rename(src: Any, dst: Any) -> None:
-        calls.append(str(dst))
-        if len(calls) == 3:
-            raise OSError(errno.EIO, "Input/output error", str(dst))
-        real_rename(src, dst)
+    def failing_call(fd: int, *args: Any) -> Any:
+        calls.append(fd)
+        if len(calls) == 2:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd, *args)
 
-    monkeypatch.setattr(os, "rename", failing_rename)
-    b = await joined(tmp_path, B)  # its join renames once
+    b = await joined(tmp_path, B)
+    monkeypatch.setattr(os, failing, failing_call)
     with pytest.raises(BackendError, match="Input/output error"):
         await b.acquire(OWNER_B, [excl("k0"), excl("k2"), excl("k4")])
     monkeypatch.undo()
+    assert len(calls) >= 2
     after = snapshot(tmp_path)
-    del after["hosts/2.json"]
-    assert after == before
+    assert {k: v for k, v in after.items() if k.startswith("hosts/1") or k == "lockspace.json"} == {
+        k: v for k, v in before.items() if k.startswith("hosts/1") or k == "lockspace.json"
+    }
+    # Every record reads as before; the new files hold none.
+    assert {k: v for k, v in lease_payloads(tmp_path).items() if k in payloads} == payloads
+    assert newest(lease_lock(tmp_path, "k0")) is None
+    assert newest(lease_lock(tmp_path, "k4")) is None
+    assert await b.records() == records
     assert await b.records(["k0", "k4"]) == []
+    assert await b.damaged() == []
 
 
 # --- persistence, timeouts, layout -------------------------------------------------
@@ -599,7 +707,7 @@ def held_lock(path: Path) -> Iterator[None]:
 async def test_io_timeout_raises_and_the_abandoned_attempt_writes_nothing(tmp_path: Path) -> None:
     a = await joined(tmp_path, A, io_timeout=0.2)
     b = await joined(tmp_path, B)
-    lock = lease_json(tmp_path, "x").with_suffix(".lock")
+    lock = lease_lock(tmp_path, "x")
     with held_lock(lock), anyio.fail_after(5), pytest.raises(BackendTimeoutError):
         await a.acquire(OWNER_A, [excl("x")])
     with anyio.fail_after(5):
@@ -632,18 +740,33 @@ async def test_layout_and_record_format(tmp_path: Path) -> None:
     (lease,) = await a.acquire(OWNER_A, [excl(key)])
     stem = hashlib.sha256(key.encode()).hexdigest()
     assert lease_file_name(key) == stem
-    assert names(tmp_path / "leases") == [f"{stem}.json", f"{stem}.lock"]
+    assert names(tmp_path / "leases") == [f"{stem}.lock"]
     assert names(tmp_path / "hosts") == ["1.json", "1.lock"]
-    record = json.loads(lease_json(tmp_path, key).read_bytes())
+    lock = lease_lock(tmp_path, key)
+    # The first record: slot 0, sequence 1, then zeros where the second slot will go.
+    assert lock.stat().st_size == 8192
+    (first,) = slots(lock)
+    assert (first.offset, first.seq, first.valid) == (0, 1, True)
+    header = lock.read_bytes()[:HEADER]
+    assert HEAD.unpack(header[: HEAD.size]) == (MAGIC, FORMAT_VERSION, 0, 1, len(first.payload), 0)
+    record = json.loads(first.payload)
     assert (record["format"], record["type"], record["key"], record["token"]) == (
-        1,
+        FORMAT_VERSION,
         "lease",
         key,
         lease.token,
     )
     assert json.loads(signed(record))["checksum"] == record["checksum"]
+    # Each write goes to the other slot: 4096, then 0 again; the size never changes.
+    await a.release(OWNER_A, [key])
+    assert [(s.offset, s.seq) for s in slots(lock)] == [(0, 1), (4096, 2)]
+    await a.acquire(OWNER_A, [excl(key)])
+    assert [(s.offset, s.seq) for s in slots(lock)] == [(0, 3), (4096, 2)]
+    assert lock.stat().st_size == 8192
     host = json.loads((tmp_path / "hosts" / "1.json").read_bytes())
     assert (host["type"], host["name"], host["id"], host["state"]) == ("host", "host-a", 1, "live")
+    meta = json.loads((tmp_path / "lockspace.json").read_bytes())
+    assert (meta["format"], meta["type"]) == (FORMAT_VERSION, "lockspace")
 
 
 @pytest.mark.anyio

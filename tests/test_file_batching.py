@@ -11,6 +11,7 @@ import errno
 import json
 import os
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from actorlock.backends.file import FileLeaseBackend
 from actorlock.errors import BackendError, ResourceBusyError
 from actorlock.model import DomainIdentity, HostIdentity, LeaseMode, LeaseOwner, LeaseRequest
 from actorlock.statestore import DomainPhase, DomainState, FileStateStore
+
+from .lease_files import lease_lock, lease_payloads, newest
 
 pytestmark = pytest.mark.anyio
 
@@ -51,7 +54,7 @@ class HeldWorker:
         self.entered = anyio.Event()
         self.release = threading.Event()
 
-    def step(self, cancel: threading.Event, locked: set[str]) -> tuple[None, list[Any]]:
+    def step(self, cancel: threading.Event, locked: Mapping[str, int]) -> tuple[None, list[Any]]:
         anyio.from_thread.run_sync(self.entered.set)
         self.release.wait(10)
         return None, []
@@ -149,16 +152,16 @@ async def test_a_failed_batch_commit_fails_every_caller_in_it_and_writes_nothing
 ) -> None:
     backend = await joined(tmp_path)
     await backend.acquire(owner(0), [excl("before")])
-    before = sorted(p.name for p in (tmp_path / "leases").iterdir())
+    before = lease_payloads(tmp_path)
     held = HeldWorker(backend)
-    real_rename = os.rename
-    renames: list[str] = []
+    real_pwrite = os.pwrite
+    writes: list[int] = []
 
-    def failing_rename(src: Any, dst: Any) -> None:
-        renames.append(str(dst))
-        if len(renames) == 3:
-            raise OSError(errno.EIO, "Input/output error", str(dst))
-        real_rename(src, dst)
+    def failing_pwrite(fd: int, data: Any, offset: int) -> int:
+        writes.append(fd)
+        if len(writes) == 3:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_pwrite(fd, data, offset)
 
     failures: list[BaseException] = []
 
@@ -171,7 +174,7 @@ async def test_a_failed_batch_commit_fails_every_caller_in_it_and_writes_nothing
     async with anyio.create_task_group() as tg:
         tg.start_soon(held.hold)
         await held.entered.wait()
-        monkeypatch.setattr(os, "rename", failing_rename)
+        monkeypatch.setattr(os, "pwrite", failing_pwrite)
         for n in (1, 2):
             tg.start_soon(take, n)
         await anyio.wait_all_tasks_blocked()
@@ -179,9 +182,12 @@ async def test_a_failed_batch_commit_fails_every_caller_in_it_and_writes_nothing
     monkeypatch.undo()
     assert len(failures) == 2, "both callers of the failed batch must hear of it"
     assert [r.key for r in await backend.records()] == ["before"]
-    # Lock files may have been created; no record or temporary file stays.
-    after = sorted(p.name for p in (tmp_path / "leases").iterdir() if not p.name.endswith(".lock"))
-    assert after == [name for name in before if not name.endswith(".lock")]
+    assert await backend.damaged() == []
+    # Lock files were created; none holds a record, and no other file stays.
+    assert {k: v for k, v in lease_payloads(tmp_path).items() if v is not None} == before
+    for key in ("x1", "y1", "x2", "y2"):
+        assert newest(lease_lock(tmp_path, key)) is None
+    assert [p.name for p in (tmp_path / "leases").iterdir() if not p.name.endswith(".lock")] == []
     await backend.aclose()
 
 

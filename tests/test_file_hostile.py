@@ -17,6 +17,7 @@ from actorlock.config import load_config
 from actorlock.errors import BackendError, CorruptRecordError, LockspaceError
 from actorlock.model import LeaseMode, LeaseRequest
 
+from .lease_files import lease_lock, put_record
 from .test_file_backend import (
     OWNER_A,
     OWNER_B,
@@ -26,7 +27,6 @@ from .test_file_backend import (
     backend,
     excl,
     joined,
-    lease_json,
     run_python,
     signed,
     snapshot,
@@ -140,9 +140,9 @@ async def test_stray_and_corrupt_host_records_are_skipped_and_reported(tmp_path:
 async def test_a_corrupt_lease_record_is_fatal_only_to_its_resource(tmp_path: Path) -> None:
     a = await joined(tmp_path, A)
     await a.acquire(OWNER_A, [excl("good"), excl("bad")])
-    lease_json(tmp_path, "bad").write_bytes(b"garbage")
+    lease_lock(tmp_path, "bad").write_bytes(b"garbage")
     assert [r.key for r in await a.records()] == ["good"]
-    assert [e.path for e in await a.damaged()] == [str(lease_json(tmp_path, "bad"))]
+    assert [e.path for e in await a.damaged()] == [str(lease_lock(tmp_path, "bad"))]
     with pytest.raises(CorruptRecordError):
         await a.records(["bad"])
     await a.acquire(OWNER_B, [excl("other")])
@@ -153,24 +153,27 @@ async def test_a_special_file_in_place_of_a_record_is_refused_naming_it(tmp_path
     a, b = await joined(tmp_path, A), await joined(tmp_path, B)
     await a.acquire(OWNER_A, [excl("x")])
     await a.release(OWNER_A, ["x"])
-    path = lease_json(tmp_path, "x")
+    path = lease_lock(tmp_path, "x")  # the lease record lives in its lock file
     path.unlink()
-    outside = tmp_path.parent / f"{tmp_path.name}-outside.json"
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.lock"
     if kind == "directory":
         path.mkdir()
     elif kind == "fifo":
         os.mkfifo(path)  # an open for reading would block forever without O_NONBLOCK
     elif kind == "symlink":
-        outside.write_bytes(signed(_valid("x")))
+        put_record(outside, signed(_valid("x")))
         path.symlink_to(outside)
     else:
         path.write_bytes(b" " * (64 << 20))
     before = snapshot(tmp_path) if kind != "fifo" else None
-    with pytest.raises(CorruptRecordError) as caught:
-        await b.acquire(OWNER_B, [excl("x")])
-    assert caught.value.path == str(path)
     why = {"directory": "a directory", "fifo": "a FIFO", "symlink": "symbolic link", "huge": "larger than"}
-    assert why[kind] in caught.value.problem
+    for operation in (b.acquire(OWNER_B, [excl("x")]), b.records(["x"])):
+        with pytest.raises(CorruptRecordError) as caught:
+            await operation
+        assert caught.value.path == str(path)
+        assert why[kind] in caught.value.problem
+    assert [e.path for e in await b.damaged()] == [str(path)]
+    assert await b.records() == []
     if before is not None:
         assert snapshot(tmp_path) == before
 
@@ -211,7 +214,7 @@ async def test_contradictory_records_are_refused_as_corrupt(
     body["holders"] = [
         {**template, "host": h, "host_id": i, "domain": "vm", "mode": m, "token": 3} for h, i, m in holders
     ]
-    lease_json(tmp_path, "x").write_bytes(signed(body))
+    put_record(lease_lock(tmp_path, "x"), signed(body))
     with pytest.raises(CorruptRecordError, match="contradict"):
         await b.acquire(OWNER_B, [LeaseRequest("x", LeaseMode.SHARED)])
 
@@ -326,7 +329,7 @@ async def test_a_world_writable_sticky_root_is_refused(tmp_path: Path) -> None:
 async def test_a_special_file_in_place_of_a_lock_file_is_refused_naming_it(tmp_path: Path, kind: str) -> None:
     a = await joined(tmp_path, A)
     await a.acquire(OWNER_A, [excl("kept")])
-    lock = lease_json(tmp_path, "x").with_suffix(".lock")
+    lock = lease_lock(tmp_path, "x")
     if kind == "directory":
         lock.mkdir()
     elif kind == "fifo":
@@ -338,4 +341,7 @@ async def test_a_special_file_in_place_of_a_lock_file_is_refused_naming_it(tmp_p
     assert caught.value.path == str(lock)
     (kept,) = await a.records(["kept"])
     assert [h.owner for h in kept.holders] == [OWNER_A]
-    assert await a.records(["x"]) == []
+    # The lock file is where x's record would be: reading it is refused too, naming it.
+    with pytest.raises(CorruptRecordError) as caught:
+        await a.records(["x"])
+    assert caught.value.path == str(lock)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -12,11 +11,8 @@ import pytest
 import actorlock
 from actorlock.cli import main
 
+from .lease_files import lease_lock
 from .support import host_config
-
-
-def lease_json(lockspace: Path, key: str) -> Path:
-    return lockspace / "leases" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
 
 def test_leases_prints_every_good_record_and_marks_the_bad(
@@ -32,7 +28,7 @@ def test_leases_prints_every_good_record_and_marks_the_bad(
             await host.domain("u2").start([actorlock.disk("/d/2.img")])
 
     anyio.run(hold)
-    bad_lease = lease_json(lockspace, "disk:/d/2.img")
+    bad_lease = lease_lock(lockspace, "disk:/d/2.img")
     bad_lease.write_bytes(b"garbage")
     (lockspace / "hosts" / "old-2.json").write_text("{}")
     (lockspace / "hosts" / "3.json").mkdir()

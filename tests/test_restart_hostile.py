@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import pytest
 import actorlock
 from actorlock.errors import CorruptRecordError, LeaseLostError
 
+from .lease_files import lease_lock
 from .support import guest_process, host_config
 from .test_restart import attach, start_guest
 
@@ -18,10 +18,6 @@ pytestmark = pytest.mark.anyio
 # Room for a file-backed restart to resume in time on a loaded machine:
 # host_dead >= (lease_timeout + fence_timeout + scheduling_delay) * 1.01.
 SLOW_TIMING = {"lease_timeout": 2.0, "host_dead": 3.0}
-
-
-def lease_json(lockspace: Path, key: str) -> Path:
-    return lockspace / "leases" / f"{hashlib.sha256(key.encode()).hexdigest()}.json"
 
 
 async def test_a_corrupt_lease_record_after_a_restart_loses_only_its_domain(tmp_path: Path) -> None:
@@ -39,7 +35,7 @@ async def test_a_corrupt_lease_record_after_a_restart_loses_only_its_domain(tmp_
         async with actorlock.plugin_load("file", cfg) as a:
             await start_guest(a, "u1", kept.pid, "/d/1.img")
             await start_guest(a, "u2", broken.pid, "/d/2.img")
-        lease_json(lockspace, "disk:/d/2.img").write_bytes(b"garbage")
+        lease_lock(lockspace, "disk:/d/2.img").write_bytes(b"garbage")
         async with actorlock.plugin_load("file", cfg) as a2:
             assert a2.host.resumed
             manager = await attach(a2, "u1")
@@ -51,4 +47,4 @@ async def test_a_corrupt_lease_record_after_a_restart_loses_only_its_domain(tmp_
             # Giving back the corrupt record is an operation on it: that still fails, naming it.
             with pytest.raises(CorruptRecordError) as caught:
                 await lost.shutdown()
-            assert caught.value.path == str(lease_json(lockspace, "disk:/d/2.img"))
+            assert caught.value.path == str(lease_lock(lockspace, "disk:/d/2.img"))

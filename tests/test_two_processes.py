@@ -79,7 +79,7 @@ async def test_a_corrupt_lease_record_refuses_the_start_and_changes_nothing(tmp_
         vm = a.domain("u1")
         await vm.start([actorlock.disk("/d/1.img"), actorlock.disk("/d/2.img")])
         await vm.shutdown()
-        bad = lockspace / "leases" / f"{lease_file_name('disk:/d/2.img')}.json"
+        bad = lockspace / "leases" / f"{lease_file_name('disk:/d/2.img')}.lock"
         bad.write_text("{ this is not a lease record")
         before = {p.name: p.read_bytes() for p in (lockspace / "leases").iterdir()}
         with pytest.raises(actorlock.errors.CorruptRecordError) as caught:
