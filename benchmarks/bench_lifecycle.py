@@ -78,14 +78,20 @@ def floor_cycle(directory: str, names: list[str]) -> None:
             update_in_place(os.path.join(directory, name))
 
 
+def lock_all(directory: str, names: list[str]) -> list[int]:
+    """Open and OFD-lock each name's ``.lock`` file, in order."""
+    fds = []
+    for name in names:
+        fd = os.open(os.path.join(directory, name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.fcntl(fd, F_OFD_SETLKW, LOCK)
+        fds.append(fd)
+    return fds
+
+
 def replace_cycle(directory: str, names: list[str]) -> None:
     """The durable replace: lock, temps, fsync each, renames, one directory fsync, unlock; twice."""
     for _ in range(2):
-        fds = []
-        for name in names:
-            fd = os.open(os.path.join(directory, name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.fcntl(fd, F_OFD_SETLKW, LOCK)
-            fds.append(fd)
+        fds = lock_all(directory, names)
         temps = []
         for name in names:
             tmp = os.path.join(directory, f".{name}.tmp")
@@ -112,11 +118,7 @@ def inplace_cycle(directory: str, names: list[str]) -> None:
     file, which never changes size once both slots were written.
     """
     for _ in range(2):
-        fds = []
-        for name in names:
-            fd = os.open(os.path.join(directory, name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-            fcntl.fcntl(fd, F_OFD_SETLKW, LOCK)
-            fds.append(fd)
+        fds = lock_all(directory, names)
         for fd in fds:
             head = os.pread(fd, 8193, 0)
             # The slot not holding the newest copy: each slot starts with a sequence byte.

@@ -43,19 +43,10 @@ from .lease_files import (
     write_at,
     write_slot,
 )
-from .test_file_backend import _valid, signed, snapshot
+from .test_file_backend import OWNER_A, OWNER_B, A, B, _valid, excl, signed, snapshot
 from .test_file_batching import HeldWorker
 
 pytestmark = pytest.mark.anyio
-
-A = HostIdentity("host-a", 1)
-B = HostIdentity("host-b", 2)
-OWNER_A = LeaseOwner(A.name, A.id, "vm-a")
-OWNER_B = LeaseOwner(B.name, B.id, "vm-b")
-
-
-def excl(key: str) -> LeaseRequest:
-    return LeaseRequest(key, LeaseMode.EXCLUSIVE)
 
 
 def shared(key: str) -> LeaseRequest:
