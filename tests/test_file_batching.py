@@ -231,3 +231,35 @@ async def test_state_store_batch_writes_only_the_newest_state_of_a_file(
     data = json.loads((tmp_path / "domains" / "u1.json").read_text())
     assert data["phase"] == "paused"
     assert [state.phase for state in await store.load_domains()] == [DomainPhase.PAUSED]
+
+
+async def test_a_record_another_writer_replaced_is_decoded_not_taken_from_what_we_wrote(
+    tmp_path: Path,
+) -> None:
+    # The worker keeps the records it wrote to skip decoding them again; a
+    # record another backend wrote over one of them must be read as it is.
+    mine = await joined(tmp_path)
+    other = FileLeaseBackend(tmp_path, host_dead=60.0, poll_interval=0.01)
+    await other.join(HostIdentity("host-b", 2), "inc-b", HostAdvert())
+    await mine.acquire(owner(1), [excl("disk:/a")])
+    (before,) = await mine.records(["disk:/a"])
+    assert [h.owner for h in before.holders] == [owner(1)]
+    await other.release(owner(1), ["disk:/a"])
+    (after,) = await mine.records(["disk:/a"])
+    assert after.holders == ()
+    assert after.token == before.token
+    # And what it decides on is the new record: another domain may take the disk.
+    await mine.acquire(owner(2), [excl("disk:/a")])
+    for backend in (mine, other):
+        await backend.aclose()
+
+
+async def test_a_record_read_back_equals_the_one_written(tmp_path: Path) -> None:
+    # Reading back skips decoding only because the record kept equals what decoding gives.
+    backend = await joined(tmp_path)
+    await backend.acquire(owner(1), [excl("disk:/a"), LeaseRequest("disk:/s", LeaseMode.SHARED)])
+    await backend.acquire(owner(2), [LeaseRequest("disk:/s", LeaseMode.SHARED)])
+    kept = await backend.records(["disk:/a", "disk:/s"])
+    backend._written.clear()
+    assert await backend.records(["disk:/a", "disk:/s"]) == kept
+    await backend.aclose()
