@@ -219,6 +219,16 @@ class Host:
         return self._coordinator.live
 
     @property
+    def lease_deadline(self) -> float:
+        """When this host's lockspace membership lapses without another renewal, on its clock.
+
+        What a guest's supervisor is welcomed with when it registers (and
+        pushed after every renewal): the moment it runs the failure action
+        if no newer deadline reaches it.
+        """
+        return self._coordinator.lifeline.expires_at
+
+    @property
     def resumed(self) -> bool:
         """True when this start resumed a previous run's leases (restart in time)."""
         return self._coordinator.resumed

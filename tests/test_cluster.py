@@ -350,6 +350,26 @@ async def test_a_coordinator_that_stays_down_has_its_guest_stopped_by_the_superv
         assert cluster.check() == []
 
 
+async def test_a_guest_started_before_its_coordinators_first_renewal_is_armed_by_the_welcome() -> None:
+    """A supervisor takes the current deadline when it registers, not only from renewals.
+
+    Seen on the file backend (sim seed 20261260): a coordinator crashed 14 ms
+    after starting a guest and before its first renewal pushed a deadline;
+    the simulated supervisors had none, so nothing stopped the guest and a
+    takeover ran beside it. Real supervisors are welcomed with the deadline.
+    """
+    async with open_cluster(3, supervised=True) as cluster:
+        await cluster.crash_host("h1")  # its supervisors die with it: none has a deadline now
+        await cluster.rejoin_host("h1")
+        guest = await cluster.start_guest("h1", "vm1", [D1])
+        await cluster.crash_coordinator("h1")  # before its first renewal
+        taken_at = await take_over(cluster, "h2", D1)
+        await anyio.sleep(3 * RENEW)
+        assert guest.state is GuestState.FENCED
+        assert not writes_by(cluster, "h1", "vm1", after=taken_at)
+        assert cluster.check() == []
+
+
 async def test_a_supervised_guest_survives_a_coordinator_restarted_in_time() -> None:
     async with open_cluster(3, supervised=True) as cluster:
         guest = await cluster.start_guest("h1", "vm1", [D1])

@@ -389,6 +389,16 @@ class SimSupervisors(SupervisorService):
         self.expires_at = expires_at
         self.notify()
 
+    def welcome(self, expires_at: float) -> None:
+        """A guest's supervisor registers: like a real one it takes the coordinator's current deadline.
+
+        Only when no deadline is armed: the host-wide one already stands for
+        every supervisor a renewal has reached.
+        """
+        if self.expires_at is None:
+            self.expires_at = expires_at
+            self.notify()
+
     def fence(self, uuid: str, reason: str) -> SupervisedGuest | None:
         return None  # the simulator's coordinators run "pause" through their callback
 
@@ -1270,6 +1280,11 @@ class Cluster:
         guest.saved = None
 
     def _run(self, guest: SimGuest) -> None:
+        host = self.hosts[guest.host]
+        if host.supervisors is not None and host.api is not None:
+            # Before the coordinator's first renewal no push has armed anything
+            # yet (sim seed 20261260, file backend: a crash 14 ms after a start).
+            host.supervisors.welcome(host.api.lease_deadline if host.api.live else self.now())
         for lease in guest.leases.values():
             self.storage.admit(lease)
         guest.state = GuestState.RUNNING
