@@ -262,6 +262,15 @@ def test_a_random_run_on_a_file_lockspace() -> None:
     assert "(file backend)" in lines[0]
 
 
+def test_file_seed_20261260_fences_a_guest_started_before_the_first_renewal() -> None:
+    """Found by a 100-scenario file-backend run: h3's coordinator crashed 14 ms after
+    starting a guest, before its first renewal, and the simulated supervisors had no
+    deadline to act on (tests/test_cluster.py has the same case by hand)."""
+    report = simulate(hosts=4, scenarios=1, seed=20261260, backend="file", out=quiet([]))
+    assert_clean(report)
+    assert report.faults_injected > 0
+
+
 def test_worker_processes_give_the_same_report() -> None:
     alone = simulate(hosts=3, scenarios=4, seed=CI_SEED, out=quiet([]))
     shared = simulate(hosts=3, scenarios=4, seed=CI_SEED, out=quiet([]), jobs=2)
