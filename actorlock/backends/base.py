@@ -23,7 +23,17 @@ from typing import Protocol, runtime_checkable
 
 import attrs
 
-from ..model import HostIdentity, HostRecord, HostView, Lease, LeaseOwner, LeaseRecord, LeaseRequest
+from ..model import (
+    Holder,
+    HostIdentity,
+    HostRecord,
+    HostState,
+    HostView,
+    Lease,
+    LeaseOwner,
+    LeaseRecord,
+    LeaseRequest,
+)
 
 
 @attrs.frozen
@@ -42,6 +52,31 @@ class HostAdvert:
     renewed_monotonic: float = 0.0
     peer_endpoint: str = ""
     public_key: str = ""
+
+    def renewal_of(self, record: HostRecord) -> HostRecord:
+        """``record`` renewed with this advert: counter bumped, live, advert fields current."""
+        return attrs.evolve(
+            record,
+            counter=record.counter + 1,
+            state=HostState.LIVE,
+            boot_id=self.boot_id,
+            renewed_monotonic=self.renewed_monotonic,
+            peer_endpoint=self.peer_endpoint,
+            public_key=self.public_key,
+        )
+
+
+def holder_fields(holder: Holder) -> dict[str, object]:
+    """The fields a stored lease record keeps per holder (the file and etcd backends store the same)."""
+    return {
+        "host": holder.owner.host,
+        "host_id": holder.owner.host_id,
+        "domain": holder.owner.domain,
+        "domain_name": holder.owner.domain_name,
+        "mode": holder.mode.value,
+        "token": holder.token,
+        "incarnation": holder.incarnation,
+    }
 
 
 @runtime_checkable

@@ -225,15 +225,7 @@ class EtcdLeaseBackend:
         host_key, alive_key = self.keys.host(me.id), self.keys.alive(me.id)
         with self._bounded("renew"):
             for _ in range(_MAX_RACES):
-                new = attrs.evolve(
-                    me,
-                    counter=me.counter + 1,
-                    state=HostState.LIVE,
-                    boot_id=advert.boot_id,
-                    renewed_monotonic=advert.renewed_monotonic,
-                    peer_endpoint=advert.peer_endpoint,
-                    public_key=advert.public_key,
-                )
+                new = advert.renewal_of(me)
                 answer = await self.client.txn(
                     [
                         mod_is(host_key, self._host_mod),

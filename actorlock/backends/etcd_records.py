@@ -18,6 +18,7 @@ from typing import Any
 
 from ..errors import CorruptRecordError
 from ..model import Holder, HostRecord, HostState, LeaseMode, LeaseOwner, LeaseRecord
+from .base import holder_fields
 
 
 class KeyLayout:
@@ -56,18 +57,7 @@ def alive_incarnation(value: bytes) -> str:
 
 
 def encode_record(record: LeaseRecord) -> str:
-    holders = [
-        {
-            "host": h.owner.host,
-            "host_id": h.owner.host_id,
-            "domain": h.owner.domain,
-            "domain_name": h.owner.domain_name,
-            "mode": h.mode.value,
-            "token": h.token,
-            "incarnation": h.incarnation,
-        }
-        for h in record.holders
-    ]
+    holders = [holder_fields(h) for h in record.holders]
     return json.dumps({"v": 1, "token": record.token, "holders": holders}, separators=(",", ":"))
 
 

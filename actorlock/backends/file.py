@@ -106,7 +106,7 @@ from ..model import (
     LeaseRequest,
 )
 from ..safefile import open_regular, read_capped
-from .base import BackendCapabilities, HostAdvert
+from .base import BackendCapabilities, HostAdvert, holder_fields
 from .filemodes import Modes, check_lockspace, resolve_group
 from .ioworker import BatchWorker, Job
 from .liveness import LivenessObserver, wait_for_id_free
@@ -891,18 +891,7 @@ def _load(path: str, data: bytes, kind: str) -> _Fields:
 
 
 def _encode_lease(record: LeaseRecord) -> bytes:
-    holders = [
-        {
-            "host": h.owner.host,
-            "host_id": h.owner.host_id,
-            "domain": h.owner.domain,
-            "domain_name": h.owner.domain_name,
-            "mode": h.mode.value,
-            "token": h.token,
-            "incarnation": h.incarnation,
-        }
-        for h in record.holders
-    ]
+    holders = [holder_fields(h) for h in record.holders]
     return _encode("lease", {"key": record.key, "token": record.token, "holders": holders})
 
 
@@ -1626,15 +1615,7 @@ class FileLeaseBackend:
                 if me is None or me.incarnation != incarnation:
                     now = "no record" if me is None else f"incarnation {me.incarnation}"
                     raise InvalidStateError(f"host id {host.id} was taken over ({now})")
-                new = attrs.evolve(
-                    me,
-                    counter=me.counter + 1,
-                    state=HostState.LIVE,
-                    boot_id=advert.boot_id,
-                    renewed_monotonic=advert.renewed_monotonic,
-                    peer_endpoint=advert.peer_endpoint,
-                    public_key=advert.public_key,
-                )
+                new = advert.renewal_of(me)
                 _replace(self._hosts_dir, path, _encode_host(new), raw, cancel, self._modes)
             return new
 

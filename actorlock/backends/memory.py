@@ -116,15 +116,7 @@ class MemoryLeaseBackend:
         me = self._me()
         if me.incarnation != self._incarnation:
             raise InvalidStateError(f"host id {me.id} was taken over by incarnation {me.incarnation}")
-        new = attrs.evolve(
-            me,
-            counter=me.counter + 1,
-            state=HostState.LIVE,
-            boot_id=advert.boot_id,
-            renewed_monotonic=advert.renewed_monotonic,
-            peer_endpoint=advert.peer_endpoint,
-            public_key=advert.public_key,
-        )
+        new = advert.renewal_of(me)
         self.space.hosts[me.id] = new
         return new
 
