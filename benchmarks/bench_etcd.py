@@ -22,20 +22,12 @@ import time
 from pathlib import Path
 
 import anyio
+from bench_lifecycle import DISKS, TIMING
 from benchtable import Table, run
 
 import actorlock
 from actorlock.backends.etcd_client import EtcdClient, mod_is, put_op, range_kvs, range_op
 from actorlock.testing.etcd_cluster import EtcdCluster
-
-TIMING = {
-    "renew_interval": 1.0,
-    "lease_timeout": 5.0,
-    "fence_timeout": 2.0,
-    "host_dead": 8.0,
-    "io_timeout": 30.0,
-}
-DISKS = 4
 
 
 async def bench_floor(table: Table, endpoints: list[str], domains: int, cycles_each: int) -> None:

@@ -47,6 +47,10 @@ from typing import Any
 
 import anyio
 import benchtable
+
+# bench_lifecycle's relaxed renewals: renewal fsyncs every 50 ms would
+# compete with the handoffs' own fsyncs and only add noise.
+from bench_lifecycle import DISKS, TIMING
 from benchtable import Table, pct
 
 from actorlock._verify import host_processes
@@ -67,17 +71,7 @@ from actorlock.transport.zmq import PeerServer, connect, load_keypair
 
 SCRIPT = Path(__file__).resolve()
 
-DISKS = 4
 UUID = "b3e1c0de-0000-4000-8000-00000000be7c"
-# Relaxed renewals (as bench_lifecycle): renewal fsyncs every 50 ms would
-# compete with the handoffs' own fsyncs and only add noise.
-TIMING = {
-    "renew_interval": 1.0,
-    "lease_timeout": 5.0,
-    "fence_timeout": 2.0,
-    "host_dead": 8.0,
-    "io_timeout": 30.0,
-}
 WIRE_ROUND_TRIPS = 2000
 WIRE_FRESH_CONNECTIONS = 50
 TRANSFERS = 300
